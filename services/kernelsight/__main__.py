@@ -1,0 +1,3 @@
+from kernelsight.cli import main
+
+main()

@@ -1,0 +1,269 @@
+"""The `kernelsight` command. Every option also reads a KS_* environment variable."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kernelsight import collectors, defaults
+from kernelsight.config import Settings
+from kernelsight.exceptions import ConfigError, KernelSightError
+
+CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _opt(*decls: str, field: str, **kw: Any) -> Callable:
+    kw.setdefault("show_envvar", True)
+    return click.option(*decls, field, envvar="KS_" + field.upper(), default=None, **kw)
+
+
+REDIS = _opt("--redis-url", field="redis_url",
+             help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0.")
+DB = _opt("--db", "--db-path", field="db_path", help=f"SQLite file [default: {defaults.DB_PATH}].")
+PROCFS = _opt("--procfs", field="procfs", help="procfs root, e.g. /host/proc [default: /proc].")
+HOST = _opt("--host", field="host", help="Host name stored with each event [default: hostname].")
+INTERVAL = _opt("--interval", field="interval", type=float,
+                help="Seconds between samples/intervals [default: 1].")
+BUFFER = _opt("--buffer-max", field="buffer_max", type=int,
+              help=f"Events buffered while Redis is unreachable [default: {defaults.BUFFER_MAX}].")
+MAXLEN = _opt("--stream-maxlen", field="stream_maxlen", type=int,
+              help="Unread entries per stream above which producers hold back "
+                   f"[default: {defaults.STREAM_MAXLEN}].")
+
+
+def settings_from(kw: dict[str, Any]) -> Settings:
+    known = {k: kw.pop(k) for k in list(kw) if k in Settings.__dataclass_fields__}
+    return Settings().with_(**known)
+
+
+def common(*opts: Callable) -> Callable:
+    def deco(f: Callable) -> Callable:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+    return deco
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings=CTX)
+@click.option("--log-level", envvar="KS_LOG_LEVEL", default="info", show_envvar=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.version_option(package_name="kernelsight")
+def cli(log_level: str) -> None:
+    """KernelSight: kernel telemetry (/proc scraper + eBPF tracers) -> Redis streams -> SQLite.
+
+    \b
+    Examples:
+      kernelsight run --duration 30 --db data/ks.db --collectors scraper,syscalls
+      kernelsight doctor
+      kernelsight report --db data/stress_test.db
+      kernelsight query --db-path data/stress_test.db --demo
+    """
+    _logging(log_level)
+
+
+@cli.command(context_settings=CTX)
+@click.option("--duration", type=click.FloatRange(min=1, max=7 * 86400), required=True,
+              envvar="KS_DURATION", show_envvar=True, help="Seconds to collect.")
+@click.option("--collectors", "collector_list", default="all", envvar="KS_COLLECTORS",
+              show_envvar=True, help=f"Comma list of {', '.join(collectors.ALL)} or 'all'.")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              envvar="KS_LOG_DIR", help="Write each component's log to DIR/<name>.log.")
+@common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, MAXLEN)
+def run(duration: float, collector_list: str, log_dir: str | None, **kw: Any) -> None:
+    """Run collectors and the ingester natively for DURATION seconds, then drain and exit.
+
+    Uses KS_REDIS_URL when set; otherwise starts a private redis-server on a free loopback
+    port (with a generated password) and stops it afterwards.
+
+    \b
+    Examples:
+      kernelsight run --duration 10 --db /tmp/ks.db --collectors scraper
+      sudo kernelsight run --duration 60 --db data/ks.db --collectors all
+    """
+    from kernelsight import runner
+    from kernelsight.config import check_db_path
+    from kernelsight.db import open_db
+
+    s = settings_from(kw)
+    names = collectors.parse_list(collector_list)
+    check_db_path(s.db_path)
+    open_db(s.db_path).dispose()
+    rc = runner.run(s, duration, names, Path(log_dir) if log_dir else None,
+                    echo=lambda m: click.echo(m, err=True))
+    sys.exit(rc)
+
+
+@cli.command(context_settings=CTX)
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many seconds [default: run until SIGTERM].")
+@common(REDIS, PROCFS, HOST, INTERVAL, BUFFER, MAXLEN)
+@_opt("--ignored-devices", field="ignored_devices",
+      help="Regex of block device names to skip (node_exporter's default).")
+def collect(duration: float | None, **kw: Any) -> None:
+    """Run the /proc scraper (memory, load, block, network, TCP states, retransmits).
+
+    \b
+    Examples:
+      KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight collect --interval 1
+      kernelsight collect --procfs /host/proc --redis-url redis://:pw@redis:6379/0
+    """
+    from kernelsight.runner import run_collector
+
+    s = settings_from(kw)
+    _need_redis(s)
+    sys.exit(run_collector(collectors.SCRAPER, s, duration))
+
+
+@cli.command(context_settings=CTX)
+@click.argument("tracer", type=click.Choice(collectors.TRACERS))
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many seconds [default: run until SIGTERM].")
+@common(REDIS, HOST, INTERVAL, BUFFER, MAXLEN)
+@_opt("--min-latency-ms", field="min_latency_ms", type=float,
+      help=f"syscalls: record syscalls slower than this [default: "
+           f"{defaults.SYSCALL_MIN_LATENCY_MS:g}].")
+@_opt("--ringbuf-pages", field="ringbuf_pages", type=int,
+      help=f"BPF ring buffer size in pages, power of two [default: {defaults.RINGBUF_PAGES}].")
+@_opt("--map-entries", field="map_entries", type=int,
+      help=f"Max entries of each BPF hash map [default: {defaults.MAP_ENTRIES}].")
+@_opt("--minor-fault-rate", field="minor_fault_rate", type=int,
+      help="pagefaults: minor-fault events stored per second (totals stay exact) "
+           f"[default: {defaults.PAGEFAULT_MINOR_RATE}].")
+def trace(tracer: str, duration: float | None, **kw: Any) -> None:
+    """Run one eBPF tracer (root): syscalls, pagefaults, io or sched.
+
+    \b
+    Examples:
+      sudo kernelsight trace syscalls --min-latency-ms 20
+      sudo kernelsight trace io --interval 1 --duration 60
+    """
+    from kernelsight.runner import run_collector
+
+    s = settings_from(kw)
+    _need_redis(s)
+    sys.exit(run_collector(tracer, s, duration))
+
+
+@cli.command(context_settings=CTX)
+@common(REDIS, DB, HOST)
+@_opt("--batch-size", field="batch_size", type=int,
+      help=f"Max entries per transaction [default: {defaults.BATCH_SIZE}].")
+@_opt("--batch-ms", field="batch_ms", type=int,
+      help=f"Max milliseconds to fill a batch [default: {defaults.BATCH_MS}].")
+@_opt("--consumer", field="consumer", help="Consumer name in the group [default: ingest-1].")
+@_opt("--stream-retain", field="stream_retain", type=int,
+      help=f"Acked entries kept per stream for inspection [default: {defaults.STREAM_RETAIN}].")
+@click.option("--drain", is_flag=True, help="Exit once every stream is empty.")
+def ingest(drain: bool, **kw: Any) -> None:
+    """Ingest the event streams into SQLite (consumer group, exactly once).
+
+    SIGTERM/SIGINT drain the streams before exiting; a second signal exits at once.
+
+    \b
+    Examples:
+      kernelsight ingest --redis-url redis://:pw@127.0.0.1:6379/0 --db data/ks.db
+      kernelsight ingest --drain --db data/ks.db
+    """
+    from kernelsight.ingest import Ingester, install_signal_handlers
+
+    s = settings_from(kw)
+    _need_redis(s)
+    ing = Ingester(s)
+    install_signal_handlers(ing)
+    if drain:
+        ing.request_stop(drain=True)
+    st = ing.run()
+    click.echo(f"ingest: stored {sum(st.stored.values())}, duplicates skipped "
+               f"{sum(st.duplicates.values())}, dead letters {sum(st.dead.values())}", err=True)
+
+
+@cli.command(context_settings=CTX)
+@common(DB)
+@click.option("--demo", is_flag=True, help="Print the demo overview (counts, slowest syscalls, "
+              "recent memory and I/O latency).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10)
+def query(demo: bool, limit: int, **kw: Any) -> None:
+    """Explore a KernelSight database.
+
+    \b
+    Examples:
+      kernelsight query --db-path data/stress_test.db --demo
+    """
+    from kernelsight.query import demo as run_demo
+
+    s = settings_from(kw)
+    if not demo:
+        raise ConfigError("nothing to do; pass --demo (or use sqlite3 on the database)")
+    run_demo(s.db_path, limit)
+
+
+@cli.command(context_settings=CTX)
+@click.argument("name", type=click.Choice(collectors.ALL + ("ingest",)))
+@common(REDIS)
+@click.option("--max-age", type=float, default=15.0, help="Heartbeat older than this is unhealthy.")
+def health(name: str, max_age: float, **kw: Any) -> None:
+    """Exit 0 if NAME has published a heartbeat recently (for compose healthchecks)."""
+    import time
+
+    import orjson
+
+    from kernelsight.streams import HEALTH_KEY, ping
+
+    s = settings_from(kw)
+    _need_redis(s)
+    raw = ping(s.redis_url).get(HEALTH_KEY.format(source=name))
+    if not raw:
+        raise ConfigError(f"{name}: no heartbeat in Redis yet")
+    age = time.time() - orjson.loads(raw)["timestamp"] / 1e9
+    if age > max_age:
+        raise ConfigError(f"{name}: last heartbeat {age:.0f}s ago")
+    click.echo(f"{name}: healthy (heartbeat {age:.1f}s ago)")
+
+
+def _need_redis(s: Settings) -> None:
+    if not s.redis_url:
+        raise ConfigError("this command needs Redis: set --redis-url or KS_REDIS_URL "
+                          "(e.g. redis://:PASSWORD@127.0.0.1:6379/0)")
+
+
+def _register_optional() -> None:
+    """Commands that live in their own modules (added as they land)."""
+    import importlib
+
+    for mod in ("report", "doctor", "stress", "loadgen", "bench"):
+        try:
+            m = importlib.import_module(f"kernelsight.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name == f"kernelsight.{mod}":
+                continue
+            raise
+        cmd = getattr(m, "command", None)
+        if cmd is not None:
+            cli.add_command(cmd)
+
+
+def main() -> None:
+    _register_optional()
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KernelSightError as e:
+        click.echo(f"kernelsight: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

@@ -1,0 +1,112 @@
+"""One settings object for every command. Each field has a flag and a KS_* variable (the
+flag wins); validation gives one clear line per mistake."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+from kernelsight import defaults
+from kernelsight.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = defaults.REDIS_URL
+    db_path: str = defaults.DB_PATH
+    procfs: str = defaults.PROCFS
+    sysfs: str = defaults.SYSFS
+    host: str = field(default_factory=socket.gethostname)
+    interval: float = defaults.INTERVAL_S
+    batch_size: int = defaults.BATCH_SIZE
+    batch_ms: int = defaults.BATCH_MS
+    consumer: str = defaults.CONSUMER
+    buffer_max: int = defaults.BUFFER_MAX
+    stream_maxlen: int = defaults.STREAM_MAXLEN
+    stream_retain: int = defaults.STREAM_RETAIN
+    min_latency_ms: float = defaults.SYSCALL_MIN_LATENCY_MS
+    ringbuf_pages: int = defaults.RINGBUF_PAGES
+    map_entries: int = defaults.MAP_ENTRIES
+    minor_fault_rate: int = defaults.PAGEFAULT_MINOR_RATE
+    ignored_devices: str = defaults.IGNORED_DEVICES
+    bpf_dir: str = ""  # where bpf/*.bpf.c live; empty: the repository's bpf/ directory
+
+    def with_(self, **kw: object) -> Settings:
+        clean = {k: v for k, v in kw.items() if v is not None}
+        return replace(self, **clean).validated()
+
+    def validated(self) -> Settings:
+        if self.redis_url:
+            check_redis_url(self.redis_url)
+        for name in ("interval",):
+            v = getattr(self, name)
+            if not (0 < v <= 3600):
+                raise ConfigError(f"--{name} must be between 0 and 3600 seconds, got {v}")
+        for name in ("batch_size", "batch_ms", "buffer_max", "stream_maxlen", "ringbuf_pages",
+                     "map_entries"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise ConfigError("--ringbuf-pages must be a power of two (e.g. 64, 256, 1024)")
+        if self.min_latency_ms < 0:
+            raise ConfigError("--min-latency-ms must be >= 0")
+        if not Path(self.procfs).is_dir() or not Path(self.procfs, "meminfo").exists():
+            raise ConfigError(
+                f"--procfs {self.procfs}: not a procfs mount (no meminfo there); "
+                "point it at /proc or the host's /proc mounted in the container")
+        return self
+
+    @property
+    def bpf_path(self) -> Path:
+        if self.bpf_dir:
+            return Path(self.bpf_dir)
+        env = os.environ.get("KS_BPF_DIR")
+        if env:
+            return Path(env)
+        return Path(__file__).resolve().parents[2] / "bpf"
+
+
+ENV_PREFIX = "KS_"
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def check_redis_url(url: str) -> str:
+    p = urlparse(url)
+    if p.scheme not in ("redis", "rediss", "unix") or (p.scheme != "unix" and not p.hostname):
+        raise ConfigError(
+            f"redis URL {redact(url)!r} is not valid; use redis://[:password@]host:port/0")
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    p = urlparse(url)
+    if p.password:
+        netloc = p.netloc.replace(f":{p.password}@", ":***@")
+        return p._replace(netloc=netloc).geturl()
+    return url
+
+
+def check_db_path(path: str) -> Path:
+    """A database path we can create and write, or one line saying why not."""
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise ConfigError(f"--db {path} is a directory; give a file path such as {path}/ks.db")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the directory for --db {path}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"--db {path} is not writable; choose a writable path or fix permissions")
+    return p

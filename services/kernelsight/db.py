@@ -1,0 +1,70 @@
+"""Opening a KernelSight database: path checks, SQLite pragmas, schema creation and version."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.exc import OperationalError
+
+from kernelsight import schema
+from kernelsight.config import check_db_path
+from kernelsight.exceptions import DatabaseError
+
+BUSY_TIMEOUT_MS = 1000
+
+
+def _pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # WAL lets readers (the reporter, a user's sqlite3 shell) run while we write. NORMAL is
+    # durable against a crash of any process; only a power loss can cost the last commit.
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def engine_for(path: str | Path, readonly: bool = False) -> Engine:
+    if readonly:
+        url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
+    else:
+        url = f"sqlite:///{path}"
+    eng = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+    event.listen(eng, "connect", _pragmas)
+    return eng
+
+
+def open_db(path: str | Path, create: bool = True) -> Engine:
+    """The engine for ``path`` with the schema in place, or one clear DatabaseError."""
+    path = str(path)
+    if create:
+        check_db_path(path)
+    elif not Path(path).is_file():
+        raise DatabaseError(f"no database at {path}; run `kernelsight run` or `make stress` first")
+    eng = engine_for(path)
+    try:
+        with eng.begin() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+            if mode != "wal":
+                raise DatabaseError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")
+            schema.metadata.create_all(conn)
+            row = conn.execute(select(schema.schema_meta.c.value).where(
+                schema.schema_meta.c.key == "version")).scalar()
+            if row is None:
+                conn.execute(schema.schema_meta.insert().values(
+                    key="version", value=str(schema.SCHEMA_VERSION)))
+            elif int(row) != schema.SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"{path} has KernelSight schema version {row}, this version needs "
+                    f"{schema.SCHEMA_VERSION}; use a new --db path")
+    except OperationalError as e:
+        raise DatabaseError(f"cannot open database {path}: {e.orig}") from None
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(f"{path} is not a usable SQLite database: {e}") from None
+    return eng
+
+
+def table_counts(eng: Engine) -> dict[str, int]:
+    with eng.connect() as conn:
+        return {name: conn.execute(text(f'SELECT COUNT(*) FROM "{name}"')).scalar_one()
+                for name in schema.TABLES}

@@ -1,0 +1,447 @@
+"""The ingestion worker: Redis streams -> SQLite, exactly once.
+
+Reads every event stream through one consumer group, batches (``batch_size`` entries or
+``batch_ms``, whichever first), validates each entry against the schema, inserts the batch in
+one SQLAlchemy Core transaction, and XACKs only after the commit. Every table has a unique
+``stream_id``; inserts are ``INSERT OR IGNORE``, so an entry delivered twice (crash between
+commit and XACK, or a reclaimed pending entry) is stored once. A malformed entry never stops the
+batch: it goes to the ``dead_letters`` table and the dead-letter stream with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import OperationalError
+
+from kernelsight import defaults, schema
+from kernelsight.clock import now_ns
+from kernelsight.config import Settings, redact
+from kernelsight.db import open_db
+from kernelsight.exceptions import DatabaseError, RedisUnavailable
+from kernelsight.streams import FIELD, connect
+
+log = logging.getLogger(__name__)
+
+MAX_ENTRY_BYTES = 64 * 1024
+# 2000-01-01 .. 2100-01-01 in epoch ns: anything outside is a unit or clock bug upstream.
+TS_MIN = 946_684_800 * 10**9
+TS_MAX = 4_102_444_800 * 10**9
+HOST_MAXLEN = 255
+
+
+class BadEntry(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _make_validator(et: schema.EventType):
+    keys = frozenset(("timestamp", "host") + et.column_names)
+    cols = tuple((c.name, c.kind, c.lo, c.hi, c.maxlen, frozenset(c.choices)) for c in et.columns)
+
+    def validate(o: object) -> dict:
+        if type(o) is not dict:
+            raise BadEntry("not_an_object", type(o).__name__)
+        if o.keys() != keys:
+            missing = keys - o.keys()
+            if missing:
+                raise BadEntry("missing_field", ",".join(sorted(missing)))
+            raise BadEntry("unknown_field", ",".join(sorted(map(str, o.keys() - keys)))[:200])
+        ts = o["timestamp"]
+        if type(ts) is not int:
+            raise BadEntry("wrong_type", "timestamp")
+        if not TS_MIN <= ts <= TS_MAX:
+            raise BadEntry("out_of_range", f"timestamp={ts} (want epoch nanoseconds)")
+        h = o["host"]
+        if type(h) is not str or not h or len(h) > HOST_MAXLEN:
+            raise BadEntry("wrong_type", "host")
+        for name, kind, lo, hi, maxlen, choices in cols:
+            v = o[name]
+            t = type(v)
+            if kind == "int":
+                if t is not int:
+                    raise BadEntry("wrong_type", f"{name} must be an integer")
+                if v < lo or v > hi:
+                    raise BadEntry("out_of_range", f"{name}={v}")
+            elif kind == "float":
+                if t is not float and t is not int:
+                    raise BadEntry("wrong_type", f"{name} must be a number")
+                if not math.isfinite(v) or (lo is not None and v < lo) or abs(v) > 1e300:
+                    raise BadEntry("out_of_range", f"{name}={v}")
+            else:
+                if t is not str:
+                    raise BadEntry("wrong_type", f"{name} must be a string")
+                if len(v) > maxlen:
+                    raise BadEntry("out_of_range", f"{name} longer than {maxlen}")
+                if choices and v not in choices:
+                    raise BadEntry("out_of_range", f"{name}={v[:20]!r}")
+        return o
+
+    return validate
+
+
+VALIDATORS = {et.stream.encode(): (et, _make_validator(et)) for et in schema.EVENT_TYPES}
+ALL_STREAMS: list[bytes] = [et.stream.encode() for et in schema.EVENT_TYPES] + [
+    schema.ACCOUNTING_STREAM.encode()]
+
+
+def validate_entry(stream: bytes, fields: dict) -> tuple[schema.EventType, dict]:
+    """Decode and check one stream entry; raises BadEntry with the reason."""
+    vt = VALIDATORS.get(stream)
+    if vt is None:
+        raise BadEntry("unknown_event_type", stream.decode(errors="replace"))
+    raw = fields.get(FIELD)
+    if raw is None:
+        raise BadEntry("missing_field", "d (the JSON payload)")
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise BadEntry("too_large", f"{len(raw)} bytes")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadEntry("decode_error", str(e)[:200]) from None
+    return vt[0], vt[1](obj)
+
+
+def _accounting_rows(fields: dict) -> list[dict]:
+    raw = fields.get(FIELD)
+    o = orjson.loads(raw) if raw else None
+    if not isinstance(o, dict):
+        raise BadEntry("not_an_object", "accounting")
+    try:
+        base = {"timestamp": int(o["timestamp"]), "host": str(o["host"])[:HOST_MAXLEN],
+                "instance": str(o["instance"])[:200], "source": str(o["source"])[:64]}
+        rows = []
+        for et, metric, reason, value, detail in o["counters"]:
+            if type(value) is not int or not 0 <= value <= schema.INT64_MAX:
+                raise BadEntry("out_of_range", f"accounting value {value!r}")
+            rows.append({**base, "event_type": str(et)[:64], "metric": str(metric)[:64],
+                         "reason": str(reason)[:200], "value": value,
+                         "detail": (str(detail)[:500] or None)})
+        return rows
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadEntry("wrong_type", f"accounting entry: {e}") from None
+
+
+@dataclass
+class IngestStats:
+    stored: Counter = field(default_factory=Counter)
+    duplicates: Counter = field(default_factory=Counter)
+    dead: Counter = field(default_factory=Counter)
+    batches: int = 0
+    lock_retries: int = 0
+    db_errors: int = 0
+    reclaimed: int = 0
+    redis_errors: int = 0
+
+
+class Ingester:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.s = settings
+        self.engine = engine or open_db(settings.db_path)
+        self.r = connect(settings.redis_url)
+        self.group = schema.INGEST_GROUP
+        self.consumer = settings.consumer
+        self.instance = f"ingest@{settings.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = IngestStats()
+        self._stop = False
+        self._draining = False
+        self._last_trim = 0.0
+        self._last_reclaim = 0.0
+        self._last_accounting = 0.0
+        self._tables = {name: insert(t).prefix_with("OR IGNORE")
+                        for name, t in schema.TABLES.items()}
+        self._dead_ins = insert(schema.dead_letters).prefix_with("OR IGNORE")
+        self._acc_ins = insert(schema.pipeline_accounting)
+
+    # -- setup ----------------------------------------------------------------------------
+    def ensure_groups(self) -> None:
+        for s in ALL_STREAMS:
+            try:
+                # From 0, so events published before the group existed are not skipped.
+                self.r.xgroup_create(s, self.group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def check_redis(self) -> None:
+        try:
+            self.r.ping()
+        except redis.RedisError as e:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {redact(self.s.redis_url)} ({e}); start redis-server or "
+                "set KS_REDIS_URL") from None
+
+    # -- reading --------------------------------------------------------------------------
+    def _read(self, ids: str, block: int | None, count: int) -> list:
+        return self.r.xreadgroup(self.group, self.consumer, {s: ids for s in ALL_STREAMS},
+                                 count=count, block=block) or []
+
+    def _own_pending(self) -> None:
+        """Entries delivered to this consumer name but never acked (a previous crash)."""
+        while True:
+            got = [(s, [e for e in es if e[1]]) for s, es in self._read("0", None, 1000)]
+            got = [(s, es) for s, es in got if es]
+            if not got:
+                return
+            self.stats.reclaimed += sum(len(es) for _, es in got)
+            # Process now so the next "0" read moves on (they are acked after commit).
+            self._process(got)
+
+    def _autoclaim(self) -> None:
+        """Take over entries idle too long on other (dead) consumers of the group."""
+        for s in ALL_STREAMS:
+            start = "0-0"
+            while True:
+                res = self.r.xautoclaim(s, self.group, self.consumer,
+                                        min_idle_time=defaults.RECLAIM_IDLE_MS, start_id=start,
+                                        count=1000)
+                nxt, entries = res[0], res[1]
+                entries = [e for e in entries if e and e[1]]
+                if entries:
+                    self.stats.reclaimed += len(entries)
+                    self._process([(s, entries)])
+                if nxt in (b"0-0", "0-0"):
+                    break
+                start = nxt
+
+    # -- the batch ------------------------------------------------------------------------
+    def _process(self, got: list) -> int:
+        rows: dict[str, list[dict]] = defaultdict(list)
+        acc: list[dict] = []
+        dead: list[dict] = []
+        ack: dict[bytes, list[bytes]] = defaultdict(list)
+        now = now_ns()
+        acc_stream = schema.ACCOUNTING_STREAM.encode()
+        n = 0
+        for stream, entries in got:
+            for eid, fields in entries:
+                n += 1
+                ack[stream].append(eid)
+                try:
+                    if stream == acc_stream:
+                        acc.extend(_accounting_rows(fields))
+                        continue
+                    et, row = validate_entry(stream, fields)
+                    row["stream_id"] = schema.stream_id_to_int(eid)
+                    rows[et.name].append(row)
+                except (BadEntry, orjson.JSONDecodeError, ValueError) as e:
+                    reason = e.reason if isinstance(e, BadEntry) else "decode_error"
+                    raw = fields.get(FIELD) if isinstance(fields, dict) else None
+                    et_name = stream.decode(errors="replace").removeprefix(schema.STREAM_PREFIX)
+                    dead.append({"timestamp": now, "stream": stream.decode(errors="replace"),
+                                 "entry_id": eid.decode(), "event_type": et_name,
+                                 "reason": reason if not str(e) else str(e)[:300],
+                                 "payload": (raw or b"")[:schema.DEADLETTER_PAYLOAD_MAX]})
+        if not n:
+            return 0
+        self._commit(rows, acc, dead)
+        pipe = self.r.pipeline(transaction=False)
+        for d in dead:
+            pipe.xadd(schema.DEADLETTER_STREAM, {
+                "stream": d["stream"], "id": d["entry_id"], "reason": d["reason"],
+                "payload": d["payload"][:1024]}, maxlen=100_000, approximate=True)
+        for stream, ids in ack.items():
+            pipe.xack(stream, self.group, *ids)
+        pipe.execute()
+        self.stats.batches += 1
+        return n
+
+    def _commit(self, rows: dict[str, list[dict]], acc: list[dict], dead: list[dict]) -> None:
+        """One transaction; on 'database is locked' or a full disk, wait and retry (the entries
+        stay pending in Redis meanwhile, so nothing is lost)."""
+        attempt = 0
+        while True:
+            try:
+                stored: dict[str, int] = {}
+                with self.engine.begin() as conn:
+                    for name, rs in rows.items():
+                        res = conn.execute(self._tables[name], rs)
+                        stored[name] = res.rowcount
+                    if dead:
+                        conn.execute(self._dead_ins, dead)
+                    if acc:
+                        conn.execute(self._acc_ins, acc)
+                    own = self._own_accounting(rows, dead)
+                    if own:
+                        conn.execute(self._acc_ins, own)
+                for name, rs in rows.items():
+                    self.stats.stored[name] += stored[name]
+                    self.stats.duplicates[name] += len(rs) - stored[name]
+                for d in dead:
+                    self.stats.dead[d["reason"].split(":")[0]] += 1
+                return
+            except OperationalError as e:
+                msg = str(e.orig)
+                attempt += 1
+                if "locked" in msg or "busy" in msg:
+                    self.stats.lock_retries += 1
+                    if attempt > defaults.LOCK_RETRIES:
+                        raise DatabaseError(
+                            f"database {self.s.db_path} stayed locked for "
+                            f"{attempt * defaults.LOCK_RETRY_S:.0f}s; close the program holding a write "
+                            "transaction (entries stay pending in Redis)") from None
+                    log.warning("database is locked, retry %d", attempt)
+                    time.sleep(defaults.LOCK_RETRY_S)
+                    continue
+                self.stats.db_errors += 1
+                if "full" in msg or "disk I/O" in msg:
+                    if attempt == 1 or attempt % 30 == 0:
+                        log.error("cannot write %s: %s; free space — entries stay pending in "
+                                  "Redis and are stored when it can write again",
+                                  self.s.db_path, msg)
+                    if self._stop and not self._draining:
+                        raise DatabaseError(f"cannot write {self.s.db_path}: {msg}") from None
+                    time.sleep(min(0.2 * attempt, 2.0))
+                    continue
+                raise DatabaseError(f"cannot write {self.s.db_path}: {msg}") from None
+
+    def _own_accounting(self, rows: dict, dead: list) -> list[dict]:
+        """The ingester's counters, as cumulative accounting rows (about once a second)."""
+        now = time.monotonic()
+        if now - self._last_accounting < 1.0 and not self._draining:
+            return []
+        self._last_accounting = now
+        base = {"timestamp": now_ns(), "host": self.s.host, "instance": self.instance,
+                "source": "ingest", "detail": None}
+        st = self.stats
+        out = [{**base, "event_type": "", "metric": m, "reason": "", "value": v}
+               for m, v in (("lock_retries", st.lock_retries), ("db_errors", st.db_errors),
+                            ("reclaimed", st.reclaimed), ("redis_errors", st.redis_errors))]
+        return out
+
+    # -- trimming -------------------------------------------------------------------------
+    def trim(self) -> None:
+        """Cap streams without losing anything: only entries the group has acknowledged
+        (older than every pending entry and not newer than the last delivered) are trimmed,
+        and only once a stream holds more than ``stream_retain`` entries."""
+        groups = {}
+        pipe = self.r.pipeline(transaction=False)
+        for s in ALL_STREAMS:
+            pipe.xlen(s)
+        lens = pipe.execute()
+        for s, n in zip(ALL_STREAMS, lens, strict=True):
+            if n <= self.s.stream_retain:
+                continue
+            for g in self.r.xinfo_groups(s):
+                groups[g["name"]] = g
+            g = groups.get(self.group.encode()) or groups.get(self.group)
+            if not g:
+                continue
+            bound = g["last-delivered-id"]
+            bound = bound.decode() if isinstance(bound, bytes) else bound
+            pend = self.r.xpending(s, self.group)
+            if pend and pend.get("pending"):
+                bound = min(bound, pend["min"].decode() if isinstance(pend["min"], bytes)
+                            else pend["min"], key=lambda x: tuple(map(int, x.split("-"))))
+                self.r.xtrim(s, minid=bound, approximate=True)
+            else:
+                ms, seq = map(int, bound.split("-"))
+                self.r.xtrim(s, minid=f"{ms}-{seq + 1}", approximate=True)
+
+    # -- main loop ------------------------------------------------------------------------
+    def request_stop(self, drain: bool = True) -> None:
+        self._stop = True
+        self._draining = drain
+
+    def run(self, idle_exit_s: float | None = None) -> IngestStats:
+        """Loop until stopped. On a drain stop, keep going until every stream is empty and
+        nothing is pending, then return."""
+        self.check_redis()
+        self.ensure_groups()
+        self._own_pending()
+        self._autoclaim()
+        self._last_reclaim = time.monotonic()
+        idle_since = time.monotonic()
+        backoff = 0.0
+        while True:
+            try:
+                n = self._batch()
+                backoff = 0.0
+            except redis.ResponseError as e:
+                if "NOGROUP" in str(e):
+                    log.warning("consumer group missing (Redis restarted?); recreating it")
+                    self.ensure_groups()
+                    continue
+                raise
+            except redis.RedisError as e:
+                self.stats.redis_errors += 1
+                backoff = min(max(backoff * 2, 0.2), 5.0)
+                log.warning("redis unavailable (%s); retrying in %.1fs", e, backoff)
+                time.sleep(backoff)
+                if self._stop and not self._draining:
+                    break
+                try:
+                    self.ensure_groups()
+                except redis.RedisError:
+                    pass
+                continue
+            now = time.monotonic()
+            if n:
+                idle_since = now
+            elif self._stop and (not self._draining or self._pending_total() == 0):
+                break
+            elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
+                break
+            if now - self._last_trim > 1.0:
+                self._last_trim = now
+                self.trim()
+            if now - self._last_reclaim > 10.0:
+                self._last_reclaim = now
+                self._autoclaim()
+        # Final accounting snapshot.
+        self._last_accounting = 0.0
+        self._draining = True
+        self._commit({}, [], [])
+        return self.stats
+
+    def _pending_total(self) -> int:
+        pipe = self.r.pipeline(transaction=False)
+        for s in ALL_STREAMS:
+            pipe.xpending(s, self.group)
+        return sum(p["pending"] for p in pipe.execute())
+
+    def _batch(self) -> int:
+        """Read up to batch_size entries or until batch_ms passes, then process them."""
+        deadline = time.monotonic() + self.s.batch_ms / 1000
+        got: list = []
+        total = 0
+        while total < self.s.batch_size:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                break
+            res = self._read(">", left if not got else None, self.s.batch_size - total)
+            if not res:
+                if got:
+                    break
+                continue
+            got.extend(res)
+            total += sum(len(es) for _, es in res)
+            if not got:
+                break
+        return self._process(got) if got else 0
+
+
+def install_signal_handlers(ing: Ingester) -> None:
+    """SIGTERM/SIGINT: drain the streams, then exit. A second signal stops at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if ing._stop:
+            ing.request_stop(drain=False)
+            return
+        log.info("signal %d: draining streams, then exiting (signal again to stop now)", signum)
+        ing.request_stop(drain=True)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,235 @@
+"""Running things: one collector in this process (`collect`, `trace NAME`), or the whole
+native stack (`run`, `stress`): a private Redis, the ingester and each collector as its own
+process, so one failing collector never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import redis
+
+from kernelsight import collectors, schema
+from kernelsight.config import Settings, env_name, redact
+from kernelsight.exceptions import CollectorError, KernelSightError
+from kernelsight.redis_server import PrivateRedis
+from kernelsight.streams import Publisher, connect, ping
+
+log = logging.getLogger(__name__)
+
+STATUS_KEY = "kernelsight:status:{name}"
+
+
+def _set_status(settings: Settings, name: str, state: str, detail: str = "") -> None:
+    try:
+        connect(settings.redis_url, 2).set(
+            STATUS_KEY.format(name=name),
+            orjson.dumps({"state": state, "detail": detail, "pid": os.getpid()}), ex=3600)
+    except redis.RedisError:
+        pass  # Redis down at start is allowed; the status still reaches the log
+
+
+def run_collector(name: str, settings: Settings, duration: float | None = None,
+                  stop: threading.Event | None = None) -> int:
+    """Run one collector until SIGTERM/SIGINT, ``stop`` or ``duration``; returns the exit code.
+
+    Redis may be down: the publisher buffers (bounded) and reconnects by itself."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    pub = Publisher(settings, name)
+    try:
+        col = collectors.get(name)(settings, pub)
+        col.start()
+    except (CollectorError, KernelSightError) as e:
+        log.error("%s", e)
+        pub.status(schema.FAILED, str(e))
+        _set_status(settings, name, "failed", str(e))
+        pub.close(deadline_s=2)
+        print(f"kernelsight: {name}: {e}", file=sys.stderr)
+        return e.exit_code if isinstance(e, KernelSightError) else 5
+    pub.status(schema.STARTED)
+    _set_status(settings, name, "started")
+    log.info("%s started (pid %d)", name, os.getpid())
+    end = time.monotonic() + duration if duration else None
+    try:
+        while not stop.is_set() and (end is None or time.monotonic() < end):
+            col.poll()
+            pub.flush()
+    finally:
+        try:
+            col.stop()
+        finally:
+            pub.flush()
+            pub.close()
+    log.info("%s stopped: %s", name, {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in pub.counters.items()})
+    return 0
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path | None
+    state: str = "starting"
+    detail: str = ""
+
+
+@dataclass
+class Stack:
+    """The native pipeline as child processes. Used by `run` and `stress`."""
+
+    settings: Settings
+    log_dir: Path | None = None
+    redis: PrivateRedis | None = None
+    ingest: Proc | None = None
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def start_redis(self) -> str:
+        if self.settings.redis_url:
+            ping(self.settings.redis_url)
+            return self.settings.redis_url
+        self.redis = PrivateRedis().start()
+        self.settings = self.settings.with_(redis_url=self.redis.url)
+        return self.redis.url
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for k, v in vars(self.settings).items():
+            env[env_name(k)] = str(v)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        log_path = None
+        out: int | object = subprocess.DEVNULL
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"{name}.log"
+            out = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        p = subprocess.Popen([sys.executable, "-m", "kernelsight", *args], env=self._env(),
+                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if log_path:
+            out.close()  # type: ignore[attr-defined]
+        return Proc(name, p, log_path)
+
+    def start_ingest(self) -> Proc:
+        self.ingest = self._spawn("ingest", ["ingest"])
+        return self.ingest
+
+    def start_collectors(self, names: list[str], timeout: float = 60.0,
+                         on_status: Callable[[Proc], None] | None = None) -> dict[str, Proc]:
+        """Start each collector and wait until each says started or failed (or exits)."""
+        r = connect(self.settings.redis_url)
+        for n in names:
+            r.delete(STATUS_KEY.format(name=n))
+        for n in names:
+            args = ["collect"] if n == collectors.SCRAPER else ["trace", n]
+            self.procs[n] = self._spawn(n, args)
+        deadline = time.monotonic() + timeout
+        waiting = set(names)
+        while waiting and time.monotonic() < deadline:
+            for n in sorted(waiting):
+                p = self.procs[n]
+                raw = r.get(STATUS_KEY.format(name=n))
+                if raw:
+                    st = orjson.loads(raw)
+                    p.state, p.detail = st["state"], st.get("detail", "")
+                elif p.popen.poll() is not None:
+                    p.state, p.detail = "failed", f"exited with code {p.popen.returncode}" + (
+                        f"; see {p.log_path}" if p.log_path else "")
+                if p.state != "starting":
+                    waiting.discard(n)
+                    if on_status:
+                        on_status(p)
+            time.sleep(0.1)
+        for n in waiting:
+            p = self.procs[n]
+            p.state, p.detail = "failed", f"did not report started within {timeout:.0f}s"
+            if on_status:
+                on_status(p)
+        return self.procs
+
+    def stop_collectors(self, timeout: float = 20.0) -> None:
+        for p in self.procs.values():
+            if p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        _wait_all([p.popen for p in self.procs.values()], timeout)
+
+    def drain_ingest(self, timeout: float = 120.0) -> int:
+        """SIGTERM makes the ingester drain every stream, then exit."""
+        if not self.ingest:
+            return 0
+        if self.ingest.popen.poll() is None:
+            self.ingest.popen.send_signal(signal.SIGTERM)
+        _wait_all([self.ingest.popen], timeout)
+        return self.ingest.popen.returncode
+
+    def close(self) -> None:
+        procs = [p.popen for p in self.procs.values()]
+        if self.ingest:
+            procs.append(self.ingest.popen)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        _wait_all(procs, 10)
+        if self.redis:
+            self.redis.cleanup()
+            self.redis = None
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not exit in time; killing it", p.pid)
+            p.kill()
+            p.wait()
+
+
+def run(settings: Settings, duration: float, names: list[str], log_dir: Path | None = None,
+        echo: Callable[[str], None] = print) -> int:
+    """`kernelsight run`: collectors + ingester for ``duration`` s, then drain and exit."""
+    stack = Stack(settings, log_dir)
+    try:
+        url = stack.start_redis()
+        echo(f"redis: {redact(url)}" + (" (private)" if stack.redis else ""))
+        ing = stack.start_ingest()
+        echo(f"ingest: pid {ing.popen.pid} -> {settings.db_path}")
+
+        def show(p: Proc) -> None:
+            mark = "started" if p.state == "started" else f"FAILED: {p.detail}"
+            echo(f"{p.name}: pid {p.popen.pid} {mark}")
+
+        stack.start_collectors(names, on_status=show)
+        end = time.monotonic() + duration
+        stopping = threading.Event()
+        old = {s: signal.signal(s, lambda *_: stopping.set()) for s in
+               (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while time.monotonic() < end and not stopping.is_set():
+                if ing.popen.poll() is not None:
+                    echo(f"ingest exited early with code {ing.popen.returncode}")
+                    break
+                time.sleep(0.2)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        stack.stop_collectors()
+        rc = stack.drain_ingest()
+        echo(f"drained; ingest exit code {rc}")
+        return 0 if rc == 0 else 1
+    finally:
+        stack.close()

@@ -1,0 +1,233 @@
+"""Redis stream transport: names, encoding, and the producer side (Publisher).
+
+Each event is one stream entry with a single field ``d`` holding the event as JSON (orjson),
+so ``redis-cli XRANGE kernelsight:events:syscall_events - + COUNT 5`` is readable.
+
+The Publisher never blocks a collector on Redis: events go to a bounded in-memory buffer which
+is flushed in pipelined transactions. While Redis is unreachable, or a stream holds more than
+``stream_maxlen`` unread entries, the buffer holds them and retries with backoff; what does not
+fit is dropped and counted by reason. Counters (produced, dropped by reason) are published as
+cumulative snapshots on the accounting stream, so the report can prove conservation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from itertools import islice
+
+import orjson
+import redis
+
+from kernelsight import defaults, schema
+from kernelsight.clock import now_ns
+from kernelsight.config import Settings, redact
+from kernelsight.exceptions import RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+FIELD = b"d"
+HEALTH_KEY = "kernelsight:health:{source}"
+
+encode = orjson.dumps
+decode = orjson.loads
+
+# Drop reasons (also shown by the report).
+R_BUFFER_FULL = "buffer_full"  # Redis down or stream over its cap for too long
+R_UNFLUSHED = "unflushed_at_exit"  # still buffered when the collector had to stop
+
+
+def connect(url: str, timeout: float = 5.0) -> redis.Redis:
+    """A client that fails fast: socket timeouts so a dead server is noticed, not waited on."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 10.0),
+        health_check_interval=0, decode_responses=False)
+
+
+def ping(url: str, timeout: float = 2.0) -> redis.Redis:
+    r = connect(url, timeout)
+    try:
+        r.ping()
+    except redis.AuthenticationError:
+        raise RedisUnavailable(
+            f"Redis at {redact(url)} refused the password; set KS_REDIS_URL with the right one"
+        ) from None
+    except redis.RedisError as e:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {redact(url)} ({e.__class__.__name__}: {e}); "
+            "start redis-server or set KS_REDIS_URL / --redis-url") from None
+    return r
+
+
+class Publisher:
+    """Buffered, counted, self-reconnecting producer for one collector instance."""
+
+    def __init__(self, settings: Settings, source: str) -> None:
+        self.settings = settings
+        self.source = source
+        self.host = settings.host
+        self.instance = f"{source}@{settings.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._r = connect(settings.redis_url)
+        self._buf: deque[tuple[str, bytes, str]] = deque()
+        self._lock = threading.Lock()
+        # (event_type, metric, reason) -> cumulative value
+        self.counters: dict[tuple[str, str, str], int] = {}
+        self._details: dict[tuple[str, str, str], str] = {}
+        self._dirty = True
+        self._next_accounting = 0.0
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._held_until = 0.0
+        self.held_back = 0
+        self.connected = False
+        self.last_error = ""
+        self.reconnects = 0
+
+    # -- counting -------------------------------------------------------------------------
+    def _count(self, event_type: str, metric: str, n: int, reason: str = "") -> None:
+        key = (event_type, metric, reason)
+        self.counters[key] = self.counters.get(key, 0) + n
+        self._dirty = True
+
+    def produced(self, event_type: str) -> int:
+        return self.counters.get((event_type, schema.PRODUCED, ""), 0)
+
+    def dropped(self, event_type: str) -> int:
+        return sum(v for (et, m, _), v in self.counters.items()
+                   if et == event_type and m == schema.DROPPED)
+
+    def lost(self, event_type: str, reason: str, n: int) -> None:
+        """Events that existed but never reached user space (ring buffer full, map full,
+        rate limit): they count as produced and as dropped with ``reason``."""
+        if n > 0:
+            with self._lock:
+                self._count(event_type, schema.PRODUCED, n)
+                self._count(event_type, schema.DROPPED, n, reason)
+
+    def status(self, metric: str, detail: str = "", value: int = 1) -> None:
+        """Collector lifecycle (started / failed) for the report's verdict."""
+        with self._lock:
+            key = ("", metric, "")
+            self.counters[key] = value
+            if detail:
+                self._details[key] = detail[:500]
+            self._dirty = True
+
+    def set_gauge(self, event_type: str, metric: str, value: int, reason: str = "") -> None:
+        with self._lock:
+            self.counters[(event_type, metric, reason)] = value
+            self._dirty = True
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish(self, event_type: str, rows: Iterable[dict]) -> None:
+        stream = schema.STREAM_PREFIX + event_type
+        with self._lock:
+            n = 0
+            cap = self.settings.buffer_max
+            for row in rows:
+                n += 1
+                if len(self._buf) >= cap:
+                    self._count(event_type, schema.DROPPED, 1, R_BUFFER_FULL)
+                    continue
+                self._buf.append((stream, encode(row), event_type))
+            self._count(event_type, schema.PRODUCED, n)
+
+    def _accounting_entry(self) -> bytes:
+        return encode({
+            "timestamp": now_ns(), "host": self.host, "instance": self.instance,
+            "source": self.source,
+            "counters": [[et, m, r, v, self._details.get((et, m, r), "")]
+                         for (et, m, r), v in self.counters.items()],
+        })
+
+    def flush(self, final: bool = False) -> bool:
+        """Send what is buffered, oldest first. Returns True when the buffer is empty."""
+        now = time.monotonic()
+        if not final and now < self._retry_at:
+            return False
+        with self._lock:
+            if self._dirty and (final or now >= self._next_accounting):
+                # Accounting rides in the same ordered buffer, so after a reconnect it is
+                # delivered too; it is cumulative, so repeats are harmless.
+                self._buf.append((schema.ACCOUNTING_STREAM, self._accounting_entry(), ""))
+                self._dirty = False
+                self._next_accounting = now + defaults.ACCOUNTING_INTERVAL_S
+        try:
+            while self._buf:
+                if now < self._held_until and not final:
+                    return False
+                chunk = list(islice(self._buf, 2000))
+                pipe = self._r.pipeline(transaction=True)
+                for stream, payload, _ in chunk:
+                    pipe.xadd(stream, {FIELD: payload})
+                streams = sorted({c[0] for c in chunk})
+                for s in streams:
+                    pipe.xlen(s)
+                res = pipe.execute()
+                with self._lock:
+                    for _ in chunk:
+                        self._buf.popleft()
+                # Back-pressure: a stream over its cap means the ingester is behind; hold
+                # further entries here (bounded, counted) rather than grow Redis without end.
+                lengths = res[len(chunk):]
+                if max(lengths) >= self.settings.stream_maxlen:
+                    self._held_until = now + 0.5
+                    self.held_back += 1
+            if not self.connected:
+                if self.last_error:
+                    self.reconnects += 1
+                    log.warning("redis reachable again at %s", redact(self.settings.redis_url))
+                self.connected = True
+            self._backoff = 0.0
+            self._heartbeat()
+        except redis.RedisError as e:
+            self._note_failure(e)
+            return False
+        return not self._buf
+
+    def _note_failure(self, e: Exception) -> None:
+        if self.connected or not self.last_error:
+            log.warning("redis unavailable at %s (%s); buffering up to %d events",
+                        redact(self.settings.redis_url), e, self.settings.buffer_max)
+        self.connected = False
+        self.last_error = str(e)
+        self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
+        self._retry_at = time.monotonic() + self._backoff
+
+    def _heartbeat(self) -> None:
+        try:
+            self._r.set(HEALTH_KEY.format(source=self.source), encode(
+                {"instance": self.instance, "timestamp": now_ns()}),
+                ex=defaults.HEALTH_TTL_S)
+        except redis.RedisError:
+            pass
+
+    def close(self, deadline_s: float = 5.0) -> None:
+        """Flush everything, retrying until the deadline; count what could not be sent."""
+        end = time.monotonic() + deadline_s
+        while True:
+            self._retry_at = 0.0
+            if self.flush(final=True) and not self._dirty:
+                break
+            if time.monotonic() >= end:
+                with self._lock:
+                    for _, _, et in self._buf:
+                        if et:
+                            self._count(et, schema.DROPPED, 1, R_UNFLUSHED)
+                    self._buf.clear()
+                # One last try to deliver the accounting that says so.
+                try:
+                    self._r.xadd(schema.ACCOUNTING_STREAM, {FIELD: self._accounting_entry()})
+                except redis.RedisError:
+                    log.error("could not deliver final accounting for %s", self.instance)
+                break
+            time.sleep(0.1)
+        self._r.close()
+
+    def buffered(self) -> int:
+        return len(self._buf)
