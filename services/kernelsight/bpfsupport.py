@@ -1,0 +1,146 @@
+"""What every BCC tracer needs from the host: tracefs, kernel headers (with a fallback when the
+running kernel has none), compiling ``bpf/<name>.bpf.c``, and draining a ring buffer with its
+losses counted. Each problem becomes one CollectorError line that says what to do."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernelsight.config import Settings
+from kernelsight.exceptions import CollectorError
+
+TRACEFS = Path("/sys/kernel/tracing")
+DEBUGFS = Path("/sys/kernel/debug")
+DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "powerpc64le", "s390x": "s390x"}
+
+
+def _mounted(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == str(path) for line in f)
+    except OSError:
+        return False
+
+
+def ensure_tracefs() -> list[str]:
+    """Mount tracefs (and debugfs, whose tracing/ dir older tools use) when missing.
+    Returns what was done; raises CollectorError when it is missing and cannot be mounted."""
+    done = []
+    for path, fstype in ((TRACEFS, "tracefs"), (DEBUGFS, "debugfs")):
+        if _mounted(path) or (path == TRACEFS and (path / "events").is_dir()):
+            continue
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        r = subprocess.run(["mount", "-t", fstype, fstype, str(path)],
+                           capture_output=True, text=True, check=False)
+        if r.returncode == 0:
+            done.append(f"mounted {fstype} at {path}")
+        elif path == TRACEFS:
+            raise CollectorError(
+                f"tracefs is not mounted at {path} and mounting it failed "
+                f"({r.stderr.strip() or r.returncode}); run as root: "
+                f"mount -t tracefs tracefs {path} (in a container: mount the host's {path})")
+    return done
+
+
+@dataclass
+class Headers:
+    path: Path
+    fallback: bool
+    note: str
+
+
+def _debian_fallback() -> tuple[Path, Path] | None:
+    arch = DEB_ARCH.get(platform.machine(), platform.machine())
+    root = Path(os.environ.get("KS_HEADERS_ROOT", "/usr/src"))
+    cands = sorted(root.glob(f"linux-headers-*-{arch}"), key=lambda p: _vkey(p.name),
+                   reverse=True)
+    for build in cands:
+        common = build.with_name(build.name[: -len(arch)] + "common")
+        if (build / ".config").exists() and common.is_dir():
+            return build, common
+    return None
+
+
+def _vkey(name: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", name))
+
+
+def ensure_headers() -> Headers:
+    """Kernel headers for BCC: the running kernel's own, or else Debian's linux-headers for
+    another version linked in as /lib/modules/$(uname -r)/{build,source}. Tracepoint programs
+    do not depend on the kernel's struct layouts (BCC reads their argument formats from tracefs
+    at run time), so a different version is fine for them."""
+    rel = platform.release()
+    mod = Path("/lib/modules") / rel
+    build = mod / "build"
+    if build.is_dir() and (build / "include").exists():
+        real = build.resolve()
+        fb = rel not in real.name
+        return Headers(real, fb, f"{real}" + (" (fallback, another kernel version)" if fb else ""))
+    fb = _debian_fallback()
+    if not fb:
+        raise CollectorError(
+            f"no kernel headers for {rel} and no fallback in /usr/src; install them: "
+            "apt-get install linux-headers-$(uname -r) || apt-get install linux-headers-"
+            f"{DEB_ARCH.get(platform.machine(), platform.machine())}")
+    b, common = fb
+    try:
+        mod.mkdir(parents=True, exist_ok=True)
+        for link, target in ((build, b), (mod / "source", common)):
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+    except OSError as e:
+        raise CollectorError(
+            f"kernel {rel} has no headers and {mod} is not writable ({e.strerror}) to link the "
+            f"fallback {b.name}; run once as root: mkdir -p {mod} && ln -sfn {b} {build} && "
+            f"ln -sfn {common} {mod / 'source'}") from None
+    return Headers(b, True, f"{b} (fallback linked in {mod}; kernel {rel} ships none)")
+
+
+def bpf_source(settings: Settings, name: str) -> str:
+    path = settings.bpf_path / f"{name}.bpf.c"
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise CollectorError(f"{name}: cannot read {path}: {e.strerror}; set KS_BPF_DIR") from None
+
+
+def load(settings: Settings, name: str, cflags: list[str] | None = None):
+    """Compile ``bpf/<name>.bpf.c`` with BCC. Returns the ``bcc.BPF`` object."""
+    if os.geteuid() != 0:
+        raise CollectorError(f"{name}: eBPF tracers need root (CAP_SYS_ADMIN or CAP_BPF+"
+                             "CAP_PERFMON); run with sudo")
+    ensure_tracefs()
+    ensure_headers()
+    try:
+        from bcc import BPF
+    except ImportError:
+        raise CollectorError(
+            f"{name}: the bcc Python module is missing; apt-get install python3-bpfcc and use "
+            "a virtualenv made with --system-site-packages") from None
+    text = bpf_source(settings, name)
+    try:
+        return BPF(text=text, cflags=cflags or [])
+    except Exception as e:  # bcc raises bare Exception on compile/load failure
+        raise CollectorError(f"{name}: BPF program failed to compile/load: {e}; run "
+                             "`kernelsight doctor` for the kernel's capabilities") from None
+
+
+def attach_error(name: str, what: str, e: Exception) -> CollectorError:
+    return CollectorError(f"{name}: cannot attach {what}: {e}; run `kernelsight doctor`")
+
+
+def read_percpu_sum(table, key: int = 0) -> int:
+    """Sum a BPF_PERCPU_ARRAY u64 slot over CPUs (drop counters)."""
+    vals = table[ctypes.c_int(key)]
+    return int(sum(v for v in vals))

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real private redis-server per session, a fresh SQLite file per test, and
+the real native pipeline (ingester + collectors as processes) for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from kernelsight.config import Settings
+from kernelsight.redis_server import PrivateRedis
+from kernelsight.runner import Stack
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[PrivateRedis]:
+    with PrivateRedis() as r:
+        yield r
+
+
+@pytest.fixture
+def redis_url(redis_server: PrivateRedis) -> str:
+    r = redis.Redis.from_url(redis_server.url)
+    r.flushall()
+    r.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, db_path=str(tmp_path / "ks.db"), host="testhost")
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    r = redis.Redis.from_url(redis_url)
+    yield r
+    r.close()
+
+
+@contextlib.contextmanager
+def running_pipeline(settings: Settings, names: list[str], log_dir: Path) -> Iterator[Stack]:
+    """Ingester + the named collectors as real processes; on exit stop the collectors, drain
+    the ingester and check it exited cleanly. Fails fast if a collector cannot start."""
+    stack = Stack(settings, log_dir)
+    try:
+        stack.start_redis()
+        stack.start_ingest()
+        procs = stack.start_collectors(names)
+        bad = {n: p.detail for n, p in procs.items() if p.state != "started"}
+        if bad:
+            logs = {n: (log_dir / f"{n}.log").read_text()[-2000:] for n in bad
+                    if (log_dir / f"{n}.log").exists()}
+            pytest.fail(f"collectors failed to start: {bad}\n{logs}")
+        yield stack
+        stack.stop_collectors()
+        rc = stack.drain_ingest()
+        assert rc == 0, (log_dir / "ingest.log").read_text()[-3000:]
+    finally:
+        stack.close()
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("eBPF tests run as root (CI and `make test` do)")
