@@ -71,5 +71,5 @@ def max_value(counts: Mapping[int, int]) -> float:
     """Upper bound (inclusive) of the highest non-empty bucket, in ns."""
     if not counts:
         return 0.0
-    lo, hi = bounds(max(k for k, v in counts.items() if v > 0))
+    _, hi = bounds(max(k for k, v in counts.items() if v > 0))
     return float(hi - 1)

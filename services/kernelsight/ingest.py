@@ -390,9 +390,7 @@ class Ingester:
             now = time.monotonic()
             if n:
                 idle_since = now
-            elif self._stop and (not self._draining or self._pending_total() == 0):
-                break
-            elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
+            elif self._stop and (not self._draining or self._pending_total() == 0) or idle_exit_s is not None and now - idle_since >= idle_exit_s:
                 break
             if now - self._last_trim > 1.0:
                 self._last_trim = now
@@ -431,6 +429,39 @@ class Ingester:
             if not got:
                 break
         return self._process(got) if got else 0
+
+
+def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP) -> int:
+    """Entries not yet stored: undelivered (group lag) plus delivered-but-unacked (pending)."""
+    total = 0
+    for s in ALL_STREAMS:
+        try:
+            groups = r.xinfo_groups(s)
+        except redis.ResponseError:
+            continue  # no such stream yet
+        for g in groups:
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == group:
+                lag = g.get("lag")
+                if lag is None:  # Redis cannot tell after some trims/deletes: count by id
+                    last = g["last-delivered-id"]
+                    lag = len(r.xrange(s, min=b"(" + last if isinstance(last, bytes)
+                                       else "(" + last, count=100_000))
+                total += int(lag) + int(g["pending"])
+    return total
+
+
+def wait_drained(redis_url: str, timeout: float = 60.0) -> bool:
+    """Wait until the ingest group has stored everything in every stream."""
+    from kernelsight.streams import connect as _connect
+
+    r = _connect(redis_url)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if backlog(r) == 0:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def install_signal_handlers(ing: Ingester) -> None:

@@ -22,7 +22,7 @@ IO = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, device, read
 def _table(console: Console, title: str, conn, sql: str, n: int) -> None:
     res = conn.execute(text(sql), {"n": n})
     t = Table(title=title, title_justify="left")
-    for c in res.keys():
+    for c in res.keys():  # noqa: SIM118 - a SQLAlchemy result, not a dict
         t.add_column(c, justify="left")
     rows = res.fetchall()
     for r in rows:

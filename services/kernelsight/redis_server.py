@@ -9,7 +9,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 from kernelsight.exceptions import RedisUnavailable
 
@@ -77,7 +76,7 @@ class PrivateRedis:
         if self.dir.startswith(tempfile.gettempdir()):
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> PrivateRedis:
+    def __enter__(self) -> PrivateRedis:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

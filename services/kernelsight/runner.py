@@ -27,6 +27,9 @@ from kernelsight.streams import Publisher, connect, ping
 log = logging.getLogger(__name__)
 
 STATUS_KEY = "kernelsight:status:{name}"
+# Setting this key asks every collector watching this Redis to finish (flush, publish its final
+# accounting, exit 0). It is how the compose stress job stops collectors it cannot signal.
+STOP_KEY = "kernelsight:control:stop"
 
 
 def _set_status(settings: Settings, name: str, state: str, detail: str = "") -> None:
@@ -62,18 +65,57 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
     _set_status(settings, name, "started")
     log.info("%s started (pid %d)", name, os.getpid())
     end = time.monotonic() + duration if duration else None
+    ctl = connect(settings.redis_url, 1)
+    started_ns = time.time_ns()
+    next_ctl = 0.0
     try:
         while not stop.is_set() and (end is None or time.monotonic() < end):
             col.poll()
             pub.flush()
+            if time.monotonic() >= next_ctl:
+                next_ctl = time.monotonic() + 0.5
+                if _stop_requested(ctl, started_ns):
+                    log.info("%s: stop requested through %s", name, STOP_KEY)
+                    break
     finally:
         try:
             col.stop()
         finally:
             pub.flush()
             pub.close()
+            _set_status(settings, name, "stopped")
     log.info("%s stopped: %s", name, {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in pub.counters.items()})
     return 0
+
+
+def _stop_requested(r: redis.Redis, started_ns: int) -> bool:
+    """A stop request newer than our start (an old key must not stop a new run)."""
+    try:
+        raw = r.get(STOP_KEY)
+    except redis.RedisError:
+        return False
+    return bool(raw) and int(raw) >= started_ns
+
+
+def request_stop(redis_url: str) -> None:
+    connect(redis_url).set(STOP_KEY, str(time.time_ns()), ex=3600)
+
+
+def collector_states(redis_url: str, names: list[str]) -> dict[str, dict]:
+    r = connect(redis_url)
+    raw = r.mget([STATUS_KEY.format(name=n) for n in names])
+    return {n: (orjson.loads(v) if v else {"state": "unknown"}) for n, v in zip(names, raw,
+                                                                               strict=True)}
+
+
+def wait_states(redis_url: str, names: list[str], states: set[str], timeout: float) -> dict:
+    """Wait until every named collector's status is in ``states``; returns the last states."""
+    end = time.monotonic() + timeout
+    while True:
+        st = collector_states(redis_url, names)
+        if all(s["state"] in states for s in st.values()) or time.monotonic() >= end:
+            return st
+        time.sleep(0.2)
 
 
 @dataclass

@@ -9,7 +9,7 @@ nanoseconds) and ``host``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
@@ -47,7 +47,7 @@ class Col:
     choices: tuple[str, ...] = ()
 
 
-def I(name: str, lo: int | None = 0, hi: int = INT64_MAX) -> Col:  # noqa: E743
+def I(name: str, lo: int | None = 0, hi: int = INT64_MAX) -> Col:
     return Col(name, "int", lo, hi)
 
 
