@@ -107,6 +107,15 @@ def check_db_path(path: str) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create the directory for --db {path}: {e.strerror}") from None
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ConfigError(f"--db {path} is not writable; choose a writable path or fix permissions")
+    try:
+        if p.exists():
+            with open(p, "r+b"):
+                pass
+        else:  # root passes os.access() checks even on read-only mounts: really try
+            with open(p, "xb"):
+                pass
+            p.unlink()
+    except OSError as e:
+        raise ConfigError(f"--db {path} is not writable ({e.strerror}); choose a writable path "
+                          "or fix permissions") from None
     return p

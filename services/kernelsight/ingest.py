@@ -290,7 +290,8 @@ class Ingester:
                     if attempt > defaults.LOCK_RETRIES:
                         raise DatabaseError(
                             f"database {self.s.db_path} stayed locked for "
-                            f"{attempt * defaults.LOCK_RETRY_S:.0f}s; close the program holding a write "
+                            f"{attempt * defaults.LOCK_RETRY_S:.0f}s; close the program holding "
+                            "a write "
                             "transaction (entries stay pending in Redis)") from None
                     log.warning("database is locked, retry %d", attempt)
                     time.sleep(defaults.LOCK_RETRY_S)
@@ -390,7 +391,9 @@ class Ingester:
             now = time.monotonic()
             if n:
                 idle_since = now
-            elif self._stop and (not self._draining or self._pending_total() == 0) or idle_exit_s is not None and now - idle_since >= idle_exit_s:
+            elif self._stop and (not self._draining or self._pending_total() == 0):
+                break
+            elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
                 break
             if now - self._last_trim > 1.0:
                 self._last_trim = now

@@ -53,7 +53,8 @@ class PrivateRedis:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RedisUnavailable(f"redis-server exited at start (code {self.proc.returncode})")
+                raise RedisUnavailable(
+                    f"redis-server exited at start (code {self.proc.returncode})")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self

@@ -1,0 +1,259 @@
+/* Page-fault tracer: latency, type and access of user-address page faults, without kprobes.
+ *
+ * Entry: exceptions:page_fault_user / exceptions:page_fault_kernel (x86) fire at exception
+ * entry with the address, ip and error_code; we keep {ts, address, error_code} per thread.
+ * Completion: the kernel emits the PAGE_FAULTS_MAJ or PAGE_FAULTS_MIN software perf event at
+ * the end of handle_mm_fault (mm_account_fault), only for a successful, non-retried fault that
+ * came from an exception (regs != NULL). A BPF program on each of those two events (every CPU,
+ * sample_period=1) closes the fault: latency = now - entry ts of the same thread, provided the
+ * entry's address is the perf sample's address.
+ *
+ * Outputs:
+ *   totals  - cumulative {count, latency sum, sampled events, per-epoch max} per (tgid, type).
+ *             Never reset by user space: each interval is the difference of two reads.
+ *             The max is kept per epoch (two slots, epoch parity): user space bumps `epoch`
+ *             and then reads the slot of the finished epoch, so it never writes this map.
+ *   events  - ring buffer: every major fault, minor faults through a per-CPU token bucket.
+ *   drops   - per-CPU counters of what could not be recorded (see DROP_*).
+ *
+ * Compile-time settings (cflags): KS_MAP_ENTRIES, KS_RINGBUF_PAGES, KS_MINOR_RATE (minor
+ * events per second, all CPUs) and KS_NCPU (the per-CPU buckets share KS_MINOR_RATE).
+ */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
+#include <linux/sched.h>
+
+#ifndef KS_MAP_ENTRIES
+#define KS_MAP_ENTRIES 65536
+#endif
+#ifndef KS_RINGBUF_PAGES
+#define KS_RINGBUF_PAGES 256
+#endif
+#ifndef KS_MINOR_RATE
+#define KS_MINOR_RATE 2000
+#endif
+#ifndef KS_NCPU
+#define KS_NCPU 1
+#endif
+
+#define DROP_RINGBUF_FULL 0
+#define DROP_MINOR_SAMPLED 1
+#define DROP_MAP_FULL 2
+#define DROP_NO_ENTRY 3 /* completion without a matching entry: latency unknown (0) */
+#define DROP_SLOTS 4
+
+#define ACCESS_READ 0
+#define ACCESS_WRITE 1
+#define ACCESS_EXEC 2
+
+/* x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h) */
+#define X86_PF_WRITE (1 << 1)
+#define X86_PF_INSTR (1 << 4)
+
+struct start_t {
+    u64 ts;
+    u64 addr;
+    u64 error_code;
+};
+
+struct tkey {
+    u32 tgid;
+    u32 major;
+};
+
+struct tval {
+    u64 count;
+    u64 lat_sum;
+    u64 sampled;
+    u64 max0;   /* max latency in the last even epoch */
+    u64 max1;   /* ... odd epoch */
+    u64 epoch0; /* the epoch max0 belongs to */
+    u64 epoch1;
+    char comm[TASK_COMM_LEN]; /* comm when the key was created */
+};
+
+struct event_t {
+    u64 ts;
+    u64 latency_ns;
+    u64 addr;
+    u32 pid;
+    u32 tid;
+    u32 cpu;
+    u8 major;
+    u8 access;
+    u8 user_mode;
+    u8 pad;
+    char comm[TASK_COMM_LEN];
+};
+
+struct bucket_t {
+    u64 last_ns;
+    u64 credit; /* one event costs KS_NCPU * 1e9; refilled at KS_MINOR_RATE per ns */
+};
+
+/* LRU: an entry whose fault never completes (SIGSEGV, GUP, fatal signal) cannot leak. */
+BPF_TABLE("lru_hash", u32, struct start_t, start, KS_MAP_ENTRIES);
+BPF_HASH(totals, struct tkey, struct tval, KS_MAP_ENTRIES);
+BPF_ARRAY(epoch, u64, 1);
+BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
+BPF_PERCPU_ARRAY(bucket, struct bucket_t, 1);
+BPF_RINGBUF_OUTPUT(events, KS_RINGBUF_PAGES);
+
+static __always_inline void count_drop(u32 slot)
+{
+    u64 *v = drops.lookup(&slot);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void on_entry(u64 address, u64 error_code)
+{
+    if ((s64)address < 0) /* a kernel address: no mm fault follows */
+        return;
+    u32 tid = bpf_get_current_pid_tgid();
+    struct start_t s = {};
+    s.ts = bpf_ktime_get_ns();
+    s.addr = address;
+    s.error_code = error_code;
+    start.update(&tid, &s);
+}
+
+TRACEPOINT_PROBE(exceptions, page_fault_user)
+{
+    on_entry(args->address, args->error_code);
+    return 0;
+}
+
+/* Faults on user addresses taken in kernel mode (copy_to_user & co.): getrusage counts them. */
+TRACEPOINT_PROBE(exceptions, page_fault_kernel)
+{
+    on_entry(args->address, args->error_code);
+    return 0;
+}
+
+static __always_inline int minor_token(u64 now)
+{
+    if (KS_MINOR_RATE == 0)
+        return 0;
+    u32 z = 0;
+    struct bucket_t *b = bucket.lookup(&z);
+    if (!b)
+        return 0;
+    const u64 cost = (u64)KS_NCPU * 1000000000ULL;
+    u64 cap = (u64)KS_MINOR_RATE * 100000000ULL; /* 0.1 s of this CPU's share */
+    if (cap < cost)
+        cap = cost;
+    u64 elapsed = now - b->last_ns;
+    if (elapsed > 1000000000ULL)
+        elapsed = 1000000000ULL;
+    u64 credit = b->credit + elapsed * (u64)KS_MINOR_RATE;
+    if (credit > cap)
+        credit = cap;
+    b->last_ns = now;
+    if (credit < cost) {
+        b->credit = credit;
+        return 0;
+    }
+    b->credit = credit - cost;
+    return 1;
+}
+
+static __always_inline struct tval *totals_entry(u32 tgid, u32 major)
+{
+    struct tkey k = {};
+    k.tgid = tgid;
+    k.major = major;
+    struct tval *v = totals.lookup(&k);
+    if (v)
+        return v;
+    struct tval init = {};
+    bpf_get_current_comm(&init.comm, sizeof(init.comm));
+    totals.insert(&k, &init); /* BPF_NOEXIST: loses harmlessly to a concurrent insert */
+    return totals.lookup(&k);
+}
+
+static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
+{
+    u64 now = bpf_ktime_get_ns();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    u32 tgid = id >> 32;
+    u64 addr = ctx->addr;
+    u64 lat = 0;
+    u8 access = ACCESS_READ;
+
+    struct start_t *s = start.lookup(&tid);
+    if (s && s->addr == addr && now >= s->ts) {
+        lat = now - s->ts;
+        if (s->error_code & X86_PF_INSTR)
+            access = ACCESS_EXEC;
+        else if (s->error_code & X86_PF_WRITE)
+            access = ACCESS_WRITE;
+    } else {
+        count_drop(DROP_NO_ENTRY);
+    }
+    if (s)
+        start.delete(&tid);
+
+    struct tval *v = totals_entry(tgid, major);
+    if (v) {
+        __sync_fetch_and_add(&v->count, 1);
+        __sync_fetch_and_add(&v->lat_sum, lat);
+        u32 z = 0;
+        u64 *ep = epoch.lookup(&z);
+        u64 e = ep ? *ep : 0;
+        if (e & 1) {
+            if (v->epoch1 != e) {
+                v->epoch1 = e;
+                v->max1 = lat;
+            } else if (lat > v->max1) {
+                v->max1 = lat;
+            }
+        } else {
+            if (v->epoch0 != e) {
+                v->epoch0 = e;
+                v->max0 = lat;
+            } else if (lat > v->max0) {
+                v->max0 = lat;
+            }
+        }
+    } else {
+        count_drop(DROP_MAP_FULL);
+    }
+
+    if (!major && !minor_token(now)) {
+        count_drop(DROP_MINOR_SAMPLED);
+        return 0;
+    }
+    struct event_t *ev = events.ringbuf_reserve(sizeof(struct event_t));
+    if (!ev) {
+        count_drop(DROP_RINGBUF_FULL);
+        return 0;
+    }
+    ev->ts = now;
+    ev->latency_ns = lat;
+    ev->addr = addr;
+    ev->pid = tgid;
+    ev->tid = tid;
+    ev->cpu = bpf_get_smp_processor_id();
+    ev->major = major;
+    ev->access = access;
+    /* the perf sample's regs are the faulting context's: user mode iff CPL 3 */
+    ev->user_mode = (ctx->regs.cs & 3) == 3;
+    ev->pad = 0;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    events.ringbuf_submit(ev, 0);
+    if (v)
+        __sync_fetch_and_add(&v->sampled, 1);
+    return 0;
+}
+
+int on_major(struct bpf_perf_event_data *ctx)
+{
+    return on_done(ctx, 1);
+}
+
+int on_minor(struct bpf_perf_event_data *ctx)
+{
+    return on_done(ctx, 0);
+}

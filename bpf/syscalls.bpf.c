@@ -1,0 +1,160 @@
+/* KernelSight syscall latency tracer: every syscall slower than MIN_LATENCY_NS.
+ *
+ * Hooks raw tracepoints sys_enter (args[0] = struct pt_regs *, args[1] = syscall id) and
+ * sys_exit (args[0] = struct pt_regs *, args[1] = return value). Raw tracepoints skip the
+ * perf-buffer argument copy regular tracepoints do, so they are the cheapest hook here.
+ *
+ * Per-thread start state lives in a BPF_ARRAY indexed by tid (an inlined lookup, no hashing,
+ * no locking); tids >= TID_SLOTS fall back to a bounded hash. Only syscalls that cross the
+ * threshold touch the ring buffer. No task_struct field is read (the headers BCC compiles
+ * against may be another kernel's); pt_regs is only read through PT_REGS_* on x86_64/arm64,
+ * whose layout is ABI.
+ *
+ * cflags (set by collectors/syscalls.py):
+ *   -DMIN_LATENCY_NS=...  -DSELF_TGID=... (0: trace everything)  -DTID_SLOTS=...
+ *   -DHASH_ENTRIES=...    -DRINGBUF_PAGES=...
+ */
+#include <uapi/linux/ptrace.h>
+
+#ifndef MIN_LATENCY_NS
+#define MIN_LATENCY_NS 10000000ULL
+#endif
+#ifndef SELF_TGID
+#define SELF_TGID 0
+#endif
+#ifndef TID_SLOTS
+#define TID_SLOTS 32768
+#endif
+#ifndef HASH_ENTRIES
+#define HASH_ENTRIES 65536
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+
+/* Drop/loss counters, per CPU so the hot path never contends. */
+#define CNT_RINGBUF_FULL 0
+#define CNT_START_MAP_FULL 1
+#define CNT_MAX 2
+
+struct start_t {
+    u64 ts;   /* bpf_ktime_get_ns() at sys_enter; 0 = no syscall in flight */
+    s64 arg0; /* first argument register, bit-for-bit */
+    s64 nr;   /* syscall id */
+};
+
+/* The one definition of an event; user space parses it with b["events"].event(data). */
+struct event_t {
+    u64 ts_ns;      /* CLOCK_MONOTONIC ns at sys_exit */
+    u64 latency_ns;
+    s64 ret;
+    s64 arg0;       /* the unsigned register reinterpreted as int64 */
+    s64 nr;
+    u32 tgid;
+    u32 tid;
+    u32 uid;
+    u32 cpu;
+    char comm[16];
+};
+
+BPF_ARRAY(start_slots, struct start_t, TID_SLOTS);
+BPF_HASH(start_hash, u32, struct start_t, HASH_ENTRIES);
+BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void count(int idx)
+{
+    u64 *c = counters.lookup(&idx);
+    if (c)
+        (*c)++;
+}
+
+RAW_TRACEPOINT_PROBE(sys_enter)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+#if SELF_TGID
+    if ((id >> 32) == SELF_TGID)
+        return 0;
+#endif
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    struct start_t *s;
+    if (tid < TID_SLOTS) {
+        s = start_slots.lookup(&tid);
+        if (!s)
+            return 0;
+    } else {
+        struct start_t zero = {};
+        s = start_hash.lookup_or_try_init(&tid, &zero);
+        if (!s) {
+            count(CNT_START_MAP_FULL);
+            return 0;
+        }
+    }
+    s->nr = (s64)ctx->args[1];
+    bpf_probe_read_kernel(&s->arg0, sizeof(s->arg0), &PT_REGS_PARM1(regs));
+    s->ts = bpf_ktime_get_ns();
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sys_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct start_t *s;
+    bool hashed = tid >= TID_SLOTS;
+    if (!hashed)
+        s = start_slots.lookup(&tid);
+    else
+        s = start_hash.lookup(&tid);
+    if (!s || !s->ts)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    u64 start = s->ts;
+    u64 delta = now - start;
+    s->ts = 0;
+    if (delta < MIN_LATENCY_NS) {
+        if (hashed)
+            start_hash.delete(&tid);
+        return 0;
+    }
+    s64 nr = s->nr;
+    s64 arg0 = s->arg0;
+    if (hashed)
+        start_hash.delete(&tid);
+
+    /* A thread that died inside exit()/exit_group() never reaches sys_exit, so its slot keeps
+     * a stale start; a new thread that reuses the tid first "returns" from clone. Only pair an
+     * exit with an enter of the same syscall (orig_ax/syscallno is the number being exited). */
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    s64 exit_nr = -1;
+#if defined(__x86_64__) || defined(__TARGET_ARCH_x86)
+    bpf_probe_read_kernel(&exit_nr, sizeof(exit_nr), &regs->orig_ax);
+#elif defined(__aarch64__) || defined(__TARGET_ARCH_arm64)
+    int nr32 = -1;
+    bpf_probe_read_kernel(&nr32, sizeof(nr32), &regs->syscallno);
+    exit_nr = nr32;
+#else
+    exit_nr = nr;
+#endif
+    if (exit_nr != nr)
+        return 0;
+
+    struct event_t *e = events.ringbuf_reserve(sizeof(struct event_t));
+    if (!e) {
+        count(CNT_RINGBUF_FULL);
+        return 0;
+    }
+    e->ts_ns = now;
+    e->latency_ns = delta;
+    e->ret = (s64)ctx->args[1];
+    e->arg0 = arg0;
+    e->nr = nr;
+    e->tgid = id >> 32;
+    e->tid = tid;
+    e->uid = (u32)bpf_get_current_uid_gid();
+    e->cpu = bpf_get_smp_processor_id();
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
