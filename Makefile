@@ -1,0 +1,41 @@
+# KernelSight. Two commands on a fresh Debian/Ubuntu machine, as root:
+#   make stress   # the main job: every collector + stress workloads + verdict
+#   make test     # the test suite (real Redis, real BPF, real Docker)
+SHELL := /bin/bash
+TEST_DURATION ?= 60
+DB ?= data/stress_test.db
+PYTEST_ARGS ?=
+VENV := .venv
+KS := $(VENV)/bin/kernelsight
+
+.PHONY: setup stress report query test test-fast lint bench soak docker-setup compose-stress clean
+
+setup:
+	@scripts/setup.sh
+
+stress: setup
+	$(KS) stresstest --duration $(TEST_DURATION) --db $(DB)
+
+report: setup
+	$(KS) report --db $(DB)
+
+query: setup
+	$(KS) query --db-path $(DB) --demo
+
+test: setup docker-setup
+	$(VENV)/bin/pytest -v -rA --durations=15 $(PYTEST_ARGS) tests
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not docker" $(PYTEST_ARGS) tests
+
+lint: setup
+	$(VENV)/bin/ruff check services tests
+
+docker-setup:
+	@bash docker/setup-docker.sh
+
+compose-stress: docker-setup
+	TEST_DURATION=$(TEST_DURATION) docker compose up --build stress
+
+clean:
+	rm -rf data/stress_test.db* logs/stress_test

@@ -1,0 +1,258 @@
+"""The page-fault tracer (bpf/pagefaults.bpf.c)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernelsight import bpfsupport
+from kernelsight.clock import MonoToEpoch, mono_ns, now_ns
+from kernelsight.collectors.base import Collector
+from kernelsight.exceptions import CollectorError
+
+log = logging.getLogger(__name__)
+
+EVENTS = "page_fault_events"
+TOTALS = "page_fault_totals"
+
+# Slots of the per-CPU `drops` array in bpf/pagefaults.bpf.c.
+DROP_RINGBUF_FULL = 0
+DROP_MINOR_SAMPLED = 1
+DROP_MAP_FULL = 2
+DROP_NO_ENTRY = 3
+DROP_SLOTS = 4
+
+FAULT_TYPE = ("minor", "major")
+ACCESS = ("read", "write", "exec")
+COMM_LEN = 16
+
+
+class Event(ctypes.Structure):
+    """struct event_t in bpf/pagefaults.bpf.c."""
+
+    _fields_ = [
+        ("ts", ctypes.c_uint64),
+        ("latency_ns", ctypes.c_uint64),
+        ("addr", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("major", ctypes.c_uint8),
+        ("access", ctypes.c_uint8),
+        ("user_mode", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+@dataclass
+class Cumulative:
+    """One (tgid, type) as last read: the kernel's cumulative counters."""
+
+    count: int = 0
+    lat_sum: int = 0
+    sampled: int = 0
+
+
+def decode_comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def max_for_epoch(v, epoch: int) -> int:
+    """The max latency the kernel kept for ``epoch`` (0 when no fault completed in it)."""
+    if epoch & 1:
+        return int(v.max1) if int(v.epoch1) == epoch else 0
+    return int(v.max0) if int(v.epoch0) == epoch else 0
+
+
+class PageFaults(Collector):
+    """Page faults on user addresses: every major fault and a rate-limited sample of minor
+    faults as ``page_fault_events``, plus exact per-process totals as ``page_fault_totals``.
+
+    HOOKS
+      exceptions:page_fault_user, exceptions:page_fault_kernel (tracepoints, fault entry:
+      address, error_code) and the PAGE_FAULTS_MAJ / PAGE_FAULTS_MIN software perf events
+      with a BPF program on every CPU (sample_period=1), which the kernel emits at the end of
+      handle_mm_fault (mm_account_fault). latency_ns = perf event time - entry time of the
+      same thread (matched on the fault address). No kprobes, no fentry.
+
+    OUTPUT
+      page_fault_events: pid, tid, cpu, address, latency_ns, fault_type (major|minor),
+        access_type (read|write|exec, from the x86 error code), user_mode (the faulting
+        context was in user mode; 0 = copy_to_user & co. inside a syscall), comm.
+        Every major fault is an event. Minor faults are sampled by a per-CPU token bucket
+        sharing --minor-fault-rate events/s (default 2000); the rest are counted as
+        dropped, reason ``minor_sampled`` - by design, since the totals stay exact.
+      page_fault_totals: every --interval, one row per (pid, fault_type) with faults in it:
+        fault_count, latency_sum_ns, latency_max_ns, sampled_events (how many of them are
+        in page_fault_events), interval_ns. Counts come from cumulative in-kernel counters
+        that user space only reads (diff of two reads), so nothing is lost between reads.
+
+    COST (measured on the 2-vCPU Firecracker VM, kernel 6.18; `perf bench mem` style loop
+      in C: mmap 256 MiB anonymous, write one byte per 4 KiB page, munmap, 40 rounds =
+      2.6 M minor faults):  untraced 0.584 us/fault, traced 0.829 us/fault, so about
+      +0.25 us per fault (+42% on this fault-only loop). A real workload pays this only per
+      fault (a few thousand per second on a busy host). Major faults wait for I/O (tens of
+      us or more), so the cost there is noise. Memory: three maps of --map-entries and a
+      --ringbuf-pages ring buffer.
+
+    CAVEATS
+      - x86 only: the exceptions:* tracepoints are x86's.
+      - Faults taken by get_user_pages() (regs == NULL: O_DIRECT user buffers,
+        process_vm_readv, ptrace, execve argument pages, mlock/MAP_POPULATE/madvise
+        populate, futex fault-in) increment getrusage() counters but emit no perf event:
+        this tracer does not see them. Failed faults (SIGSEGV/SIGBUS) are not counted
+        either, as perf does not count them.
+      - A fault in flight when the tracer starts has no entry: latency 0, access 'read'
+        (counted in the log at stop as unmatched completions).
+      - latency_max_ns is per interval; a fault completing within microseconds of the
+        interval switch may land its max in the next interval (it is clamped to at least
+        the interval's mean).
+      - Totals of a process are deleted from the kernel map after it has left /proc
+        (final read first). Per-process keys are bounded by --map-entries; faults of
+        processes that do not fit are counted as dropped, reason ``map_full``.
+    """
+
+    name = "pagefaults"
+    event_types = (EVENTS, TOTALS)
+
+    def start(self) -> None:
+        s = self.settings
+        ncpu = max(1, os.cpu_count() or 1)
+        cflags = [f"-DKS_MAP_ENTRIES={s.map_entries}", f"-DKS_RINGBUF_PAGES={s.ringbuf_pages}",
+                  f"-DKS_MINOR_RATE={max(0, int(s.minor_fault_rate))}", f"-DKS_NCPU={ncpu}",
+                  f"-I{s.bpf_path}"]
+        self.bpf = bpfsupport.load(s, "pagefaults", cflags)
+        try:
+            from bcc import PerfSWConfig, PerfType
+        except ImportError as e:  # load() already imported bcc; this is for the type checker
+            raise CollectorError(f"pagefaults: bcc is incomplete: {e}") from None
+        for cfg, fn in ((PerfSWConfig.PAGE_FAULTS_MAJ, b"on_major"),
+                        (PerfSWConfig.PAGE_FAULTS_MIN, b"on_minor")):
+            try:
+                self.bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=cfg,
+                                           fn_name=fn, sample_period=1)
+            except Exception as e:  # bcc raises bare Exception
+                self.bpf.cleanup()
+                raise CollectorError(
+                    f"pagefaults: cannot attach the {fn.decode()[3:]} page-fault software "
+                    f"perf event ({e}); needs perf_event_open as root (check "
+                    "kernel.perf_event_paranoid and that CONFIG_PERF_EVENTS is on), or run "
+                    "`kernelsight doctor`") from None
+        self.mono_to_epoch = MonoToEpoch()
+        self.totals = self.bpf["totals"]
+        self.epoch_tbl = self.bpf["epoch"]
+        self.drops_tbl = self.bpf["drops"]
+        self.epoch = 1
+        self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
+        self.prev: dict[tuple[int, int], Cumulative] = {}
+        self.drops_seen = [0] * DROP_SLOTS
+        self.pending: list[dict] = []
+        self.bpf["events"].open_ring_buffer(self._on_event)
+        self.procfs = Path(s.procfs)
+        self.interval_start = mono_ns()
+        self.next_interval = time.monotonic() + s.interval
+
+    # -- events ---------------------------------------------------------------------------
+    def _on_event(self, _ctx: object, data: int, _size: int) -> None:
+        e = ctypes.cast(data, ctypes.POINTER(Event)).contents
+        self.pending.append({
+            "timestamp": self.mono_to_epoch(e.ts), "host": self.settings.host,
+            "pid": e.pid, "tid": e.tid, "cpu": e.cpu, "address": e.addr,
+            "latency_ns": e.latency_ns, "fault_type": FAULT_TYPE[e.major & 1],
+            "access_type": ACCESS[min(e.access, 2)], "user_mode": e.user_mode & 1,
+            "comm": decode_comm(e.comm),
+        })
+
+    def _publish_events(self) -> None:
+        if self.pending:
+            self.pub.publish(EVENTS, self.pending)
+            self.pending = []
+
+    # -- totals ---------------------------------------------------------------------------
+    def _comm(self, tgid: int, fallback: bytes) -> str:
+        try:
+            return (self.procfs / str(tgid) / "comm").read_text().rstrip("\n")
+        except OSError:
+            return decode_comm(fallback)
+
+    def _interval(self) -> None:
+        now_mono = mono_ns()
+        ts = now_ns()
+        interval_ns = max(1, now_mono - self.interval_start)
+        self.interval_start = now_mono
+        finished = self.epoch
+        self.epoch += 1
+        self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
+        rows = []
+        seen: dict[int, list] = {}
+        for k, v in self.totals.items():
+            key = (int(k.tgid), int(k.major))
+            seen.setdefault(key[0], []).append(k)
+            before = self.prev.get(key) or Cumulative()
+            cur = Cumulative(int(v.count), int(v.lat_sum), int(v.sampled))
+            self.prev[key] = cur
+            n = cur.count - before.count
+            if n <= 0:
+                continue
+            lat_sum = cur.lat_sum - before.lat_sum
+            rows.append({
+                "timestamp": ts, "host": self.settings.host, "pid": key[0],
+                "comm": self._comm(key[0], bytes(v.comm)), "fault_type": FAULT_TYPE[key[1] & 1],
+                "fault_count": n, "latency_sum_ns": lat_sum,
+                "latency_max_ns": max(max_for_epoch(v, finished), -(-lat_sum // n)),
+                "sampled_events": max(0, cur.sampled - before.sampled),
+                "interval_ns": interval_ns,
+            })
+        if rows:
+            self.pub.publish(TOTALS, rows)
+        # Forget processes that are gone, after the read above was their final one.
+        for tgid, keys in seen.items():
+            if not (self.procfs / str(tgid)).exists():
+                for k in keys:
+                    try:
+                        del self.totals[k]
+                    except KeyError:
+                        pass
+                    self.prev.pop((int(k.tgid), int(k.major)), None)
+        for key in [k for k in self.prev if k[0] not in seen]:
+            del self.prev[key]  # deleted elsewhere (never, today) - keep prev bounded
+        self._account_drops()
+
+    def _account_drops(self) -> None:
+        now = [bpfsupport.read_percpu_sum(self.drops_tbl, i) for i in range(DROP_SLOTS)]
+        d = [a - b for a, b in zip(now, self.drops_seen)]
+        self.drops_seen = now
+        self.pub.lost(EVENTS, "ringbuf_full", d[DROP_RINGBUF_FULL])
+        self.pub.lost(EVENTS, "minor_sampled", d[DROP_MINOR_SAMPLED])
+        self.pub.lost(TOTALS, "map_full", d[DROP_MAP_FULL])
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def poll(self) -> None:
+        self.bpf.ring_buffer_poll(100)
+        self._publish_events()
+        if time.monotonic() >= self.next_interval:
+            self.next_interval += self.settings.interval
+            if self.next_interval < time.monotonic():  # we fell behind; do not burst
+                self.next_interval = time.monotonic() + self.settings.interval
+            self._interval()
+
+    def stop(self) -> None:
+        bpf = getattr(self, "bpf", None)
+        if bpf is None:
+            return
+        try:
+            bpf.ring_buffer_consume()
+            self._publish_events()
+            self._interval()
+            log.info("pagefaults: %d completions had no matching entry (latency 0)",
+                     self.drops_seen[DROP_NO_ENTRY])
+        finally:
+            bpf.cleanup()
+
+
+COLLECTOR = PageFaults
