@@ -247,9 +247,10 @@ def _register_optional() -> None:
             if e.name == f"kernelsight.{mod}":
                 continue
             raise
-        cmd = getattr(m, "command", None)
-        if cmd is not None:
-            cli.add_command(cmd)
+        for attr in ("command", "soak_command"):
+            cmd = getattr(m, attr, None)
+            if cmd is not None:
+                cli.add_command(cmd)
 
 
 def main() -> None:

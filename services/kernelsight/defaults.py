@@ -17,7 +17,7 @@ LOCK_RETRY_S = 0.2
 # Producer side.
 BUFFER_MAX = 100_000  # events held in memory while Redis is unreachable or a stream is full
 STREAM_MAXLEN = 1_000_000  # producers hold back (and count) above this many unread entries
-STREAM_RETAIN = 50_000  # the ingester trims acknowledged entries beyond this many
+STREAM_RETAIN = 10_000  # the ingester trims acknowledged entries beyond this many
 ACCOUNTING_INTERVAL_S = 1.0
 HEALTH_TTL_S = 15
 
