@@ -164,6 +164,7 @@ class Ingester:
                         for name, t in schema.TABLES.items()}
         self._dead_ins = insert(schema.dead_letters).prefix_with("OR IGNORE")
         self._acc_ins = insert(schema.pipeline_accounting)
+        self.streams: list[bytes] = list(ALL_STREAMS)
 
     # -- setup ----------------------------------------------------------------------------
     def ensure_groups(self) -> None:
@@ -185,8 +186,23 @@ class Ingester:
 
     # -- reading --------------------------------------------------------------------------
     def _read(self, ids: str, block: int | None, count: int) -> list:
-        return self.r.xreadgroup(self.group, self.consumer, {s: ids for s in ALL_STREAMS},
+        return self.r.xreadgroup(self.group, self.consumer, {s: ids for s in self.streams},
                                  count=count, block=block) or []
+
+    def discover(self) -> None:
+        """Streams under our prefix that no event type owns (a misconfigured or newer
+        producer): read them too, so their entries become counted dead letters rather than
+        sitting unseen."""
+        found = set(self.r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000,
+                                     _type="STREAM"))
+        extra = sorted(found - set(ALL_STREAMS))
+        for s in extra:
+            try:
+                self.r.xgroup_create(s, self.group, id="0")
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        self.streams = ALL_STREAMS + extra
 
     def _own_pending(self) -> None:
         """Entries delivered to this consumer name but never acked (a previous crash)."""
@@ -201,7 +217,7 @@ class Ingester:
 
     def _autoclaim(self) -> None:
         """Take over entries idle too long on other (dead) consumers of the group."""
-        for s in ALL_STREAMS:
+        for s in self.streams:
             start = "0-0"
             while True:
                 res = self.r.xautoclaim(s, self.group, self.consumer,
@@ -361,6 +377,7 @@ class Ingester:
         nothing is pending, then return."""
         self.check_redis()
         self.ensure_groups()
+        self.discover()
         self._own_pending()
         self._autoclaim()
         self._last_reclaim = time.monotonic()
@@ -401,6 +418,7 @@ class Ingester:
             if now - self._last_reclaim > 10.0:
                 self._last_reclaim = now
                 self._autoclaim()
+                self.discover()
         # Final accounting snapshot.
         self._last_accounting = 0.0
         self._draining = True
@@ -409,7 +427,7 @@ class Ingester:
 
     def _pending_total(self) -> int:
         pipe = self.r.pipeline(transaction=False)
-        for s in ALL_STREAMS:
+        for s in self.streams:
             pipe.xpending(s, self.group)
         return sum(p["pending"] for p in pipe.execute())
 
@@ -437,7 +455,9 @@ class Ingester:
 def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP) -> int:
     """Entries not yet stored: undelivered (group lag) plus delivered-but-unacked (pending)."""
     total = 0
-    for s in ALL_STREAMS:
+    streams = set(ALL_STREAMS) | set(
+        r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000, _type="STREAM"))
+    for s in sorted(streams):
         try:
             groups = r.xinfo_groups(s)
         except redis.ResponseError:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 from kernelsight.exceptions import RedisUnavailable
 
@@ -45,6 +46,7 @@ class PrivateRedis:
                 "save ''" if not persistent else "save 1 1",
                 f"appendonly {'yes' if persistent else 'no'}", "appendfsync always",
                 "loglevel warning", "logfile ''"]
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([self.exe, "-"], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert self.proc.stdin

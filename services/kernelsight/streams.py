@@ -40,6 +40,9 @@ decode = orjson.loads
 # Drop reasons (also shown by the report).
 R_BUFFER_FULL = "buffer_full"  # Redis down or stream over its cap for too long
 R_UNFLUSHED = "unflushed_at_exit"  # still buffered when the collector had to stop
+R_LOST_IN_REDIS = "lost_in_redis_restart"  # Redis lost them and they could not be re-added
+
+CONFIRM_INTERVAL_S = 0.5
 
 
 def connect(url: str, timeout: float = 5.0) -> redis.Redis:
@@ -87,6 +90,15 @@ class Publisher:
         self.connected = False
         self.last_error = ""
         self.reconnects = 0
+        # Replay window: entries in Redis that the ingest group has not yet acknowledged, per
+        # stream, oldest first, as (packed id, payload, event type). If Redis restarts and
+        # loses them (no persistence), they are re-added with their original ids; the
+        # database's unique stream_id then makes the replay exactly-once.
+        self._window: dict[str, deque[tuple[int, bytes, str]]] = {}
+        self._window_len = 0
+        self._run_id: str | None = None
+        self._next_confirm = 0.0
+        self.replayed = 0
 
     # -- counting -------------------------------------------------------------------------
     def _count(self, event_type: str, metric: str, n: int, reason: str = "") -> None:
@@ -96,6 +108,9 @@ class Publisher:
 
     def produced(self, event_type: str) -> int:
         return self.counters.get((event_type, schema.PRODUCED, ""), 0)
+
+    def produced_total(self) -> int:
+        return sum(v for (_, m, _), v in self.counters.items() if m == schema.PRODUCED)
 
     def dropped(self, event_type: str) -> int:
         return sum(v for (et, m, _), v in self.counters.items()
@@ -158,6 +173,9 @@ class Publisher:
                 self._dirty = False
                 self._next_accounting = now + defaults.ACCOUNTING_INTERVAL_S
         try:
+            if not self.connected or now >= self._next_confirm:
+                self._next_confirm = now + CONFIRM_INTERVAL_S
+                self._confirm()
             while self._buf:
                 if now < self._held_until and not final:
                     return False
@@ -172,6 +190,7 @@ class Publisher:
                 with self._lock:
                     for _ in chunk:
                         self._buf.popleft()
+                self._remember(chunk, res)
                 # Back-pressure: a stream over its cap means the ingester is behind; hold
                 # further entries here (bounded, counted) rather than grow Redis without end.
                 lengths = res[len(chunk):]
@@ -189,6 +208,76 @@ class Publisher:
             self._note_failure(e)
             return False
         return not self._buf
+
+    # -- replay window --------------------------------------------------------------------
+    def _remember(self, chunk: list[tuple[str, bytes, str]], ids: list) -> None:
+        for (stream, payload, et), eid in zip(chunk, ids, strict=False):
+            if not et:
+                continue  # accounting snapshots are cumulative: the next one replaces it
+            self._window.setdefault(stream, deque()).append(
+                (schema.stream_id_to_int(eid), payload, et))
+            self._window_len += 1
+        # Bounded: past the bound the oldest entries are only as safe as Redis's own
+        # persistence. Counted, so a long ingester outage is visible.
+        while self._window_len > self.settings.buffer_max:
+            longest = max(self._window.values(), key=len)
+            longest.popleft()
+            self._window_len -= 1
+            self._count("", "replay_window_evicted", 1)
+
+    def _confirm(self) -> None:
+        """Forget entries the group has acknowledged; replay any that Redis lost."""
+        run_id = self._r.info("server")["run_id"]
+        if self._run_id is not None and run_id != self._run_id:
+            log.warning("redis restarted (run_id changed); checking for lost entries")
+            self._recover()
+        self._run_id = run_id
+        streams = [s for s, d in self._window.items() if d]
+        if not streams:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for st in streams:
+            pipe.xinfo_groups(st)
+            pipe.xpending(st, schema.INGEST_GROUP)
+        res = pipe.execute(raise_on_error=False)
+        for i, st in enumerate(streams):
+            groups, pend = res[2 * i], res[2 * i + 1]
+            if isinstance(groups, Exception) or isinstance(pend, Exception):
+                continue
+            g = next((g for g in groups if g["name"] in (schema.INGEST_GROUP,
+                                                          schema.INGEST_GROUP.encode())), None)
+            if not g:
+                continue
+            mark = schema.stream_id_to_int(g["last-delivered-id"]) + 1
+            if pend and pend.get("pending"):
+                mark = min(mark, schema.stream_id_to_int(pend["min"]))
+            d = self._window[st]
+            while d and d[0][0] < mark:
+                d.popleft()
+                self._window_len -= 1
+
+    def _recover(self) -> None:
+        """Re-add the window's entries Redis no longer has, with their original ids."""
+        for st, d in self._window.items():
+            if not d:
+                continue
+            lo, hi = schema.int_to_stream_id(d[0][0]), schema.int_to_stream_id(d[-1][0])
+            present = {schema.stream_id_to_int(e[0])
+                       for e in self._r.xrange(st, lo, hi, count=len(d) + 10)}
+            missing = [e for e in d if e[0] not in present]
+            if not missing:
+                continue
+            pipe = self._r.pipeline(transaction=False)
+            for eid, payload, _ in missing:
+                pipe.xadd(st, {FIELD: payload}, id=schema.int_to_stream_id(eid))
+            res = pipe.execute(raise_on_error=False)
+            for (_, _, et), r in zip(missing, res, strict=True):
+                if isinstance(r, Exception):  # another producer already wrote newer ids
+                    self._count(et, schema.DROPPED, 1, R_LOST_IN_REDIS)
+                else:
+                    self.replayed += 1
+            self._count("", "replayed", len(missing))
+            log.warning("re-added %d entries Redis lost from %s", len(missing), st)
 
     def _note_failure(self, e: Exception) -> None:
         if self.connected or not self.last_error:

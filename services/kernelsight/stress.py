@@ -62,9 +62,9 @@ STOP_GRACE_S = 5.0  # after SIGTERM: workers report and exit, else SIGKILL
 MEM_HEADROOM_MIB = 512  # --mem-mib must leave this much of MemAvailable free
 
 # Loopback request pacing: bounded in time (the deadline) and in rate, hence in count.
-HTTP_MAX_PER_S = 1000
+HTTP_MAX_PER_S = 300
 TCP_BURST = 50
-TCP_BURST_EVERY_S = 0.05  # at most 1000 short connections per second
+TCP_BURST_EVERY_S = 0.1  # at most 500 short connections per second
 WALK_ROOT = "/usr"
 WALK_PASS_MAX = 20000  # entries per os.walk pass before starting over
 FS_BATCH = 200
@@ -400,7 +400,7 @@ def _io_writer(ctx: _Ctx, i: int, res: dict[str, Any]) -> None:
 
 def _w_disk(ctx: _Ctx) -> None:
     """Write a large file sequentially (fdatasync every 32 MiB so a stop is prompt, fsync at
-    the end), drop it from the page cache, read it back buffered, then again with O_DIRECT.
+    the end), drop it from the page cache, read it back: half buffered, half with O_DIRECT.
     Cache dropping: as root, sync + /proc/sys/vm/drop_caches=1 (also makes the fs walk hit
     the disk); otherwise posix_fadvise(DONTNEED) on the file, which is enough for reads of
     our own clean pages."""
@@ -438,9 +438,12 @@ def _w_disk(ctx: _Ctx) -> None:
             if not ctx.running():
                 break
             _drop_cache(ctx, path)
-            ctx.res["bytes_read"] += _read_file(ctx, path)
-            if ctx.running() and ctx.res["direct_io"] is not False:
-                ctx.res["bytes_read_direct"] += _read_direct(ctx, path, aligned)
+            # First half buffered (readahead, page cache fills), second half O_DIRECT (one
+            # block request per read, no cache); both come from the device after the drop.
+            half = written if ctx.res["direct_io"] is False else written // 2 // MiB * MiB
+            ctx.res["bytes_read"] += _read_file(ctx, path, 0, half)
+            if ctx.running() and half < written:
+                ctx.res["bytes_read_direct"] += _read_direct(ctx, path, aligned, half, written)
     finally:
         aligned.close()
         with contextlib.suppress(OSError):
@@ -465,13 +468,13 @@ def _drop_cache(ctx: _Ctx, path: Path) -> None:
         os.close(fd)
 
 
-def _read_file(ctx: _Ctx, path: Path) -> int:
+def _read_file(ctx: _Ctx, path: Path, start: int, end: int) -> int:
     total = 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        while ctx.running():
-            n = len(os.read(fd, MiB))
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
+        while start + total < end and ctx.running():
+            n = len(os.pread(fd, min(MiB, end - start - total), start + total))
             if not n:
                 break
             total += n
@@ -480,9 +483,9 @@ def _read_file(ctx: _Ctx, path: Path) -> int:
     return total
 
 
-def _read_direct(ctx: _Ctx, path: Path, buf: mmap.mmap) -> int:
-    """O_DIRECT bypasses the page cache entirely; file systems without it (tmpfs) say EINVAL,
-    and we then stop trying."""
+def _read_direct(ctx: _Ctx, path: Path, buf: mmap.mmap, start: int, end: int) -> int:
+    """O_DIRECT bypasses the page cache entirely (``start`` is MiB-aligned, as it needs);
+    file systems without it (tmpfs) answer EINVAL, and we then stop trying."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
     except OSError:
@@ -490,8 +493,8 @@ def _read_direct(ctx: _Ctx, path: Path, buf: mmap.mmap) -> int:
         return 0
     total = 0
     try:
-        while ctx.running():
-            n = os.preadv(fd, [buf], total)
+        while start + total < end and ctx.running():
+            n = os.preadv(fd, [buf], start + total)
             if not n:
                 break
             total += n
@@ -795,8 +798,11 @@ def _worker_main() -> None:
     ctx.res["seconds"] = round(time.monotonic() - t0, 3)
     ctx.res["cpu_seconds"] = round(ru_self.ru_utime + ru_self.ru_stime + ru_kids.ru_utime
                                    + ru_kids.ru_stime, 3)
-    sys.stdout.write(json.dumps(ctx.res) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(ctx.res) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the driver is gone (SIGKILLed): nobody to report to
+        os._exit(code)
     sys.exit(code)
 
 
@@ -1029,12 +1035,16 @@ def format_summary(summary: dict[str, Any]) -> str:
 @click.option("--duration", envvar="KS_DURATION", show_envvar=True, default=None,
               metavar="SECONDS", help="Run for this long, 1..86400 (required).")
 @click.option("--only", envvar="KS_STRESS_ONLY", show_envvar=True, default="all",
+              metavar="LIST",
               help=f"Comma list of {','.join(CATEGORIES)} or 'all'.")
 @click.option("--mem-mib", envvar="KS_STRESS_MEM_MIB", show_envvar=True, default="1024",
+              metavar="MIB",
               help="MiB the memory workload allocates and keeps touching [default: 1024].")
 @click.option("--disk-mib", envvar="KS_STRESS_DISK_MIB", show_envvar=True, default="256",
+              metavar="MIB",
               help="Size of the file the disk workload writes and reads back [default: 256].")
 @click.option("--workdir", envvar="KS_STRESS_WORKDIR", show_envvar=True, default=None,
+              metavar="DIR",
               help="Parent of the private temp directory [default: the database's directory "
                    "if it exists, else $TMPDIR]. Everything created is removed at the end.")
 @click.option("--engine", envvar="KS_STRESS_ENGINE", show_envvar=True, default="auto",
@@ -1062,6 +1072,8 @@ def command(duration: str | None, only: str, mem_mib: str, disk_mib: str, workdi
     if eng not in ("auto", "stress-ng", "python"):
         raise ConfigError(f"--engine must be auto, stress-ng or python, got {engine!r}")
     use_ng = {"auto": None, "stress-ng": True, "python": False}[eng]
+    mem = check_mem_mib(mem_mib) if "mem" in cats else _int_setting("mem-mib", mem_mib, 1, 1 << 20)
+    disk = _int_setting("disk-mib", disk_mib, 1, 1 << 20)
 
     stop = threading.Event()
     got: list[int] = []
@@ -1079,7 +1091,7 @@ def command(duration: str | None, only: str, mem_mib: str, disk_mib: str, workdi
 
     try:
         click.echo(f"stress: {','.join(cats)} for {d:g} s", err=True)
-        summary = run_stress(d, workdir, cats, tick, mem_mib, disk_mib=disk_mib,
+        summary = run_stress(d, workdir, cats, tick, mem, disk_mib=disk,
                              use_stress_ng=use_ng, stop=stop)
     finally:
         for s, h in old.items():

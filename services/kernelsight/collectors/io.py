@@ -1,0 +1,215 @@
+"""The block I/O latency tracer (bpf/io.bpf.c)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernelsight import bpfsupport, histogram
+from kernelsight.clock import now_ns
+from kernelsight.collectors.base import Collector
+
+log = logging.getLogger(__name__)
+
+STATS = "io_latency_stats"
+OPS = ("read", "write")
+
+# Slots of the per-CPU `drops` array in bpf/io.bpf.c.
+DROP_MAP_FULL = 0
+DROP_UNMATCHED = 1
+DROP_SLOTS = 2
+
+MINORBITS = 20  # the kernel's dev_t: MKDEV(ma, mi) = ma << 20 | mi
+
+
+@dataclass
+class OpInterval:
+    """One (device, op) over one interval: counters and the histogram delta."""
+
+    count: int = 0
+    bytes: int = 0
+    max_ns: int = 0  # exact max kept in the kernel for the interval's epoch (0: none seen)
+    hist: dict[int, int] | None = None
+
+
+def dev_numbers(dev: int) -> tuple[int, int]:
+    return dev >> MINORBITS, dev & ((1 << MINORBITS) - 1)
+
+
+def interval_max_ns(exact_ns: int, hist: Mapping[int, int]) -> float:
+    """The interval's max latency: the exact in-kernel max when it falls in the top non-empty
+    bucket of the interval's histogram (they agree unless a completion raced the epoch
+    switch), else the top bucket's upper bound."""
+    if not hist:
+        return float(exact_ns)
+    top = max(hist)
+    if exact_ns and histogram.bucket(exact_ns) == top:
+        return float(exact_ns)
+    return histogram.max_value(hist)
+
+
+def op_columns(op: str, iv: OpInterval) -> dict[str, float | int]:
+    """The row columns of one op: count, bytes, p50/p95/p99/max in microseconds."""
+    hist = iv.hist or {}
+    p50, p95, p99 = histogram.percentiles(hist, (50, 95, 99))
+    return {
+        f"{op}_count": iv.count, f"{op}_bytes": iv.bytes,
+        f"{op}_p50_us": p50 / 1000.0, f"{op}_p95_us": p95 / 1000.0,
+        f"{op}_p99_us": p99 / 1000.0,
+        f"{op}_max_us": interval_max_ns(iv.max_ns, hist) / 1000.0 if iv.count else 0.0,
+    }
+
+
+def make_row(ts: int, host: str, device: str, read: OpInterval,
+             write: OpInterval) -> dict[str, float | int | str]:
+    row: dict[str, float | int | str] = {"timestamp": ts, "host": host, "device": device}
+    row.update(op_columns("read", read))
+    row.update(op_columns("write", write))
+    return row
+
+
+class IoLatency(Collector):
+    """Block device I/O latency: per device and --interval, read/write counts and bytes and
+    latency percentiles (p50, p95, p99, max in microseconds) as ``io_latency_stats``.
+
+    HOOKS
+      block:block_rq_issue and block:block_rq_complete (tracepoints). A request is keyed by
+      (dev, sector) at issue with its time, op and size; latency = completion - issue, i.e.
+      the time the device (or its driver) held it, the same quantity as biolatency's default
+      mode. No kprobes, no fentry.
+
+    OUTPUT
+      One row per whole-disk device (partitions are their disk: that is what the block
+      tracepoints report) with I/O completed in the interval; devices are named from
+      /sys/dev/block/MAJ:MIN/uevent (DEVNAME), else "MAJ:MIN". Only data reads ('R') and
+      writes ('W', also after a preflush 'F') with a non-zero size count; flushes, discards,
+      secure erase, write-zeroes and zone operations are skipped, so a discard is never a
+      write. Percentiles come from a log-linear histogram (32 sub-buckets per power of two,
+      bpf/ks_hist.h), within ~2% of the exact value. The max is exact (kept per interval in
+      the kernel), checked against the histogram's top bucket. All kernel counters are
+      cumulative and only read by user space: an interval is the difference of two reads,
+      so nothing is lost between reading and resetting.
+
+    COST (2-vCPU Firecracker VM, kernel 6.18, virtio disk; fio-like loop of 4 KiB O_DIRECT
+      random reads, queue depth 1): see the numbers in the report; the two tracepoint
+      programs add well under a microsecond per request (two hash updates and one lookup),
+      which is noise against device latency (tens of microseconds or more). User space
+      reads the two maps once per interval. Memory: --map-entries requests in flight
+      (LRU, so a request that never completes cannot leak an entry) and histogram buckets.
+
+    CAVEATS
+      - A request issued before the tracer started is not counted (no issue time).
+      - Requests are matched on (dev, sector): two in-flight requests for the same sector of
+        the same disk (rare) keep only the later issue time.
+      - A request completed in parts is counted once, at its first completion, with all its
+        bytes.
+      - Failed requests count like successful ones (their latency is real).
+      - Histogram and stats entries are bounded (--map-entries, 4096 device/op pairs); a
+        completion that cannot be counted is dropped, reason ``map_full``.
+    """
+
+    name = "io"
+    event_types = (STATS,)
+
+    def start(self) -> None:
+        s = self.settings
+        self.bpf = bpfsupport.load(s, "io", [f"-DKS_MAP_ENTRIES={s.map_entries}",
+                                             f"-I{s.bpf_path}"])
+        self.stats = self.bpf["stats"]
+        self.hist = self.bpf["hist"]
+        self.epoch_tbl = self.bpf["epoch"]
+        self.drops_tbl = self.bpf["drops"]
+        self.epoch = 1
+        self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
+        self.sysfs = Path(s.sysfs)
+        self.names: dict[int, str] = {}
+        self.prev_stats: dict[tuple[int, int], tuple[int, int]] = {}
+        self.prev_hist: dict[tuple[int, int], dict[int, int]] = {}
+        self.drops_seen = [0] * DROP_SLOTS
+        self.next_interval = time.monotonic() + s.interval
+        self._read()  # baseline: only what completes from now on counts
+
+    def device_name(self, dev: int) -> str:
+        name = self.names.get(dev)
+        if name:
+            return name
+        ma, mi = dev_numbers(dev)
+        name = f"{ma}:{mi}"
+        try:
+            text = (self.sysfs / "dev" / "block" / name / "uevent").read_text()
+        except OSError:
+            return name  # not cached: the device may show up in sysfs later
+        for line in text.splitlines():
+            if line.startswith("DEVNAME="):
+                name = line.split("=", 1)[1]
+                break
+        self.names[dev] = name
+        return name
+
+    def _read(self) -> dict[tuple[int, int], OpInterval]:
+        """Switch the max epoch, read the cumulative maps and return what changed since the
+        last read, per (dev, op)."""
+        finished = self.epoch
+        self.epoch += 1
+        self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
+        out: dict[tuple[int, int], OpInterval] = {}
+        for k, v in self.stats.items():
+            key = (int(k.dev), int(k.op))
+            cur = (int(v.count), int(v.bytes))
+            before = self.prev_stats.get(key, (0, 0))
+            self.prev_stats[key] = cur
+            if cur[0] > before[0]:
+                if finished & 1:
+                    mx = int(v.max1) if int(v.epoch1) == finished else 0
+                else:
+                    mx = int(v.max0) if int(v.epoch0) == finished else 0
+                out[key] = OpInterval(cur[0] - before[0], cur[1] - before[1], mx)
+        now_hist: dict[tuple[int, int], dict[int, int]] = {}
+        for k, v in self.hist.items():
+            now_hist.setdefault((int(k.dev), int(k.op)), {})[int(k.bucket)] = int(v.value)
+        for key, iv in out.items():
+            iv.hist = histogram.delta(now_hist.get(key, {}), self.prev_hist.get(key, {}))
+        self.prev_hist = now_hist
+        return out
+
+    def _interval(self) -> None:
+        ts = now_ns()
+        changed = self._read()
+        rows = []
+        for dev in sorted({d for d, _ in changed}):
+            rd = changed.get((dev, 0)) or OpInterval()
+            wr = changed.get((dev, 1)) or OpInterval()
+            rows.append(make_row(ts, self.settings.host, self.device_name(dev), rd, wr))
+        if rows:
+            self.pub.publish(STATS, rows)
+        now = [bpfsupport.read_percpu_sum(self.drops_tbl, i) for i in range(DROP_SLOTS)]
+        self.pub.lost(STATS, "map_full", now[DROP_MAP_FULL] - self.drops_seen[DROP_MAP_FULL])
+        self.drops_seen = now
+
+    def poll(self) -> None:
+        left = self.next_interval - time.monotonic()
+        if left > 0:
+            time.sleep(min(left, 0.2))
+            return
+        self.next_interval += self.settings.interval
+        if self.next_interval < time.monotonic():  # we fell behind; do not burst
+            self.next_interval = time.monotonic() + self.settings.interval
+        self._interval()
+
+    def stop(self) -> None:
+        bpf = getattr(self, "bpf", None)
+        if bpf is None:
+            return
+        try:
+            self._interval()
+            log.info("io: %d completions had no matching issue (issued before start or "
+                     "completed in parts)", self.drops_seen[DROP_UNMATCHED])
+        finally:
+            bpf.cleanup()
+
+
+COLLECTOR = IoLatency

@@ -1,0 +1,132 @@
+"""The page-fault tracer against the real kernel: its exact totals must equal what the kernel
+tells the faulting process itself through getrusage()."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import need_root, running_pipeline
+
+from kernelsight.config import Settings
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+ANON_BYTES = 64 << 20
+FILE_BYTES = 32 << 20
+
+# The child: started after the tracer, so the tracer sees every fault it takes. It writes one
+# byte per page of a fresh anonymous mapping (minor faults; MADV_NOHUGEPAGE so it is one fault
+# per 4 KiB page), reads one byte per page of a file whose pages are not cached (major faults;
+# MADV_RANDOM so no readahead turns them into minor ones), then reports its own counters and
+# exits at once. It uses nothing that faults through get_user_pages() (no MAP_POPULATE, no
+# O_DIRECT): those faults count in getrusage but emit no perf event.
+CHILD = r"""
+import ctypes, json, mmap, os, resource, sys
+path, anon_bytes = sys.argv[1], int(sys.argv[2])
+page = mmap.PAGESIZE
+anon = mmap.mmap(-1, anon_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+anon.madvise(mmap.MADV_NOHUGEPAGE)
+fd = os.open(path, os.O_RDONLY)
+size = os.fstat(fd).st_size
+fmap = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+fmap.madvise(mmap.MADV_RANDOM)
+anon_lo = ctypes.addressof(ctypes.c_char.from_buffer(anon))
+ranges = {"anon": [anon_lo, anon_lo + anon_bytes]}
+with open("/proc/self/maps") as f:
+    for line in f:
+        parts = line.split()
+        if parts[-1] == path:
+            ranges["file"] = [int(x, 16) for x in parts[0].split("-")]
+for off in range(0, anon_bytes, page):
+    anon[off] = 1
+total = 0
+for off in range(0, size, page):
+    total += fmap[off]
+ru = resource.getrusage(resource.RUSAGE_SELF)
+out = json.dumps({"pid": os.getpid(), "majflt": ru.ru_majflt, "minflt": ru.ru_minflt,
+                  "ranges": ranges})
+os.write(1, out.encode())
+os._exit(0)
+"""
+
+
+def uncached_file(path: Path, size: int) -> None:
+    """A file on a disk filesystem whose pages are not in the page cache, so mapping reads of
+    it are major faults. Only this file is evicted (fsync + POSIX_FADV_DONTNEED), not the
+    whole host's page cache."""
+    with open(path, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(size >> 20):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    assert fs.stdout.strip() not in ("tmpfs", "ramfs"), f"{path} must be on a disk filesystem"
+
+
+def test_totals_match_getrusage_and_every_major_is_an_event(settings: Settings,
+                                                            tmp_path: Path) -> None:
+    need_root()
+    data = tmp_path / "mapped.bin"
+    uncached_file(data, FILE_BYTES)
+    with running_pipeline(settings, ["pagefaults"], tmp_path / "logs"):
+        child = subprocess.run([sys.executable, "-c", CHILD, str(data), str(ANON_BYTES)],
+                               capture_output=True, timeout=60, check=True)
+        got = json.loads(child.stdout)
+    pid, majflt, minflt = got["pid"], got["majflt"], got["minflt"]
+    file_lo, file_hi = got["ranges"]["file"]
+    anon_lo, anon_hi = got["ranges"]["anon"]
+    file_pages = FILE_BYTES // PAGE
+
+    db = sqlite3.connect(settings.db_path)
+    totals = dict(db.execute(
+        "SELECT fault_type, SUM(fault_count) FROM page_fault_totals WHERE pid = ? "
+        "GROUP BY fault_type", (pid,)).fetchall())
+    sampled = dict(db.execute(
+        "SELECT fault_type, SUM(sampled_events) FROM page_fault_totals WHERE pid = ? "
+        "GROUP BY fault_type", (pid,)).fetchall())
+    events = dict(db.execute(
+        "SELECT fault_type, COUNT(*) FROM page_fault_events WHERE pid = ? GROUP BY fault_type",
+        (pid,)).fetchall())
+    major_file = db.execute(
+        "SELECT COUNT(*), SUM(access_type = 'read' AND user_mode = 1), MIN(latency_ns) "
+        "FROM page_fault_events WHERE pid = ? AND fault_type = 'major' "
+        "AND address >= ? AND address < ?", (pid, file_lo, file_hi)).fetchone()
+    anon_events = db.execute(
+        "SELECT COUNT(*), SUM(access_type = 'write' AND user_mode = 1 AND fault_type = 'minor')"
+        " FROM page_fault_events WHERE pid = ? AND address >= ? AND address < ?",
+        (pid, anon_lo, anon_hi)).fetchone()
+    bad_latency = db.execute(
+        "SELECT COUNT(*) FROM page_fault_events WHERE pid = ? AND fault_type = 'major' "
+        "AND latency_ns <= 0", (pid,)).fetchone()[0]
+    max_ok = db.execute(
+        "SELECT COUNT(*), SUM(latency_max_ns * fault_count >= latency_sum_ns "
+        "AND latency_max_ns <= latency_sum_ns) FROM page_fault_totals WHERE pid = ?",
+        (pid,)).fetchone()
+
+    # The test is only meaningful if the file reads really were major faults.
+    assert majflt >= 0.9 * file_pages, (majflt, file_pages)
+    assert minflt >= ANON_BYTES // PAGE, minflt
+    # Exact totals: every major fault the process took, no more, no less.
+    assert totals.get("major") == majflt, (totals, got)
+    # Minor: exact up to the few faults after getrusage() (os.write, exit) and execve's
+    # argument pages (faulted in by get_user_pages: counted by getrusage, no perf event).
+    assert abs(totals["minor"] - minflt) <= 0.01 * minflt, (totals, got)
+    # Every major fault is an event, each with a measured latency; the file reads are reads
+    # from user mode.
+    assert events.get("major") == majflt, (events, got)
+    assert bad_latency == 0
+    assert major_file[0] == major_file[1] >= 0.9 * file_pages, major_file
+    assert major_file[2] > 1000, "a major fault that read a page from disk took < 1 us?"
+    # Minor events are a sample; the totals say exactly how many of them were stored.
+    assert sampled.get("minor") == events.get("minor"), (sampled, events)
+    assert sampled.get("major") == events.get("major"), (sampled, events)
+    # The anonymous region was first touched by writes: any sampled event there says so.
+    assert anon_events[0] == anon_events[1], anon_events
+    # Per-interval max is consistent with the interval's sum and count.
+    assert max_ok[0] == max_ok[1], max_ok
