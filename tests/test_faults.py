@@ -29,7 +29,7 @@ def start_ingest(settings: Settings, log: Path, consumer: str = "ingest-1",
     env = {**os.environ, "KS_REDIS_URL": settings.redis_url, "KS_DB_PATH": settings.db_path,
            "KS_CONSUMER": consumer, **(extra or {})}
     return subprocess.Popen([sys.executable, "-m", "kernelsight", "ingest"], env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
 def stop_ingest(p: subprocess.Popen, timeout: float = 60) -> int:
@@ -181,7 +181,7 @@ def test_disk_full_then_space_returns(small_tmpfs, redis_url, tmp_path):
     with eng.connect() as c:
         assert c.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
     eng.dispose()
-    produced, stored, dropped, bad = conservation(s.db_path)
+    produced, stored, _, bad = conservation(s.db_path)
     print(f"\ndisk full: produced {produced}, stored {stored} after space returned")
     assert produced == pub.produced_total() == stored and not bad
 
@@ -197,7 +197,7 @@ def test_two_ingest_workers_share_without_duplicates(settings, tmp_path):
     while backlog(connect(settings.redis_url)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert stop_ingest(a) == 0 and stop_ingest(b) == 0
-    produced, stored, dropped, bad = conservation(settings.db_path)
+    produced, stored, _, bad = conservation(settings.db_path)
     r = connect(settings.redis_url)
     per = {c["name"]: c["pending"] for c in r.xinfo_consumers(
         schema.BY_NAME["page_fault_events"].stream, schema.INGEST_GROUP)}
