@@ -92,7 +92,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         }
     }
     s->nr = (s64)ctx->args[1];
+#ifndef NO_ARG0_READ
     bpf_probe_read_kernel(&s->arg0, sizeof(s->arg0), &PT_REGS_PARM1(regs));
+#endif
     s->ts = bpf_ktime_get_ns();
     return 0;
 }

@@ -194,7 +194,7 @@ class Ingester:
         producer): read them too, so their entries become counted dead letters rather than
         sitting unseen."""
         found = set(self.r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000,
-                                     _type="STREAM"))
+                                     _type="stream"))
         extra = sorted(found - set(ALL_STREAMS))
         for s in extra:
             try:
@@ -456,7 +456,7 @@ def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP) -> int:
     """Entries not yet stored: undelivered (group lag) plus delivered-but-unacked (pending)."""
     total = 0
     streams = set(ALL_STREAMS) | set(
-        r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000, _type="STREAM"))
+        r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000, _type="stream"))
     for s in sorted(streams):
         try:
             groups = r.xinfo_groups(s)

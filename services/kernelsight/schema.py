@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 SCHEMA_VERSION = 2
@@ -211,10 +212,11 @@ dead_letters = Table(
     Column("id", Integer, primary_key=True),
     Column("timestamp", BigInteger, nullable=False),
     Column("stream", Text, nullable=False),
-    Column("entry_id", Text, nullable=False, unique=True),
+    Column("entry_id", Text, nullable=False),
     Column("event_type", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("payload", LargeBinary, nullable=True),
+    UniqueConstraint("stream", "entry_id"),
 )
 
 schema_meta = Table(

@@ -107,7 +107,8 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
             _ok(con, "Stress test complete")
         if summary:
             con.print("  Workloads: " + "; ".join(
-                f"{k}: " + ", ".join(f"{kk}={vv:,}" if isinstance(vv, int) else f"{kk}={vv}"
+                f"{k}: " + ", ".join(f"{kk}={vv:,}" if isinstance(vv, int) and not isinstance(vv, bool)
+                                     else f"{kk}={vv}"
                                      for kk, vv in v.items())
                 for k, v in summary.items() if isinstance(v, dict)))
 
@@ -152,15 +153,13 @@ def _drive(con: Console, duration: int, settings: Settings, log_dir: Path,
         if not con.is_terminal and elapsed - last_line[0] >= 10:
             last_line[0] = elapsed
             con.print(f"  Progress: {elapsed:.0f}/{duration}s")
-        if interrupted.is_set():
-            raise KeyboardInterrupt
 
     with progress:
         task = progress.add_task("stress", total=duration)
         try:
-            result = run_stress(duration, workdir=workdir, on_tick=tick)
-        except KeyboardInterrupt:
-            pass
+            # Our SIGINT/SIGTERM handler stays in place; the driver stops early on `stop` and
+            # still returns the partial summary.
+            result = run_stress(duration, workdir=workdir, on_tick=tick, stop=interrupted)
         except Exception as e:  # noqa: BLE001 - a failed workload must not lose the results
             err.append(e)
         progress.update(task, completed=duration if not interrupted.is_set() else None)
