@@ -39,3 +39,9 @@ compose-stress: docker-setup
 
 clean:
 	rm -rf data/stress_test.db* logs/stress_test
+
+bench: setup
+	$(VENV)/bin/kernelsight bench $(if $(QUICK),--quick,)
+
+soak: setup
+	$(VENV)/bin/kernelsight soak --rate 10000 --duration 600 --db data/soak.db

@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import need_root, running_pipeline
-
 from kernelsight import histogram
 from kernelsight.collectors.io import OpInterval, make_row
 from kernelsight.config import Settings
+
+from conftest import need_root, running_pipeline
 
 BLOCK = 4096
 READS = 101

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import need_root, running_pipeline
-
 from kernelsight.config import Settings
+
+from conftest import need_root, running_pipeline
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ANON_BYTES = 64 << 20
@@ -65,7 +65,8 @@ def uncached_file(path: Path, size: int) -> None:
         f.flush()
         os.fsync(f.fileno())
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    fs = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True,
+                        check=True)
     assert fs.stdout.strip() not in ("tmpfs", "ramfs"), f"{path} must be on a disk filesystem"
 
 

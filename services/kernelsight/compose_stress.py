@@ -144,9 +144,10 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
     t0 = time.monotonic()
 
     def tick(elapsed: float) -> None:
-        if elapsed - last[0] >= 10 or elapsed >= duration:
-            last[0] = elapsed
-            _say(f"  progress: {min(elapsed, duration):.0f}/{duration:g}s")
+        shown = min(elapsed, duration)
+        if shown - last[0] >= 10 or (shown >= duration > last[0]):
+            last[0] = shown
+            _say(f"  progress: {shown:.0f}/{duration:g}s")
 
     summary = run_stress(duration, workdir=workdir, on_tick=tick, mem_mib=mem_mib)
     ran = time.monotonic() - t0

@@ -136,8 +136,7 @@ class PageFaults(Collector):
             try:
                 self.bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=cfg,
                                            fn_name=fn, sample_period=1)
-            except Exception as e:  # bcc raises bare Exception
-                self.bpf.cleanup()
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                 raise CollectorError(
                     f"pagefaults: cannot attach the {fn.decode()[3:]} page-fault software "
                     f"perf event ({e}); needs perf_event_open as root (check "
@@ -225,7 +224,7 @@ class PageFaults(Collector):
 
     def _account_drops(self) -> None:
         now = [bpfsupport.read_percpu_sum(self.drops_tbl, i) for i in range(DROP_SLOTS)]
-        d = [a - b for a, b in zip(now, self.drops_seen)]
+        d = [a - b for a, b in zip(now, self.drops_seen, strict=True)]
         self.drops_seen = now
         self.pub.lost(EVENTS, "ringbuf_full", d[DROP_RINGBUF_FULL])
         self.pub.lost(EVENTS, "minor_sampled", d[DROP_MINOR_SAMPLED])
@@ -244,6 +243,9 @@ class PageFaults(Collector):
     def stop(self) -> None:
         bpf = getattr(self, "bpf", None)
         if bpf is None:
+            return
+        if not hasattr(self, "totals"):  # start() failed half way
+            bpf.cleanup()
             return
         try:
             bpf.ring_buffer_consume()

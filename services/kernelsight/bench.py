@@ -1,0 +1,427 @@
+"""`make bench`: every figure measured side by side with its bare floor, in the same run.
+
+Prints one ``name: value`` line per figure and writes them all to bench/results.json. Runs
+alternate ours/floor several times and report medians, because this is a noisy 2-core VM.
+Not a test: `make test` only checks that the quick mode runs and prints every figure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+import orjson
+import psutil
+import redis
+
+from kernelsight import schema
+from kernelsight.config import Settings
+from kernelsight.ingest import Ingester
+from kernelsight.loadgen import pool
+from kernelsight.redis_server import PrivateRedis
+from kernelsight.streams import FIELD, Publisher
+
+FIGURES = (
+    "ingest_events_per_s", "ingest_floor_events_per_s", "ingest_ratio", "publish_events_per_s",
+    "syscall_tracer_overhead_ratio", "pagefault_tracer_overhead_ratio",
+    "sched_tracer_overhead_ratio", "scraper_cpu_percent", "stack_cpu_percent_under_stress",
+    "max_lossless_events_per_s", "report_seconds_1m_rows",
+)
+
+
+class Bench:
+    def __init__(self, quick: bool, workdir: Path, echo: Callable[[str], None]) -> None:
+        self.quick = quick
+        self.dir = workdir
+        self.echo = echo
+        self.results: dict[str, float | None] = {}
+        self.notes: dict[str, str] = {}
+
+    def put(self, name: str, value: float | None, note: str = "") -> None:
+        self.results[name] = None if value is None else round(value, 4)
+        if note:
+            self.notes[name] = note
+        self.echo(f"{name}: {self.results[name]}" + (f"   # {note}" if note else ""))
+
+    # -- ingest vs floor ------------------------------------------------------------------
+    def _fill(self, r: redis.Redis, n: int) -> None:
+        r.flushall()
+        events = pool("benchhost", seed=7, size=1000)
+        ts = time.time_ns()
+        pipe = r.pipeline(transaction=False)
+        for i in range(n):
+            name, row = events[i % len(events)]
+            pipe.xadd(schema.STREAM_PREFIX + name, {FIELD: orjson.dumps({**row,
+                                                                         "timestamp": ts})})
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+
+    def _floor_ingest(self, url: str, db: Path) -> float:
+        """A minimal loop: XREAD, JSON decode, sqlite3 executemany, same entries and tables."""
+        r = redis.Redis.from_url(url)
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        sqls = {}
+        for et in schema.EVENT_TYPES:
+            cols = ("timestamp", "host", *et.column_names)
+            con.execute(f"CREATE TABLE {et.name} (id INTEGER PRIMARY KEY, "
+                        f"{', '.join(cols)})")
+            sqls[et.stream.encode()] = (f"INSERT INTO {et.name} ({', '.join(cols)}) VALUES "
+                                        f"({', '.join('?' * len(cols))})", cols)
+        last = {s: b"0" for s in sqls}
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            res = r.xread(last, count=1000)
+            if not res:
+                break
+            for stream, entries in res:
+                sql, cols = sqls[stream]
+                rows = []
+                for _eid, fields in entries:
+                    o = orjson.loads(fields[FIELD])
+                    rows.append(tuple(o[c] for c in cols))
+                last[stream] = entries[-1][0]
+                con.executemany(sql, rows)
+                n += len(rows)
+            con.commit()
+        dt = time.perf_counter() - t0
+        con.close()
+        r.close()
+        return n / dt
+
+    def _our_ingest(self, url: str, db: Path) -> float:
+        ing = Ingester(Settings(redis_url=url, db_path=str(db), host="bench"))
+        ing.ensure_groups()
+        ing.request_stop(drain=True)
+        t0 = time.perf_counter()
+        st = ing.run()
+        dt = time.perf_counter() - t0
+        ing.engine.dispose()
+        return sum(st.stored.values()) / dt
+
+    def ingest(self, url: str) -> None:
+        n = 30_000 if self.quick else 200_000
+        rounds = 1 if self.quick else 3
+        ours, floor = [], []
+        r = redis.Redis.from_url(url)
+        for i in range(rounds):
+            for which in ("floor", "ours") if i % 2 == 0 else ("ours", "floor"):
+                self._fill(r, n)
+                db = self.dir / f"ingest-{which}-{i}.db"
+                if which == "floor":
+                    floor.append(self._floor_ingest(url, db))
+                else:
+                    ours.append(self._our_ingest(url, db))
+                for p in self.dir.glob(db.name + "*"):
+                    p.unlink()
+        o, f = statistics.median(ours), statistics.median(floor)
+        self.put("ingest_events_per_s", o, f"{n:,} realistic events of all types, median of "
+                 f"{rounds}")
+        self.put("ingest_floor_events_per_s", f, "XREAD + orjson + sqlite3.executemany")
+        self.put("ingest_ratio", o / f)
+
+    def publish(self, url: str) -> None:
+        n = 50_000 if self.quick else 300_000
+        redis.Redis.from_url(url).flushall()
+        s = Settings(redis_url=url, host="bench", buffer_max=n + 10)
+        pub = Publisher(s, "bench")
+        events = pool("bench", size=1000)
+        t0 = time.perf_counter()
+        ts = time.time_ns()
+        for _i in range(0, n, 1000):
+            batch: dict[str, list[dict]] = {}
+            for name, row in events:
+                batch.setdefault(name, []).append({**row, "timestamp": ts})
+            for name, rows in batch.items():
+                pub.publish(name, rows)
+            pub.flush()
+        pub.flush(final=True)
+        dt = time.perf_counter() - t0
+        pub.close()
+        self.put("publish_events_per_s", n / dt, "Publisher.publish + flush, one process")
+
+    # -- tracer overhead ------------------------------------------------------------------
+    def _time(self, argv: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        return time.perf_counter() - t0
+
+    def overhead(self, name: str, tracer: str, workload: list[str], empty_c: str,
+                 url: str) -> None:
+        """(t_ours - t_bare) / (t_empty - t_bare), medians over alternating rounds."""
+        if os.geteuid() != 0:
+            self.put(name, None, "needs root")
+            return
+        from bcc import BPF
+
+        from kernelsight import bpfsupport, collectors
+
+        bpfsupport.ensure_tracefs()
+        bpfsupport.ensure_headers()
+        rounds = 3 if self.quick else 7
+        bare, empty, ours = [], [], []
+        self._time(workload)  # warm caches
+        for _ in range(rounds):
+            bare.append(self._time(workload))
+            b = BPF(text=empty_c)
+            _attach_empty(b, tracer)
+            empty.append(self._time(workload))
+            b.cleanup()
+            with _running_tracer(collectors.get(tracer), url):
+                ours.append(self._time(workload))
+        t0, t1, t2 = (statistics.median(x) for x in (bare, empty, ours))
+        ratio = (t2 - t0) / (t1 - t0) if t1 > t0 else None
+        self.put(name, ratio, f"bare {t0:.3f}s, empty programs {t1:.3f}s, ours {t2:.3f}s "
+                 f"({' '.join(workload[:3])}...)")
+
+    # -- CPU of the scraper and of the stack under stress ---------------------------------
+    def scraper_cpu(self, url: str) -> None:
+        secs = 10 if self.quick else 30
+        env = {**os.environ, "KS_REDIS_URL": url}
+        p = subprocess.Popen([sys.executable, "-m", "kernelsight", "collect"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(3)  # start-up (imports) is not steady-state cost
+            proc = psutil.Process(p.pid)
+            c0 = sum(proc.cpu_times()[:2])
+            time.sleep(secs)
+            c1 = sum(proc.cpu_times()[:2])
+        finally:
+            p.terminate()
+            p.wait(10)
+        self.put("scraper_cpu_percent", 100 * (c1 - c0) / secs,
+                 f"1 s interval, {secs} s steady state, % of one core")
+
+    def stack_cpu(self, url: str) -> None:
+        if os.geteuid() != 0:
+            self.put("stack_cpu_percent_under_stress", None, "needs root")
+            return
+        from kernelsight import collectors
+        from kernelsight.runner import Stack
+        from kernelsight.stress import run_stress
+
+        secs = 10 if self.quick else 30
+        redis.Redis.from_url(url).flushall()
+        s = Settings(redis_url=url, db_path=str(self.dir / "stack.db"), host="bench")
+        stack = Stack(s, self.dir / "logs")
+        try:
+            stack.start_redis()
+            stack.start_ingest()
+            stack.start_collectors(list(collectors.ALL))
+            procs = [psutil.Process(p.popen.pid) for p in stack.procs.values()]
+            assert stack.ingest
+            procs.append(psutil.Process(stack.ingest.popen.pid))
+            procs.append(_redis_proc(url))
+            c0 = sum(sum(p.cpu_times()[:2]) for p in procs)
+            t0 = time.perf_counter()
+            run_stress(secs, workdir=str(self.dir), mem_mib=512, disk_mib=128)
+            dt = time.perf_counter() - t0
+            c1 = sum(sum(p.cpu_times()[:2]) for p in procs)
+            stack.stop_collectors()
+            stack.drain_ingest()
+        finally:
+            stack.close()
+        self.put("stack_cpu_percent_under_stress", 100 * (c1 - c0) / dt,
+                 f"redis + ingest + scraper + 4 tracers during {secs} s of stress, "
+                 "% of one core")
+
+    def max_lossless(self) -> None:
+        from kernelsight.loadgen import soak
+
+        secs = 5 if self.quick else 60
+        rates = [5_000, 20_000] if self.quick else [10_000, 20_000, 40_000, 60_000, 80_000,
+                                                     100_000]
+        best = 0
+        for rate in rates:
+            db = self.dir / f"soak-{rate}.db"
+            res = soak(rate, secs, str(db), self.dir / "soaklogs", echo=lambda _m: None)
+            achieved = res["produced"] / secs
+            ok = (res["produced"] == res["stored"] and not res["unaccounted"]
+                  and achieved >= 0.97 * rate)
+            self.echo(f"  lossless at {rate:,}/s for {secs} s: {'yes' if ok else 'no'} "
+                      f"(produced {res['produced']:,}, stored {res['stored']:,})")
+            if not ok:
+                break
+            best = rate
+        self.put("max_lossless_events_per_s", best, f"{secs} s per step, steps {rates}")
+
+    def report_1m(self) -> None:
+        db = self.dir / "report-1m.db"
+        from kernelsight.db import open_db
+
+        open_db(db).dispose()
+        con = sqlite3.connect(db)
+        rng = random.Random(3)
+        et = schema.BY_NAME["syscall_events"]
+        cols = ("stream_id", "timestamp", "host", *et.column_names)
+        base = time.time_ns()
+        rows = ((i + 1, base + i, "h", 1, 1, 0, 0, 35, "nanosleep", rng.randrange(10**7, 10**9),
+                 0, 0, 0, "bench") for i in range(1_000_000))
+        con.executemany(f"INSERT INTO syscall_events ({', '.join(cols)}) VALUES "
+                        f"({', '.join('?' * len(cols))})", rows)
+        con.commit()
+        con.close()
+        argv = [sys.executable, "-m", "kernelsight", "report", "--db", str(db)]
+        times = [_time_ok(argv) for _ in range(3)]
+        self.put("report_seconds_1m_rows", statistics.median(times),
+                 "whole `kernelsight report` process incl. Python start-up")
+
+
+def _time_ok(argv: list[str]) -> float:
+    """Time a command whose non-zero exit is expected (report exits 1 on a non-SUCCESS db)."""
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - t0
+
+
+def _redis_proc(url: str) -> psutil.Process:
+    pid = redis.Redis.from_url(url).info("server")["process_id"]
+    return psutil.Process(int(pid))
+
+
+@contextlib.contextmanager
+def _running_tracer(cls, url: str) -> Iterator[None]:
+    """The real tracer, polling in a thread and publishing to the bench's Redis."""
+    s = Settings(redis_url=url, host="bench")
+    pub = Publisher(s, cls.name)
+    col = cls(s, pub)
+    col.start()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            col.poll()
+            pub.flush()
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    try:
+        time.sleep(0.3)
+        yield
+    finally:
+        stop.set()
+        th.join(10)
+        col.stop()
+        pub.close()
+
+
+EMPTY = {
+    "syscalls": """
+TRACEPOINT_PROBE(raw_syscalls, sys_enter) { return 0; }
+TRACEPOINT_PROBE(raw_syscalls, sys_exit) { return 0; }
+""",
+    "pagefaults": """
+TRACEPOINT_PROBE(exceptions, page_fault_user) { return 0; }
+TRACEPOINT_PROBE(exceptions, page_fault_kernel) { return 0; }
+int on_maj(struct bpf_perf_event_data *ctx) { return 0; }
+int on_min(struct bpf_perf_event_data *ctx) { return 0; }
+""",
+    "sched": """
+TRACEPOINT_PROBE(sched, sched_switch) { return 0; }
+TRACEPOINT_PROBE(sched, sched_wakeup) { return 0; }
+TRACEPOINT_PROBE(sched, sched_wakeup_new) { return 0; }
+TRACEPOINT_PROBE(sched, sched_process_exit) { return 0; }
+""",
+}
+
+
+def _attach_empty(b, tracer: str) -> None:
+    if tracer == "pagefaults":
+        from bcc import PerfSWConfig, PerfType
+
+        b.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.PAGE_FAULTS_MAJ,
+                            fn_name="on_maj", sample_period=1)
+        b.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.PAGE_FAULTS_MIN,
+                            fn_name="on_min", sample_period=1)
+
+
+FAULT_WORKLOAD = [sys.executable, "-c", """
+import mmap
+for _ in range(4):
+    m = mmap.mmap(-1, 256 << 20)
+    for i in range(0, 256 << 20, 4096):
+        m[i] = 1
+    m.close()
+"""]
+SCHED_WORKLOAD = [sys.executable, "-c", """
+import os
+r1, w1 = os.pipe(); r2, w2 = os.pipe()
+n = 40000
+if os.fork() == 0:
+    for _ in range(n):
+        os.read(r1, 1); os.write(w2, b"x")
+    os._exit(0)
+for _ in range(n):
+    os.write(w1, b"x"); os.read(r2, 1)
+os.wait()
+"""]
+
+
+def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], None]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ks-bench-", dir=str(out.parent)) as d, \
+            PrivateRedis() as rs:
+        b = Bench(quick, Path(d), echo)
+        dd = ["dd", "if=/dev/zero", "of=/dev/null", "bs=1",
+              f"count={1_000_000 if quick else 3_000_000}"]
+        steps: dict[str, Callable[[], None]] = {
+            "ingest": lambda: b.ingest(rs.url),
+            "publish": lambda: b.publish(rs.url),
+            "syscalls": lambda: b.overhead("syscall_tracer_overhead_ratio", "syscalls", dd,
+                                           EMPTY["syscalls"], rs.url),
+            "pagefaults": lambda: b.overhead("pagefault_tracer_overhead_ratio", "pagefaults",
+                                             FAULT_WORKLOAD, EMPTY["pagefaults"], rs.url),
+            "sched": lambda: b.overhead("sched_tracer_overhead_ratio", "sched", SCHED_WORKLOAD,
+                                        EMPTY["sched"], rs.url),
+            "scraper": lambda: b.scraper_cpu(rs.url),
+            "stack": lambda: b.stack_cpu(rs.url),
+            "lossless": b.max_lossless,
+            "report": b.report_1m,
+        }
+        for name, fn in steps.items():
+            if only and name not in only:
+                continue
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - one failing figure must not hide the rest
+                echo(f"  {name} failed: {e.__class__.__name__}: {e}")
+        for f in FIGURES:
+            if f not in b.results and not only:
+                b.put(f, None, "not measured (see the error above)")
+        res = {"quick": quick, "results": b.results, "notes": b.notes,
+               "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
+    return res
+
+
+@click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quick", is_flag=True, envvar="QUICK", help="Short runs (for CI).")
+@click.option("--out", default="bench/results.json", show_default=True, type=click.Path())
+@click.option("--only", default=None, help="Comma list of steps: ingest, publish, syscalls, "
+              "pagefaults, sched, scraper, stack, lossless, report.")
+def command(quick: bool, out: str, only: str | None) -> None:
+    """Measure throughput and overhead against bare floors (root for the tracer figures).
+
+    \b
+    Examples:
+      sudo make bench
+      sudo make bench QUICK=1
+      kernelsight bench --only ingest,publish
+    """
+    res = run(quick, Path(out), only.split(",") if only else None, click.echo)
+    click.echo(f"wrote {out}")
+    missing = [k for k, v in res["results"].items() if v is None]
+    sys.exit(1 if missing else 0)
