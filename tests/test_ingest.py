@@ -4,6 +4,7 @@ crash recovery (SIGKILL mid-stream), idempotent re-delivery."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,9 +17,12 @@ from sqlalchemy import select, text
 from kernelsight import schema
 from kernelsight.db import open_db, table_counts
 from kernelsight.ingest import Ingester, backlog
+from kernelsight.loadgen import make_event
 from kernelsight.streams import FIELD, Publisher
 
-from helpers import valid_row
+
+def valid_row(et: schema.EventType, i: int = 0) -> dict:
+    return make_event(et, random.Random(i), "testhost", time.time_ns())
 
 
 def drain(settings) -> Ingester:

@@ -240,7 +240,8 @@ def _register_optional() -> None:
     """Commands that live in their own modules (added as they land)."""
     import importlib
 
-    for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "bench", "compose_stress"):
+    for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "bench", "rqjobs",
+                "compose_stress"):
         try:
             m = importlib.import_module(f"kernelsight.{mod}")
         except ModuleNotFoundError as e:

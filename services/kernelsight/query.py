@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import text
 
 from kernelsight import schema
 from kernelsight.db import open_db, table_counts
+from kernelsight.report import printable
 
 SLOWEST = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, comm, pid, syscall_name,
  latency_ns / 1000000.0 AS latency_ms, ret_value FROM syscall_events
@@ -26,7 +28,7 @@ def _table(console: Console, title: str, conn, sql: str, n: int) -> None:
         t.add_column(c, justify="left")
     rows = res.fetchall()
     for r in rows:
-        t.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
+        t.add_row(*(Text(f"{v:.3f}" if isinstance(v, float) else printable(v)) for v in r))
     if not rows:
         console.print(f"[bold]{title}[/bold]: no rows")
     else:

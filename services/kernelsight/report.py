@@ -198,7 +198,7 @@ def render(rep: Report, console: Console) -> None:
         s.add_column("syscall")
         s.add_column("latency", justify="right")
         for comm, name, ms in rep.slow:
-            s.add_row(comm, name, f"{ms:.2f}ms")
+            s.add_row(Text(printable(comm)), Text(printable(name)), f"{ms:.2f}ms")
         console.print(s)
     if rep.faults:
         exact = all(f["exact"] for f in rep.faults.values())
@@ -230,6 +230,12 @@ def render(rep: Report, console: Console) -> None:
         console.print("Ingest: " + ", ".join(f"{k}={v:,}" for k, v in sorted(rep.ingest.items())))
     console.rule()
     console.print(f"Database: {rep.db_path}")
+
+
+def printable(v: object) -> str:
+    """Traced processes choose their own comm: never let it carry terminal escapes or markup
+    into a report (cells are rendered as plain Text, and control characters are escaped)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(v))
 
 
 def report_job(db_path: str, duration_s: float | None = None,

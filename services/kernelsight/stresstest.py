@@ -105,12 +105,10 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
             con.print("[yellow]! interrupted: stopping early and reporting what was captured")
         else:
             _ok(con, "Stress test complete")
-        if summary:
-            con.print("  Workloads: " + "; ".join(
-                f"{k}: " + ", ".join(f"{kk}={vv:,}" if isinstance(vv, int) and not isinstance(vv, bool)
-                                     else f"{kk}={vv}"
-                                     for kk, vv in v.items())
-                for k, v in summary.items() if isinstance(v, dict)))
+        for cat, counts in summary.items():
+            if isinstance(counts, dict):
+                con.print(f"    - {cat}: " + ", ".join(
+                    f"{k}={_fmt(v)}" for k, v in counts.items() if k != "cpu_seconds"))
 
         _step(con, 6, "Stopping Collectors & Analyzing Results")
         stack.stop_collectors()
@@ -131,6 +129,12 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
     render(rep, con)
     con.print(f"Logs: {log_dir}/")
     return rep.exit_code
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.1f}"
 
 
 def _drive(con: Console, duration: int, settings: Settings, log_dir: Path,
