@@ -180,13 +180,8 @@ class Publisher:
                 if now < self._held_until and not final:
                     return False
                 chunk = list(islice(self._buf, 2000))
-                pipe = self._r.pipeline(transaction=True)
-                for stream, payload, _ in chunk:
-                    pipe.xadd(stream, {FIELD: payload})
                 streams = sorted({c[0] for c in chunk})
-                for s in streams:
-                    pipe.xlen(s)
-                res = pipe.execute()
+                res = self._xadd_all(chunk, streams)
                 with self._lock:
                     for _ in chunk:
                         self._buf.popleft()
@@ -208,6 +203,40 @@ class Publisher:
             self._note_failure(e)
             return False
         return not self._buf
+
+    def _xadd_all(self, chunk: list[tuple[str, bytes, str]], streams: list[str]) -> list:
+        """MULTI, one XADD per entry, XLEN per stream, EXEC: all or nothing, so a connection
+        lost mid-way never leaves half a chunk in Redis to be sent twice.
+
+        The commands are packed here (RESP is simple) rather than by redis-py's pipeline,
+        whose per-command packing and parsing cost more than Redis's own work."""
+        parts = [b"*1\r\n$5\r\nMULTI\r\n"]
+        for stream, payload, _ in chunk:
+            sb = stream.encode()
+            parts.append(b"*5\r\n$4\r\nXADD\r\n$%d\r\n%b\r\n$1\r\n*\r\n$1\r\nd\r\n"
+                         b"$%d\r\n%b\r\n" % (len(sb), sb, len(payload), payload))
+        for st in streams:
+            sb = st.encode()
+            parts.append(b"*2\r\n$4\r\nXLEN\r\n$%d\r\n%b\r\n" % (len(sb), sb))
+        parts.append(b"*1\r\n$4\r\nEXEC\r\n")
+        pool = self._r.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(parts)], check_health=False)
+            for _ in range(len(chunk) + len(streams) + 1):  # +OK, then +QUEUED each
+                conn.read_response()
+            res = conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        if not isinstance(res, list):
+            raise redis.ResponseError(f"EXEC returned {res!r}")
+        for r in res:
+            if isinstance(r, Exception):
+                raise r
+        return res
 
     # -- replay window --------------------------------------------------------------------
     def _remember(self, chunk: list[tuple[str, bytes, str]], ids: list) -> None:
