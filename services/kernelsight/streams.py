@@ -42,7 +42,8 @@ R_BUFFER_FULL = "buffer_full"  # Redis down or stream over its cap for too long
 R_UNFLUSHED = "unflushed_at_exit"  # still buffered when the collector had to stop
 R_LOST_IN_REDIS = "lost_in_redis_restart"  # Redis lost them and they could not be re-added
 
-CONFIRM_INTERVAL_S = 0.5
+CONFIRM_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = 2.0
 
 
 def connect(url: str, timeout: float = 5.0) -> redis.Redis:
@@ -98,6 +99,7 @@ class Publisher:
         self._window_len = 0
         self._run_id: str | None = None
         self._next_confirm = 0.0
+        self._next_beat = 0.0
         self.replayed = 0
 
     # -- counting -------------------------------------------------------------------------
@@ -172,6 +174,9 @@ class Publisher:
                 self._buf.append((schema.ACCOUNTING_STREAM, self._accounting_entry(), ""))
                 self._dirty = False
                 self._next_accounting = now + defaults.ACCOUNTING_INTERVAL_S
+            idle = not self._buf
+        if idle and self.connected and now < self._next_confirm and now < self._next_beat:
+            return True  # nothing to send, nothing due: no round trip
         try:
             if not self.connected or now >= self._next_confirm:
                 self._next_confirm = now + CONFIRM_INTERVAL_S
@@ -198,7 +203,9 @@ class Publisher:
                     log.warning("redis reachable again at %s", redact(self.settings.redis_url))
                 self.connected = True
             self._backoff = 0.0
-            self._heartbeat()
+            if now >= self._next_beat:
+                self._next_beat = now + HEARTBEAT_INTERVAL_S
+                self._heartbeat()
         except redis.RedisError as e:
             self._note_failure(e)
             return False

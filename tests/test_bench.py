@@ -1,0 +1,26 @@
+"""`make bench QUICK=1` runs and prints every figure (the numbers are not asserted: timing
+tests on a noisy VM prove nothing; the closing notes carry the full-run figures)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from kernelsight.bench import FIGURES
+
+
+def test_bench_quick_prints_every_figure(tmp_path):
+    out = tmp_path / "results.json"
+    p = subprocess.run([sys.executable, "-m", "kernelsight", "bench", "--quick", "--out",
+                        str(out)], capture_output=True, text=True, timeout=900, check=False,
+                       cwd=tmp_path)
+    print(p.stdout)
+    for f in FIGURES:
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith(f + ":")), None)
+        assert line is not None, f"{f} not printed\n{p.stdout}\n{p.stderr[-2000:]}"
+        assert line.split(":", 1)[1].split()[0] != "None", line
+    res = orjson.loads(out.read_bytes())
+    assert set(FIGURES) <= set(res["results"])
+    assert p.returncode == 0, p.stderr[-2000:]
