@@ -7,7 +7,8 @@ job cannot signal them; it steers them through Redis:
 3. ``request_stop``: every collector flushes, publishes its final accounting and says stopped
 4. ``wait_drained``: the ingester has stored everything
 5. enqueue ``kernelsight.report.report_job`` on the rq queue "kernelsight" (the `reporter`
-   service), wait for it, print its table and exit with its exit code (0 only for SUCCESS)
+   service runs `kernelsight report-worker`: JSON, report-only jobs), wait for it, print
+   its table and exit with its exit code (0 only for SUCCESS)
 
 A step that times out prints one line saying which and exits 3 (Redis unreachable: 3 too).
 """
@@ -92,12 +93,11 @@ def wait_worker(url: str, timeout: float) -> None:
 
 def run_report(url: str, db_path: str, duration_s: float, expected: list[str],
                timeout: float) -> dict:
-    from rq import Queue
     from rq.job import JobStatus
 
-    from kernelsight.streams import connect
+    from kernelsight.rqjobs import queue
 
-    q = Queue(QUEUE, connection=connect(url))
+    q = queue(url)  # JSON serializer and the report-only job class, as the worker expects
     job = q.enqueue(REPORT_JOB, db_path, duration_s, expected, job_timeout=int(timeout),
                     result_ttl=3600, failure_ttl=3600, description="KernelSight stress report")
     _say(f"report job {job.id} enqueued on {QUEUE!r}; waiting for the reporter")
