@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 VENV := .venv
 KS := $(VENV)/bin/kernelsight
 
-.PHONY: setup stress report query test test-fast lint bench soak docker-setup compose-stress clean
+.PHONY: setup stress report query test test-fast lint bench soak docker-setup compose-build compose-stress compose-down clean
 
 setup:
 	@scripts/setup.sh
@@ -34,8 +34,14 @@ lint: setup
 docker-setup:
 	@bash docker/setup-docker.sh
 
+compose-build: docker-setup
+	docker compose build
+
 compose-stress: docker-setup
-	TEST_DURATION=$(TEST_DURATION) docker compose up --build stress
+	TEST_DURATION=$(TEST_DURATION) docker compose up --build --exit-code-from stress --attach stress
+
+compose-down:
+	docker compose down -v --remove-orphans
 
 clean:
 	rm -rf data/stress_test.db* logs/stress_test

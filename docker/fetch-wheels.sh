@@ -31,7 +31,7 @@ printf '%s\n' "$req" >"$OUT/requirements.txt"
     --python-version "$PYVER" --implementation cp --abi "cp${PYVER/./}" --abi abi3 --abi none \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform any \
-    -r "$OUT/requirements.txt"
+    -r "$OUT/requirements.txt" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 printf '%s\n' "$req" >"$stamp"
 printf '*\n!.gitignore\n' >"$OUT/.gitignore"
 echo "fetch-wheels: $(ls "$OUT"/*.whl | wc -l) wheels for CPython $PYVER in docker/wheels"

@@ -18,6 +18,10 @@ from kernelsight.runner import Stack
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "docker: needs a Docker engine (docker/setup-docker.sh)")
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[PrivateRedis]:
     with PrivateRedis() as r:

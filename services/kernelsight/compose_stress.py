@@ -209,7 +209,7 @@ def command(duration: float, redis_url: str, db_path: str, collector_list: str,
 
     \b
     Examples:
-      TEST_DURATION=60 docker compose up --build --exit-code-from stress stress
+      TEST_DURATION=60 docker compose up --build --exit-code-from stress --attach stress
       docker compose run --rm -e TEST_DURATION=20 stress
     """
     from kernelsight.config import check_redis_url

@@ -28,7 +28,7 @@ from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
 from kernelsight.db import open_db
 from kernelsight.exceptions import DatabaseError, RedisUnavailable
-from kernelsight.streams import FIELD, connect
+from kernelsight.streams import FIELD, HEALTH_KEY, connect
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +464,7 @@ class Ingester:
             if now - self._last_trim > 1.0:
                 self._last_trim = now
                 self.trim()
+                self._heartbeat()
             if now - self._last_reclaim > 10.0:
                 self._last_reclaim = now
                 self._autoclaim()
@@ -473,6 +474,11 @@ class Ingester:
         self._draining = True
         self._commit({}, [], [])
         return self.stats
+
+    def _heartbeat(self) -> None:
+        """For `kernelsight health ingest` (compose healthchecks)."""
+        self.r.set(HEALTH_KEY.format(source="ingest"), orjson.dumps(
+            {"instance": self.instance, "timestamp": now_ns()}), ex=defaults.HEALTH_TTL_S)
 
     def _pending_total(self) -> int:
         pipe = self.r.pipeline(transaction=False)

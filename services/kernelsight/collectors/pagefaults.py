@@ -126,7 +126,13 @@ class PageFaults(Collector):
         cflags = [f"-DKS_MAP_ENTRIES={s.map_entries}", f"-DKS_RINGBUF_PAGES={s.ringbuf_pages}",
                   f"-DKS_MINOR_RATE={max(0, int(s.minor_fault_rate))}", f"-DKS_NCPU={ncpu}",
                   f"-I{s.bpf_path}"]
-        self.bpf = bpfsupport.load(s, "pagefaults", cflags)
+        try:
+            self.bpf = bpfsupport.load(s, "pagefaults", cflags)
+            self.start_map = "task storage"
+        except CollectorError as e:  # no task storage for tracing programs: per-tid LRU hash
+            log.warning("pagefaults: task storage unavailable (%s); using an LRU hash", e)
+            self.bpf = bpfsupport.load(s, "pagefaults", [*cflags, "-DKS_START_LRU"])
+            self.start_map = "lru hash"
         try:
             from bcc import PerfSWConfig, PerfType
         except ImportError as e:  # load() already imported bcc; this is for the type checker
