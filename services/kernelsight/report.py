@@ -214,20 +214,27 @@ def render(rep: Report, console: Console) -> None:
         console.print(p)
     a = Table(title="Pipeline Accounting (produced = stored + dropped + dead letters)",
               title_justify="left")
-    for col in ("event type", "produced", "stored", "dropped (by reason)", "dead letters", ""):
-        a.add_column(col, justify="left" if col in ("event type", "dropped (by reason)")
-                     else "right")
+    a.add_column("event type", no_wrap=True, min_width=23)
+    for col in ("produced", "stored", "dropped", "dead letters", ""):
+        a.add_column(col, justify="right", no_wrap=True)
+    reasons: list[str] = []
     for name in schema.TABLES:
         drops = rep.dropped.get(name, {})
         dead = rep.dead.get(name, {})
         bal = rep.balance(name)
         a.add_row(name, f"{rep.produced.get(name, 0):,}", f"{rep.counts[name]:,}",
-                  ", ".join(f"{r}={v:,}" for r, v in sorted(drops.items()) if v) or "0",
-                  ", ".join(f"{r}={v:,}" for r, v in sorted(dead.items())) or "0",
+                  f"{sum(drops.values()):,}", f"{sum(dead.values()):,}",
                   ok if bal == 0 else Text(f"✗ {bal:+,}", style="bold red"))
+        reasons += [f"{name}: {r} {v:,}" for r, v in sorted(drops.items()) if v]
+        reasons += [f"{name}: dead letter {r} {v:,}" for r, v in sorted(dead.items())]
     console.print(a)
+    if reasons:
+        console.print("Dropped by reason (counted, by design or by loss):")
+        for line in reasons:
+            console.print(f"  {line}")
     if rep.ingest:
-        console.print("Ingest: " + ", ".join(f"{k}={v:,}" for k, v in sorted(rep.ingest.items())))
+        console.print("Pipeline counters: " + ", ".join(
+            f"{k}={v:,}" for k, v in sorted(rep.ingest.items())))
     console.rule()
     console.print(f"Database: {rep.db_path}")
 
