@@ -16,6 +16,8 @@
  *             The max is kept per epoch (two slots, epoch parity): user space bumps `epoch`
  *             and then reads the slot of the finished epoch, so it never writes this map.
  *   events  - ring buffer: every major fault, minor faults through a per-CPU token bucket.
+ *             The reader is woken every KS_WAKEUP_EVERY events per CPU only (it drains on a
+ *             100 ms timer too): a wakeup per event costs the reader far more than the event.
  *   drops   - per-CPU counters of what could not be recorded (see DROP_*).
  *
  * Compile-time settings (cflags): KS_MAP_ENTRIES, KS_RINGBUF_PAGES, KS_MINOR_RATE (minor
@@ -36,6 +38,10 @@
 #endif
 #ifndef KS_NCPU
 #define KS_NCPU 1
+#endif
+/* Wake the reader every this many events per CPU; it also drains every 100 ms on its own. */
+#ifndef KS_WAKEUP_EVERY
+#define KS_WAKEUP_EVERY 64
 #endif
 
 #define DROP_RINGBUF_FULL 0
@@ -91,6 +97,7 @@ struct event_t {
 struct bucket_t {
     u64 last_ns;
     u64 credit; /* one event costs KS_NCPU * 1e9; refilled at KS_MINOR_RATE per ns */
+    u64 submitted; /* events this CPU put in the ring buffer */
 };
 
 #ifdef KS_START_LRU
@@ -266,10 +273,17 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
     ev->major = major;
     ev->access = access;
     /* the perf sample's regs are the faulting context's: user mode iff CPL 3 */
-    ev->user_mode = (ctx->regs.cs & 3) == 3;
+    /* 8-byte read: kernels >= 6.9 declare cs as a u16 in a union, and the verifier rejects
+     * 2-byte context reads; the low bits are the privilege level either way. */
+    ev->user_mode = (*(u64 *)&ctx->regs.cs & 3) == 3;
     ev->pad = 0;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    events.ringbuf_submit(ev, 0);
+    u64 flags = BPF_RB_NO_WAKEUP;
+    u32 z = 0;
+    struct bucket_t *b = bucket.lookup(&z);
+    if (b && (++b->submitted % KS_WAKEUP_EVERY) == 0)
+        flags = 0;
+    events.ringbuf_submit(ev, flags);
     if (v)
         __sync_fetch_and_add(&v->sampled, 1);
     return 0;

@@ -6,13 +6,20 @@
  *
  * Per-thread start state lives in a BPF_ARRAY indexed by tid (an inlined lookup, no hashing,
  * no locking); tids >= TID_SLOTS fall back to a bounded hash. Only syscalls that cross the
- * threshold touch the ring buffer. No task_struct field is read (the headers BCC compiles
+ * threshold touch the ring buffer.
+ *
+ * The clock is the expensive part (bpf_ktime_get_ns ~40 ns in this VM, more than everything
+ * else together), so sys_exit first compares jiffies (a plain load): a syscall that did not
+ * cross enough timer ticks is provably faster than the threshold and returns without reading
+ * the clock. SKIP_JIFFIES is the largest tick count that is safe: user space sets it to
+ * floor(MIN_LATENCY_NS / TICK_NS) - 2 (one tick for the rounding of jiffies, one for jiffies
+ * lagging the clock), or -1 to always read the clock (unknown HZ, tiny thresholds). No task_struct field is read (the headers BCC compiles
  * against may be another kernel's); pt_regs is only read through PT_REGS_* on x86_64/arm64,
  * whose layout is ABI.
  *
  * cflags (set by collectors/syscalls.py):
  *   -DMIN_LATENCY_NS=...  -DSELF_TGID=... (0: trace everything)  -DTID_SLOTS=...
- *   -DHASH_ENTRIES=...    -DRINGBUF_PAGES=...
+ *   -DHASH_ENTRIES=...    -DRINGBUF_PAGES=...   -DSKIP_JIFFIES=...
  */
 #include <uapi/linux/ptrace.h>
 
@@ -31,6 +38,9 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 256
 #endif
+#ifndef SKIP_JIFFIES
+#define SKIP_JIFFIES -1
+#endif
 
 /* Drop/loss counters, per CPU so the hot path never contends. */
 #define CNT_RINGBUF_FULL 0
@@ -40,7 +50,8 @@
 struct start_t {
     u64 ts;   /* bpf_ktime_get_ns() at sys_enter; 0 = no syscall in flight */
     s64 arg0; /* first argument register, bit-for-bit */
-    s64 nr;   /* syscall id */
+    u32 jif;  /* low 32 bits of jiffies at sys_enter (differences wrap correctly) */
+    s32 nr;   /* syscall id */
 };
 
 /* The one definition of an event; user space parses it with b["events"].event(data). */
@@ -91,9 +102,10 @@ RAW_TRACEPOINT_PROBE(sys_enter)
             return 0;
         }
     }
-    s->nr = (s64)ctx->args[1];
-#ifndef NO_ARG0_READ
+    s->nr = (s32)ctx->args[1];
     bpf_probe_read_kernel(&s->arg0, sizeof(s->arg0), &PT_REGS_PARM1(regs));
+#if SKIP_JIFFIES >= 0
+    s->jif = (u32)bpf_jiffies64();
 #endif
     s->ts = bpf_ktime_get_ns();
     return 0;
@@ -111,6 +123,14 @@ RAW_TRACEPOINT_PROBE(sys_exit)
         s = start_hash.lookup(&tid);
     if (!s || !s->ts)
         return 0;
+#if SKIP_JIFFIES >= 0
+    if ((u32)bpf_jiffies64() - s->jif <= (u32)SKIP_JIFFIES) {
+        s->ts = 0;
+        if (hashed)
+            start_hash.delete(&tid);
+        return 0;
+    }
+#endif
     u64 now = bpf_ktime_get_ns();
     u64 start = s->ts;
     u64 delta = now - start;

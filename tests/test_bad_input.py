@@ -8,7 +8,8 @@ import random
 
 import orjson
 import redis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from kernelsight import schema

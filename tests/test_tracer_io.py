@@ -80,7 +80,7 @@ def declared_losses(db_path: str) -> int:
     db = sqlite3.connect(db_path)
     rows = db.execute(
         "SELECT instance, reason, MAX(value) FROM pipeline_accounting WHERE event_type = "
-        "'io_latency_stats' AND metric = 'dropped' GROUP BY instance, reason").fetchall()
+        "'block_requests' AND metric = 'dropped' GROUP BY instance, reason").fetchall()
     return sum(r[2] for r in rows)
 
 
@@ -140,7 +140,8 @@ def test_o_direct_reads_latency_matches_user_space(settings: Settings, tmp_path:
         assert row[f"read_p{p}_us"] <= lat_us[k] * 1.016, (p, row, lat_us[k])
     assert row["read_max_us"] <= lat_us[-1] * 1.032, (row, lat_us[-1])
     assert row["read_p50_us"] >= 0.5 * lat_us[0], (row, lat_us[0])
-    assert lat_us[0] / 1.016 <= row["read_max_us"], "slowest read faster than the fastest pread"
+    assert row["read_p50_us"] <= row["read_p95_us"] <= row["read_p99_us"]
+    assert row["read_p99_us"] <= row["read_max_us"] * 1.016  # same bucket: midpoint vs exact
     # The loop device read the file with direct I/O: the disk backing / saw those reads too.
     root = [r for r in io_rows(settings.db_path, root_disk) if r["timestamp"] >= t0]
     assert sum(r["read_count"] for r in root) >= READS - lost, root

@@ -17,16 +17,19 @@ from conftest import need_root, running_pipeline
 PAGE = os.sysconf("SC_PAGE_SIZE")
 ANON_BYTES = 64 << 20
 FILE_BYTES = 32 << 20
+KERNEL_BYTES = 1 << 20
 
 # The child: started after the tracer, so the tracer sees every fault it takes. It writes one
 # byte per page of a fresh anonymous mapping (minor faults; MADV_NOHUGEPAGE so it is one fault
 # per 4 KiB page), reads one byte per page of a file whose pages are not cached (major faults;
-# MADV_RANDOM so no readahead turns them into minor ones), then reports its own counters and
-# exits at once. It uses nothing that faults through get_user_pages() (no MAP_POPULATE, no
-# O_DIRECT): those faults count in getrusage but emit no perf event.
+# MADV_RANDOM so no readahead turns them into minor ones), read()s /dev/zero into a shared
+# mapping of a second uncached file (the kernel takes those major faults on its behalf inside
+# read(): exceptions:page_fault_kernel), then reports its own counters and exits at once.
+# It uses nothing that faults through get_user_pages() (no MAP_POPULATE, no O_DIRECT): those
+# faults count in getrusage but emit no perf event.
 CHILD = r"""
 import ctypes, json, mmap, os, resource, sys
-path, anon_bytes = sys.argv[1], int(sys.argv[2])
+path, anon_bytes, kpath = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 page = mmap.PAGESIZE
 anon = mmap.mmap(-1, anon_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 anon.madvise(mmap.MADV_NOHUGEPAGE)
@@ -34,8 +37,13 @@ fd = os.open(path, os.O_RDONLY)
 size = os.fstat(fd).st_size
 fmap = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
 fmap.madvise(mmap.MADV_RANDOM)
+kfd = os.open(kpath, os.O_RDWR)
+kmap = mmap.mmap(kfd, os.fstat(kfd).st_size, flags=mmap.MAP_SHARED)
+kmap.madvise(mmap.MADV_RANDOM)
+zero = os.open("/dev/zero", os.O_RDONLY)
 anon_lo = ctypes.addressof(ctypes.c_char.from_buffer(anon))
-ranges = {"anon": [anon_lo, anon_lo + anon_bytes]}
+kmap_lo = ctypes.addressof(ctypes.c_char.from_buffer(kmap))
+ranges = {"anon": [anon_lo, anon_lo + anon_bytes], "kernel": [kmap_lo, kmap_lo + len(kmap)]}
 with open("/proc/self/maps") as f:
     for line in f:
         parts = line.split()
@@ -46,6 +54,9 @@ for off in range(0, anon_bytes, page):
 total = 0
 for off in range(0, size, page):
     total += fmap[off]
+# read() from /dev/zero into a shared mapping of another uncached file: the kernel's
+# clear_user() takes the faults (kernel mode, writes), each one reading a page from disk.
+assert os.readv(zero, [kmap]) == len(kmap)
 ru = resource.getrusage(resource.RUSAGE_SELF)
 out = json.dumps({"pid": os.getpid(), "majflt": ru.ru_majflt, "minflt": ru.ru_minflt,
                   "ranges": ranges})
@@ -75,13 +86,17 @@ def test_totals_match_getrusage_and_every_major_is_an_event(settings: Settings,
     need_root()
     data = tmp_path / "mapped.bin"
     uncached_file(data, FILE_BYTES)
+    kdata = tmp_path / "kernel-mapped.bin"
+    uncached_file(kdata, KERNEL_BYTES)
     with running_pipeline(settings, ["pagefaults"], tmp_path / "logs"):
-        child = subprocess.run([sys.executable, "-c", CHILD, str(data), str(ANON_BYTES)],
+        child = subprocess.run([sys.executable, "-c", CHILD, str(data), str(ANON_BYTES),
+                                str(kdata)],
                                capture_output=True, timeout=60, check=True)
         got = json.loads(child.stdout)
     pid, majflt, minflt = got["pid"], got["majflt"], got["minflt"]
     file_lo, file_hi = got["ranges"]["file"]
     anon_lo, anon_hi = got["ranges"]["anon"]
+    kern_lo, kern_hi = got["ranges"]["kernel"]
     file_pages = FILE_BYTES // PAGE
 
     db = sqlite3.connect(settings.db_path)
@@ -98,6 +113,10 @@ def test_totals_match_getrusage_and_every_major_is_an_event(settings: Settings,
         "SELECT COUNT(*), SUM(access_type = 'read' AND user_mode = 1), MIN(latency_ns) "
         "FROM page_fault_events WHERE pid = ? AND fault_type = 'major' "
         "AND address >= ? AND address < ?", (pid, file_lo, file_hi)).fetchone()
+    kernel_mode = db.execute(
+        "SELECT COUNT(*), SUM(access_type = 'write' AND user_mode = 0) FROM page_fault_events "
+        "WHERE pid = ? AND fault_type = 'major' AND address >= ? AND address < ?",
+        (pid, kern_lo, kern_hi)).fetchone()
     anon_events = db.execute(
         "SELECT COUNT(*), SUM(access_type = 'write' AND user_mode = 1 AND fault_type = 'minor')"
         " FROM page_fault_events WHERE pid = ? AND address >= ? AND address < ?",
@@ -124,6 +143,8 @@ def test_totals_match_getrusage_and_every_major_is_an_event(settings: Settings,
     assert bad_latency == 0
     assert major_file[0] == major_file[1] >= 0.9 * file_pages, major_file
     assert major_file[2] > 1000, "a major fault that read a page from disk took < 1 us?"
+    # Faults the kernel took inside read() (exceptions:page_fault_kernel): kernel mode, writes.
+    assert kernel_mode[0] == kernel_mode[1] >= 0.9 * KERNEL_BYTES // PAGE, kernel_mode
     # Minor events are a sample; the totals say exactly how many of them were stored.
     assert sampled.get("minor") == events.get("minor"), (sampled, events)
     assert sampled.get("major") == events.get("major"), (sampled, events)

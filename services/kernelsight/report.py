@@ -160,6 +160,8 @@ def to_json(rep: Report) -> dict[str, Any]:
                 "dropped": rep.dropped.get(t, {}), "dead_letters": rep.dead.get(t, {}),
                 "unaccounted": rep.balance(t)}
             for t in schema.TABLES},
+        "other_drops": {k or "pipeline": v for k, v in rep.dropped.items()
+                        if k not in schema.TABLES},
         "collectors": {"started": sorted(rep.started), "failed": rep.failed},
         "ingest": rep.ingest,
         "criteria": [{"name": n, "ok": ok, "detail": d} for n, ok, d in rep.criteria],
@@ -227,6 +229,10 @@ def render(rep: Report, console: Console) -> None:
                   ok if bal == 0 else Text(f"✗ {bal:+,}", style="bold red"))
         reasons += [f"{name}: {r} {v:,}" for r, v in sorted(drops.items()) if v]
         reasons += [f"{name}: dead letter {r} {v:,}" for r, v in sorted(dead.items())]
+    for name, drops in sorted(rep.dropped.items()):  # kernel events that are not rows
+        if name not in schema.TABLES:
+            reasons += [f"{name or 'pipeline'}: {r} {v:,}" for r, v in sorted(drops.items())
+                        if v]
     console.print(a)
     if reasons:
         console.print("Dropped by reason (counted, by design or by loss):")

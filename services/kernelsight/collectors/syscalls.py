@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import platform
+import re
 import time
 from typing import Any, ClassVar
 
@@ -64,6 +66,38 @@ def tid_slots(procfs: str = "/proc") -> int:
     return max(1024, min(pid_max, TID_SLOTS_MAX))
 
 
+def kernel_hz(procfs: str = "/proc") -> int | None:
+    """CONFIG_HZ of the running kernel (/proc/config.gz or /boot/config-*), or None."""
+    texts = []
+    try:
+        with gzip.open(os.path.join(procfs, "config.gz"), "rt") as f:
+            texts.append(f.read())
+    except OSError:
+        pass
+    try:
+        with open(f"/boot/config-{platform.release()}") as f:
+            texts.append(f.read())
+    except OSError:
+        pass
+    for text in texts:
+        m = re.search(r"^CONFIG_HZ=(\d+)$", text, re.M)
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1))
+    return None
+
+
+def skip_jiffies(min_latency_ns: int, hz: int | None) -> int:
+    """Largest jiffies difference that proves a syscall was faster than the threshold.
+
+    A difference of d ticks means less than (d + 1) ticks really passed, plus up to one more
+    while jiffies lags the clock (ticks delayed by interrupts off or a preempted vCPU); -1
+    disables the shortcut."""
+    if not hz:
+        return -1
+    tick_ns = 1_000_000_000 // hz
+    return max(-1, min_latency_ns // tick_ns - 2)
+
+
 class SyscallTracer(Collector):
     """Every syscall slower than ``--min-latency-ms`` (default 10 ms), one row each.
 
@@ -110,8 +144,10 @@ class SyscallTracer(Collector):
 
     def cflags(self) -> list[str]:
         s = self.settings
+        min_ns = int(s.min_latency_ms * 1_000_000)
         return [
-            f"-DMIN_LATENCY_NS={int(s.min_latency_ms * 1_000_000)}ULL",
+            f"-DMIN_LATENCY_NS={min_ns}ULL",
+            f"-DSKIP_JIFFIES={skip_jiffies(min_ns, kernel_hz(s.procfs))}",
             f"-DSELF_TGID={0 if self.trace_self else os.getpid()}",
             f"-DTID_SLOTS={tid_slots(s.procfs)}",
             f"-DHASH_ENTRIES={s.map_entries}",
@@ -119,16 +155,18 @@ class SyscallTracer(Collector):
         ]
 
     def start(self) -> None:
+        # RAW_TRACEPOINT_PROBE programs attach while loading (a failure there is a load
+        # error with its own message); make sure both really are attached.
         self.bpf = bpfsupport.load(self.settings, self.name, self.cflags())
-        for tp in ("sys_enter", "sys_exit"):
-            fn = f"raw_tracepoint__{tp}"
-            try:
-                # RAW_TRACEPOINT_PROBE auto-attaches; make sure it really did.
-                if tp.encode() not in self.bpf.raw_tracepoint_fds:
-                    self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
-            except Exception as e:  # bcc raises bare Exception
-                self.bpf.cleanup()
-                raise bpfsupport.attach_error(self.name, f"raw tracepoint {tp}", e) from None
+        missing = [tp for tp in (b"sys_enter", b"sys_exit")
+                   if tp not in self.bpf.raw_tracepoint_fds]
+        if missing:
+            self.bpf.cleanup()
+            self.bpf = None
+            raise CollectorError(
+                f"syscalls: raw tracepoint(s) {b', '.join(missing).decode()} did not attach; "
+                "the kernel needs CONFIG_BPF_EVENTS and CONFIG_FTRACE_SYSCALLS; run "
+                "`kernelsight doctor`")
         self._events = self.bpf["events"]
         self._events.open_ring_buffer(self._on_event)
         self._counters = self.bpf["counters"]

@@ -1,0 +1,155 @@
+"""The syscall tracer end to end: real kernel, real collector/ingester processes, real SQLite.
+
+Children with distinctive names (prctl PR_SET_NAME) make known slow and fast syscalls through
+libc's syscall(2), so the syscall numbers are exactly the ones asserted (x86_64 numbers)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from kernelsight.collectors.syscalls import skip_jiffies, syscall_name
+from kernelsight.config import Settings
+
+from conftest import need_root, running_pipeline
+
+NR_CLOCK_NANOSLEEP = 230
+NR_NANOSLEEP = 35
+NR_FUTEX = 202
+ETIMEDOUT = 110
+
+# A child helper: prctl(PR_SET_NAME), then raw syscalls via libc.syscall.
+PRELUDE = textwrap.dedent("""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    class TS(ctypes.Structure):
+        _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
+    def name(n):
+        assert libc.prctl(15, n.encode(), 0, 0, 0) == 0  # PR_SET_NAME
+    def nanosleep(ns):
+        ts = TS(0, ns)
+        assert libc.syscall(35, ctypes.byref(ts), None) == 0
+    def fast(n, fd):
+        for _ in range(n):
+            os.getpid()
+            os.read(fd, 1)
+""")
+
+SLEEPER = PRELUDE + textwrap.dedent("""
+    fd = os.open("/dev/zero", os.O_RDONLY)
+    name("ks_sleep23")
+    fast(500, fd)
+    for _ in range(23):
+        nanosleep(20_000_000)
+        fast(50, fd)
+    # Just over / well under the 10 ms threshold: the jiffies shortcut must keep the first.
+    name("ks_edge")
+    for _ in range(8):
+        nanosleep(10_300_000)
+        nanosleep(4_000_000)
+""")
+
+ARG0 = PRELUDE + textwrap.dedent("""
+    name("ks_arg0")
+    # clock_nanosleep's clockid is an int: the kernel uses the low 32 bits of the register
+    # (1 = CLOCK_MONOTONIC), so a 64-bit value with the top bit set is arg0 of a real sleep.
+    ts = TS(0, 25_000_000)
+    r = libc.syscall(230, ctypes.c_uint64(0xFEDCBA9800000001), 0, ctypes.byref(ts), None)
+    assert r == 0, ctypes.get_errno()
+    # futex(FUTEX_WAIT_PRIVATE) on a word that holds the expected value: times out (error).
+    word = ctypes.c_int(0)
+    ts = TS(0, 20_000_000)
+    r = libc.syscall(202, ctypes.byref(word), 128, 0, ctypes.byref(ts), None, 0)
+    assert r == -1 and ctypes.get_errno() == 110, (r, ctypes.get_errno())
+    print(ctypes.addressof(word))
+""")
+
+
+def run_child(code: str) -> str:
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=30, check=False)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def rows(db: str, comm: str) -> list[sqlite3.Row]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute("SELECT * FROM syscall_events WHERE comm = ? ORDER BY timestamp",
+                           (comm,)).fetchall()
+    finally:
+        con.close()
+
+
+def test_skip_jiffies_is_conservative() -> None:
+    # HZ=250 (4 ms ticks): a 10 ms threshold may only skip syscalls that crossed no tick.
+    assert skip_jiffies(10_000_000, 250) == 0
+    assert skip_jiffies(10_000_000, 1000) == 8
+    assert skip_jiffies(10_000_000, 100) == -1
+    assert skip_jiffies(1_000_000, 250) == -1
+    assert skip_jiffies(10_000_000, None) == -1
+    for hz in (100, 250, 300, 1000):
+        tick = 1_000_000_000 // hz
+        for thr in (0, 1_000_000, 10_000_000, 50_000_000):
+            d = skip_jiffies(thr, hz)
+            # d ticks observed => < (d + 2) ticks elapsed, which must stay below the threshold
+            assert d < 0 or (d + 2) * tick <= thr
+
+
+def test_syscall_names() -> None:
+    assert syscall_name(NR_NANOSLEEP) == "nanosleep"
+    assert syscall_name(NR_CLOCK_NANOSLEEP) == "clock_nanosleep"
+    assert syscall_name(435) == "clone3"
+    assert syscall_name(-1).startswith("[unknown")
+
+
+def test_slow_syscalls_exact(settings: Settings, tmp_path: Path) -> None:
+    need_root()
+    with running_pipeline(settings, ["syscalls"], tmp_path / "logs"):
+        t0 = time.time_ns()
+        run_child(SLEEPER)
+        t1 = time.time_ns()
+    got = rows(settings.db_path, "ks_sleep23")
+    assert len(got) == 23, [(r["syscall_name"], r["latency_ns"]) for r in got]
+    pids = {r["pid"] for r in got}
+    assert len(pids) == 1
+    for r in got:
+        assert r["syscall_nr"] == NR_NANOSLEEP and r["syscall_name"] == "nanosleep"
+        assert 20_000_000 <= r["latency_ns"] < 2_000_000_000
+        assert t0 <= r["timestamp"] <= t1
+        assert r["ret_value"] == 0 and r["is_error"] == 0
+        assert r["tid"] == r["pid"] and r["host"] == "testhost"
+        assert 0 <= r["cpu"] < 1024 and r["uid"] == 0
+    edge = rows(settings.db_path, "ks_edge")
+    assert len(edge) == 8, [(r["syscall_name"], r["latency_ns"]) for r in edge]
+    assert all(r["syscall_name"] == "nanosleep" and r["latency_ns"] >= 10_300_000
+               for r in edge)
+    assert {r["pid"] for r in edge} == pids
+
+
+def test_arg0_and_errors_round_trip(settings: Settings, tmp_path: Path) -> None:
+    need_root()
+    with running_pipeline(settings, ["syscalls"], tmp_path / "logs"):
+        t0 = time.time_ns()
+        addr = int(run_child(ARG0))
+        t1 = time.time_ns()
+    got = rows(settings.db_path, "ks_arg0")
+    assert [r["syscall_nr"] for r in got] == [NR_CLOCK_NANOSLEEP, NR_FUTEX], [
+        dict(r) for r in got]
+    sleep, futex = got
+    assert sleep["syscall_name"] == "clock_nanosleep"
+    assert sleep["arg0"] == 0xFEDCBA9800000001 - 2**64
+    assert sleep["arg0"] & 0xFFFFFFFFFFFFFFFF == 0xFEDCBA9800000001
+    assert sleep["ret_value"] == 0 and sleep["is_error"] == 0
+    assert sleep["latency_ns"] >= 25_000_000
+    assert futex["syscall_name"] == "futex"
+    assert futex["arg0"] == addr
+    assert futex["ret_value"] == -ETIMEDOUT and futex["is_error"] == 1
+    assert futex["latency_ns"] >= 20_000_000
+    assert all(t0 <= r["timestamp"] <= t1 for r in got)
