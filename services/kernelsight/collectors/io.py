@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from kernelsight import bpfsupport, histogram
+from kernelsight.bpfsupport import prog_recursion_misses
 from kernelsight.clock import now_ns
 from kernelsight.collectors.base import Collector
 
@@ -27,35 +27,6 @@ DROP_UNMATCHED = 1
 DROP_SLOTS = 2
 
 MINORBITS = 20  # the kernel's dev_t: MKDEV(ma, mi) = ma << 20 | mi
-
-# bpf(BPF_OBJ_GET_INFO_BY_FD) for struct bpf_prog_info.recursion_misses (uapi, append-only).
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "ppc64le": 361, "s390x": 351}
-_BPF_OBJ_GET_INFO_BY_FD = 15
-_PROG_INFO_LEN = 232
-_RECURSION_MISSES_OFF = 208
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-class _InfoAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32),
-                ("info", ctypes.c_uint64)]
-
-
-def prog_recursion_misses(fd: int) -> int:
-    """How many times the kernel skipped this BPF program because another BPF program was
-    running on the CPU (trace_call_bpf's bpf_prog_active check; kernel >= 6.7 counts them).
-    0 when the kernel cannot say."""
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
-        return 0
-    buf = (ctypes.c_uint8 * _PROG_INFO_LEN)()
-    attr = _InfoAttr(fd, _PROG_INFO_LEN, ctypes.addressof(buf))
-    if _LIBC.syscall(nr, _BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-        return 0
-    if attr.info_len < _RECURSION_MISSES_OFF + 8:
-        return 0
-    return int.from_bytes(bytes(buf[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8]), "little")
-
 
 @dataclass
 class OpInterval:
