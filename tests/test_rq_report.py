@@ -9,9 +9,9 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from kernelsight.compose_stress import StepFailed, run_report
 from kernelsight.db import open_db
-from kernelsight.exceptions import KernelSightError
-from kernelsight.rqjobs import enqueue_report, queue
+from kernelsight.rqjobs import queue
 
 
 def worker(url: str) -> subprocess.Popen:
@@ -42,7 +42,7 @@ def test_worker_refuses_other_functions(settings, tmp_path):
     assert not marker.exists()
 
 
-def test_enqueue_report_times_out_clearly(settings):
+def test_report_wait_times_out_clearly(settings):
     open_db(settings.db_path).dispose()
-    with pytest.raises(KernelSightError, match="report-worker"):
-        enqueue_report(settings.redis_url, settings.db_path, None, None, timeout=1)
+    with pytest.raises(StepFailed, match="report job"):
+        run_report(settings.redis_url, settings.db_path, 60.0, ["scraper"], timeout=1)

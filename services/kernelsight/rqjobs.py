@@ -7,15 +7,12 @@ names, so anyone holding the Redis password could run code in the reporter. Ours
 from __future__ import annotations
 
 import sys
-import time
-from typing import Any
 
 import click
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from kernelsight.exceptions import KernelSightError
 from kernelsight.streams import ping
 
 QUEUE = "kernelsight"
@@ -33,24 +30,6 @@ class ReportOnlyJob(Job):
 def queue(redis_url: str) -> Queue:
     return Queue(QUEUE, connection=ping(redis_url), serializer=JSONSerializer,
                  job_class=ReportOnlyJob)
-
-
-def enqueue_report(redis_url: str, db_path: str, duration_s: float | None,
-                   expected: list[str] | None, timeout: float = 120.0) -> dict[str, Any]:
-    """Enqueue the report job and wait for its result (the dict report_job returns)."""
-    job = queue(redis_url).enqueue("kernelsight.report.report_job", db_path, duration_s,
-                                   expected, job_timeout=int(timeout), result_ttl=3600)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        status = job.get_status(refresh=True)
-        if status == "finished":
-            return job.return_value()  # type: ignore[return-value]
-        if status in ("failed", "stopped", "canceled"):
-            exc = (job.latest_result().exc_string or "") if job.latest_result() else ""
-            raise KernelSightError(f"report job {status}: {exc.strip().splitlines()[-1:]}")
-        time.sleep(0.2)
-    raise KernelSightError(f"report job not done after {timeout:.0f}s; is a report worker "
-                           "running (kernelsight report-worker)?")
 
 
 @click.command("report-worker", context_settings={"help_option_names": ["-h", "--help"]})
