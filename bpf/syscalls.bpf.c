@@ -22,6 +22,7 @@
  *   -DHASH_ENTRIES=...    -DRINGBUF_PAGES=...   -DSKIP_JIFFIES=...
  */
 #include <uapi/linux/ptrace.h>
+#include <asm/unistd.h>
 
 #ifndef MIN_LATENCY_NS
 #define MIN_LATENCY_NS 10000000ULL
@@ -88,6 +89,10 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     if ((id >> 32) == SELF_TGID)
         return 0;
 #endif
+    s32 nr = (s32)ctx->args[1];
+    /* exit() and exit_group() never return: a start kept for them would only go stale. */
+    if (nr == __NR_exit || nr == __NR_exit_group)
+        return 0;
     struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
     struct start_t *s;
     if (tid < TID_SLOTS) {
@@ -102,7 +107,7 @@ RAW_TRACEPOINT_PROBE(sys_enter)
             return 0;
         }
     }
-    s->nr = (s32)ctx->args[1];
+    s->nr = nr;
     bpf_probe_read_kernel(&s->arg0, sizeof(s->arg0), &PT_REGS_PARM1(regs));
 #if SKIP_JIFFIES >= 0
     s->jif = (u32)bpf_jiffies64();
@@ -145,14 +150,15 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     if (hashed)
         start_hash.delete(&tid);
 
-    /* A thread that died inside exit()/exit_group() never reaches sys_exit, so its slot keeps
-     * a stale start; a new thread that reuses the tid first "returns" from clone. Only pair an
-     * exit with an enter of the same syscall (orig_ax/syscallno is the number being exited). */
+    /* A start can be stale: a thread that execve()d from a non-leader thread took the leader's
+     * tid and never returned on its own; a new thread reusing that tid first "returns" from
+     * clone. Only pair an exit with an enter of the same syscall (orig_ax / syscallno is the
+     * number being exited). Done here, on the slow path only. */
     struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
     s64 exit_nr = -1;
-#if defined(__x86_64__) || defined(__TARGET_ARCH_x86)
+#if defined(__x86_64__)
     bpf_probe_read_kernel(&exit_nr, sizeof(exit_nr), &regs->orig_ax);
-#elif defined(__aarch64__) || defined(__TARGET_ARCH_arm64)
+#elif defined(__aarch64__)
     int nr32 = -1;
     bpf_probe_read_kernel(&nr32, sizeof(nr32), &regs->syscallno);
     exit_nr = nr32;

@@ -153,3 +153,30 @@ def test_arg0_and_errors_round_trip(settings: Settings, tmp_path: Path) -> None:
     assert futex["ret_value"] == -ETIMEDOUT and futex["is_error"] == 1
     assert futex["latency_ns"] >= 20_000_000
     assert all(t0 <= r["timestamp"] <= t1 for r in got)
+
+
+def test_ringbuf_overflow_is_counted(settings: Settings, tmp_path: Path) -> None:
+    """A one-page ring buffer and no threshold: events are lost in the kernel, and every one
+    is accounted for (stored + dropped == produced)."""
+    need_root()
+    settings = settings.with_(min_latency_ms=0.0, ringbuf_pages=1)
+    with running_pipeline(settings, ["syscalls"], tmp_path / "logs"):
+        subprocess.run(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=200000"],
+                       check=True, capture_output=True, timeout=30)
+        time.sleep(0.5)
+    con = sqlite3.connect(settings.db_path)
+    try:
+        acc = con.execute(
+            "SELECT metric, reason, SUM(v) FROM (SELECT instance, metric, reason, MAX(value) AS v"
+            " FROM pipeline_accounting WHERE event_type = 'syscall_events'"
+            " GROUP BY instance, metric, reason) GROUP BY metric, reason").fetchall()
+        stored = con.execute("SELECT COUNT(*) FROM syscall_events").fetchone()[0]
+        dead = con.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+    finally:
+        con.close()
+    counts = {(m, r): v for m, r, v in acc}
+    produced = counts.get(("produced", ""), 0)
+    dropped = sum(v for (m, _), v in counts.items() if m == "dropped")
+    assert counts.get(("dropped", "ringbuf_full"), 0) > 0, counts
+    assert dead == 0
+    assert stored + dropped == produced, (stored, counts)

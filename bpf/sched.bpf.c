@@ -1,0 +1,244 @@
+/* KernelSight scheduler tracer: per-process context switches (voluntary / involuntary, as the
+ * kernel counts nvcsw / nivcsw), wakeups, CPU time and run-queue latency.
+ *
+ * Hooks (regular tracepoints: BCC reads their field layout from tracefs, so the headers it
+ * compiles against may be another kernel's; no task_struct field is read):
+ *   sched:sched_switch     prev is current, so bpf_get_current_pid_tgid() is prev's tgid.
+ *   sched:sched_wakeup, sched:sched_wakeup_new   the wakee's tid only (current is the waker).
+ *   sched:sched_process_exit                     current is the exiting thread.
+ *   a CPU_CLOCK perf event every TICK_NS          charges a running thread's CPU time so far,
+ *                                                 so a task that never switches out still
+ *                                                 reports CPU time every interval.
+ *
+ * What happens to a thread (tid) is kept in `threads` until the thread is current again
+ * (switch-out, tick, exit): only then is its tgid known, and it is charged to `procs` (per
+ * tgid, cumulative) and `runq_hist` (per tgid and bucket, cumulative). User space never
+ * resets them: an interval is the difference of two reads, so nothing is lost in between.
+ *
+ * cflags (set by collectors/sched.py): -I<bpf dir> -DMAP_ENTRIES=... -DKS_PREEMPTED=...
+ *   -DKS_DEAD=... (both from the tracepoint's print fmt: TASK_REPORT_MAX, and X|Z).
+ */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
+#include "ks_hist.h"
+
+#ifndef MAP_ENTRIES
+#define MAP_ENTRIES 65536
+#endif
+#ifndef KS_PREEMPTED
+#define KS_PREEMPTED 0x100 /* TASK_REPORT_MAX since 4.14: "R+" */
+#endif
+#ifndef KS_DEAD
+#define KS_DEAD 0x30 /* EXIT_DEAD "X" | EXIT_ZOMBIE "Z": the last switch of a thread */
+#endif
+
+#define CNT_MAP_FULL 0
+#define CNT_MAX 1
+#define E_EXIST 17 /* an insert that lost a race to another CPU is not a full map */
+
+struct thread_t {
+    u64 queued;  /* when it became runnable (wakeup or preemption); 0 = not queued */
+    u64 oncpu;   /* when it was last switched in (or charged by a tick); 0 = not on cpu */
+    u64 delay;   /* run-queue delay measured at the last switch-in, not yet charged */
+    u32 delayed; /* 1 when `delay` holds a value */
+    u32 wakeups; /* wakeups not yet charged (atomic: wakers run on other CPUs) */
+};
+
+struct proc_t {
+    char comm[16];
+    u64 nvcsw;     /* switch-outs while blocking (kernel's nvcsw) */
+    u64 nivcsw;    /* switch-outs while runnable: preempted or yielded (kernel's nivcsw) */
+    u64 wakeups;
+    u64 cpu_ns;
+};
+
+struct hkey_t {
+    u32 tgid;
+    u32 bucket;
+};
+
+BPF_HASH(threads, u32, struct thread_t, MAP_ENTRIES);
+BPF_HASH(procs, u32, struct proc_t, MAP_ENTRIES);
+BPF_HASH(runq_hist, struct hkey_t, u64, MAP_ENTRIES);
+BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
+
+static __always_inline void count(int idx)
+{
+    u64 *c = counters.lookup(&idx);
+    if (c)
+        (*c)++;
+}
+
+static __always_inline struct proc_t *get_proc(u32 tgid, u32 tid)
+{
+    struct proc_t *p = procs.lookup(&tgid);
+    if (p) {
+        if (tid == tgid) /* the process is named after its main thread */
+            bpf_get_current_comm(&p->comm, sizeof(p->comm));
+        return p;
+    }
+    struct proc_t zero = {};
+    bpf_get_current_comm(&zero.comm, sizeof(zero.comm));
+    procs.insert(&tgid, &zero);
+    p = procs.lookup(&tgid);
+    if (!p)
+        count(CNT_MAP_FULL);
+    return p;
+}
+
+static __always_inline void hist_add(u32 tgid, u64 delay)
+{
+    struct hkey_t k = {.tgid = tgid, .bucket = ks_hist_bucket(delay)};
+    u64 *v = runq_hist.lookup(&k);
+    if (!v) {
+        u64 zero = 0;
+        runq_hist.insert(&k, &zero);
+        v = runq_hist.lookup(&k);
+        if (!v) {
+            count(CNT_MAP_FULL);
+            return;
+        }
+    }
+    __sync_fetch_and_add(v, 1);
+}
+
+/* Charge what a thread (now current) has accumulated to its process. */
+static __always_inline void charge(struct thread_t *t, struct proc_t *p, u32 tgid, u64 now)
+{
+    if (t->oncpu && now > t->oncpu)
+        __sync_fetch_and_add(&p->cpu_ns, now - t->oncpu);
+    u32 w = t->wakeups;
+    if (w) {
+        __sync_fetch_and_add(&t->wakeups, -w);
+        __sync_fetch_and_add(&p->wakeups, w);
+    }
+    if (t->delayed) {
+        t->delayed = 0;
+        hist_add(tgid, t->delay);
+    }
+}
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    u64 now = bpf_ktime_get_ns();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 prev = (u32)id;
+    u32 next = args->next_pid;
+    long state = args->prev_state;
+
+    if (prev != 0) { /* pid 0 is each CPU's idle task, not a process */
+        u32 tgid = id >> 32;
+        /* The kernel counts nvcsw when a task that is not preempted switches out in a
+         * sleeping state; a preemption (TASK_REPORT_MAX) or a runnable task (0, e.g.
+         * sched_yield) counts nivcsw. */
+        bool runnable = (state & KS_PREEMPTED) || state == 0;
+        struct proc_t *p = get_proc(tgid, prev);
+        struct thread_t *t = threads.lookup(&prev);
+        if (p) {
+            if (runnable)
+                __sync_fetch_and_add(&p->nivcsw, 1);
+            else
+                __sync_fetch_and_add(&p->nvcsw, 1);
+            if (t)
+                charge(t, p, tgid, now);
+        }
+        if (t) {
+            if (state & KS_DEAD) {
+                threads.delete(&prev); /* its last switch: never runs again */
+            } else {
+                t->oncpu = 0;
+                t->queued = runnable ? now : 0;
+            }
+        } else if (runnable) {
+            struct thread_t fresh = {.queued = now};
+            int err = threads.insert(&prev, &fresh);
+            if (err && err != -E_EXIST)
+                count(CNT_MAP_FULL);
+        }
+    }
+
+    if (next != 0) {
+        struct thread_t *t = threads.lookup(&next);
+        if (!t) {
+            struct thread_t fresh = {.oncpu = now};
+            int err = threads.insert(&next, &fresh);
+            if (err && err != -E_EXIST)
+                count(CNT_MAP_FULL);
+            return 0;
+        }
+        if (t->queued && now > t->queued) {
+            t->delay = now - t->queued;
+            t->delayed = 1;
+        }
+        t->queued = 0;
+        t->oncpu = now;
+    }
+    return 0;
+}
+
+static __always_inline int on_wakeup(u32 tid)
+{
+    if (tid == 0)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    struct thread_t *t = threads.lookup(&tid);
+    if (!t) {
+        struct thread_t fresh = {.queued = now, .wakeups = 1};
+        if (threads.insert(&tid, &fresh) == 0)
+            return 0;
+        t = threads.lookup(&tid); /* a racing wakeup inserted it */
+        if (!t) {
+            count(CNT_MAP_FULL);
+            return 0;
+        }
+    }
+    t->queued = now;
+    __sync_fetch_and_add(&t->wakeups, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_wakeup)
+{
+    return on_wakeup(args->pid);
+}
+
+TRACEPOINT_PROBE(sched, sched_wakeup_new)
+{
+    return on_wakeup(args->pid);
+}
+
+/* The thread is current and about to die: charge what it has and free its entry. Its final
+ * switch-out (state X or Z) is still counted above and deletes anything made since. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct thread_t *t = threads.lookup(&tid);
+    if (!t)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    struct proc_t *p = get_proc(id >> 32, tid);
+    if (p)
+        charge(t, p, id >> 32, now);
+    threads.delete(&tid);
+    return 0;
+}
+
+/* CPU_CLOCK tick: charge the running thread's CPU time (and anything pending) so far. */
+int on_tick(struct bpf_perf_event_data *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    if (tid == 0)
+        return 0;
+    struct thread_t *t = threads.lookup(&tid);
+    if (!t || !t->oncpu)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    struct proc_t *p = get_proc(id >> 32, tid);
+    if (!p)
+        return 0;
+    charge(t, p, id >> 32, now);
+    t->oncpu = now;
+    return 0;
+}
