@@ -51,7 +51,7 @@ SLEEPER = PRELUDE + textwrap.dedent("""
     name("ks_edge")
     for _ in range(8):
         nanosleep(10_300_000)
-        nanosleep(4_000_000)
+        nanosleep(1_000_000)
 """)
 
 ARG0 = PRELUDE + textwrap.dedent("""

@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 from kernelsight import bpfsupport, histogram
 from kernelsight.clock import now_ns
 from kernelsight.collectors.base import Collector
-from kernelsight.collectors.io import prog_recursion_misses
 from kernelsight.config import Settings
 from kernelsight.exceptions import CollectorError
 from kernelsight.streams import Publisher
@@ -271,7 +270,7 @@ class SchedTracer(Collector):
         self._count_losses()
 
     def _misses(self) -> int:
-        return sum(prog_recursion_misses(fd) for fd in self.prog_fds)
+        return sum(bpfsupport.prog_recursion_misses(fd) for fd in self.prog_fds)
 
     def _count_losses(self) -> None:
         full = bpfsupport.read_percpu_sum(self.counters, CNT_MAP_FULL)
