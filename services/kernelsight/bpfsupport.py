@@ -130,7 +130,7 @@ def load(settings: Settings, name: str, cflags: list[str] | None = None):
             "a virtualenv made with --system-site-packages") from None
     text = bpf_source(settings, name)
     try:
-        return BPF(text=text, cflags=cflags or [])
+        return BPF(text=text.encode(), cflags=cflags or [])
     except Exception as e:  # noqa: BLE001 - bcc raises bare Exception on compile/load failure
         raise CollectorError(f"{name}: BPF program failed to compile/load: {e}; run "
                              "`kernelsight doctor` for the kernel's capabilities") from None
