@@ -4,6 +4,7 @@ counted as dropped with a reason. Each test prints its figures (pytest -s or -rA
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,10 +19,10 @@ from kernelsight import schema
 from kernelsight.config import Settings
 from kernelsight.db import open_db, table_counts
 from kernelsight.ingest import backlog
-from kernelsight.loadgen import generate
+from kernelsight.loadgen import generate, make_event
 from kernelsight.redis_server import PrivateRedis, free_port
 from kernelsight.report import build
-from kernelsight.streams import connect
+from kernelsight.streams import FIELD, Publisher, connect
 
 
 def start_ingest(settings: Settings, log: Path, consumer: str = "ingest-1",
@@ -207,3 +208,22 @@ def test_two_ingest_workers_share_without_duplicates(settings, tmp_path):
     assert produced == pub.produced_total() == stored and not bad
     assert all(x > 0 for x in shares) and sum(shares) == stored
     distinct_ok(settings.db_path)
+
+
+def test_resent_chunk_is_not_stored_twice(settings, rclient):
+    """The reply to a MULTI/EXEC can be lost after Redis ran it: the publisher then sends the
+    same chunk again. Producer-chosen ids make Redis refuse the copies."""
+    pub = Publisher(settings, "test")
+    et = schema.BY_NAME["load_metrics"]
+    rng = random.Random(1)
+    pub.publish(et.name, [make_event(et, rng, "t", time.time_ns()) for _ in range(300)])
+    chunk = list(pub._buf)
+    pub._xadd_all(chunk, [et.stream])  # delivered, but suppose the reply never came back
+    pub.flush(final=True)  # the buffer still holds the chunk: it is sent again
+    assert rclient.xlen(et.stream) == 300
+    assert pub.resent_dupes == 300
+    # Another producer ahead of us on the same stream: our entries get fresh ids, none lost.
+    rclient.xadd(et.stream, {FIELD: b"{}"}, id=f"{int(time.time() * 1000) + 60_000}-0")
+    pub.publish(et.name, [make_event(et, rng, "t", time.time_ns()) for _ in range(50)])
+    pub.close()
+    assert rclient.xlen(et.stream) == 300 + 1 + 50

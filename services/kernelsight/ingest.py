@@ -28,7 +28,7 @@ from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
 from kernelsight.db import open_db
 from kernelsight.exceptions import DatabaseError, RedisUnavailable
-from kernelsight.streams import FIELD, HEALTH_KEY, connect
+from kernelsight.streams import FIELD, HEALTH_KEY, connect, payload_of_fields
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,10 @@ ALL_STREAMS: list[bytes] = [et.stream.encode() for et in schema.EVENT_TYPES] + [
 
 
 def payload_of(fields: dict | list | None) -> bytes | None:
-    """The ``d`` field of an entry, whether redis-py parsed the fields into a dict or we read
-    the raw reply (a flat [field, value, ...] list)."""
-    if fields is None:
-        return None
-    if type(fields) is list:
-        if len(fields) == 2 and fields[0] == FIELD:
-            return fields[1]
-        fields = dict(zip(fields[::2], fields[1::2], strict=False))
-    return fields.get(FIELD)  # type: ignore[union-attr]
+    """The ``d`` field of an entry; the common raw shape [b"d", payload] without a dict."""
+    if type(fields) is list and len(fields) == 2 and fields[0] == FIELD:
+        return fields[1]
+    return payload_of_fields(fields)
 
 
 def validate_entry(stream: bytes, fields: dict | list) -> tuple[schema.EventType, tuple]:

@@ -77,7 +77,12 @@ class Publisher:
         self.host = settings.host
         self.instance = f"{source}@{settings.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._r = connect(settings.redis_url)
-        self._buf: deque[tuple[str, bytes, str]] = deque()
+        # (stream, payload, event type, entry id). The id is chosen here, once, when the event
+        # is produced: a chunk re-sent after an ambiguous failure (sent, reply lost) carries the
+        # same ids, so Redis refuses the copies instead of storing them twice.
+        self._buf: deque[tuple[str, bytes, str, bytes]] = deque()
+        self._id_ms = 0
+        self._id_seq = 0
         self._lock = threading.Lock()
         # (event_type, metric, reason) -> cumulative value
         self.counters: dict[tuple[str, str, str], int] = {}
@@ -101,6 +106,7 @@ class Publisher:
         self._next_confirm = 0.0
         self._next_beat = 0.0
         self.replayed = 0
+        self.resent_dupes = 0
 
     # -- counting -------------------------------------------------------------------------
     def _count(self, event_type: str, metric: str, n: int, reason: str = "") -> None:
@@ -140,6 +146,18 @@ class Publisher:
             self.counters[(event_type, metric, reason)] = value
             self._dirty = True
 
+    def _new_id(self) -> bytes:
+        """A stream id ``<ms>-<seq>`` from the wall clock, strictly increasing for this
+        producer (and below 2**19 per ms, as schema.stream_id_to_int needs)."""
+        ms = time.time_ns() // 1_000_000
+        if ms > self._id_ms:
+            self._id_ms, self._id_seq = ms, 0
+        else:
+            self._id_seq += 1
+            if self._id_seq >= (1 << 19) - 1:
+                self._id_ms, self._id_seq = self._id_ms + 1, 0
+        return b"%d-%d" % (self._id_ms, self._id_seq)
+
     # -- publishing -----------------------------------------------------------------------
     def publish(self, event_type: str, rows: Iterable[dict]) -> None:
         stream = schema.STREAM_PREFIX + event_type
@@ -151,7 +169,7 @@ class Publisher:
                 if len(self._buf) >= cap:
                     self._count(event_type, schema.DROPPED, 1, R_BUFFER_FULL)
                     continue
-                self._buf.append((stream, encode(row), event_type))
+                self._buf.append((stream, encode(row), event_type, self._new_id()))
             self._count(event_type, schema.PRODUCED, n)
 
     def _accounting_entry(self) -> bytes:
@@ -171,7 +189,8 @@ class Publisher:
             if self._dirty and (final or now >= self._next_accounting):
                 # Accounting rides in the same ordered buffer, so after a reconnect it is
                 # delivered too; it is cumulative, so repeats are harmless.
-                self._buf.append((schema.ACCOUNTING_STREAM, self._accounting_entry(), ""))
+                self._buf.append((schema.ACCOUNTING_STREAM, self._accounting_entry(), "",
+                                  self._new_id()))
                 self._dirty = False
                 self._next_accounting = now + defaults.ACCOUNTING_INTERVAL_S
             idle = not self._buf
@@ -211,17 +230,22 @@ class Publisher:
             return False
         return not self._buf
 
-    def _xadd_all(self, chunk: list[tuple[str, bytes, str]], streams: list[str]) -> list:
-        """MULTI, one XADD per entry, XLEN per stream, EXEC: all or nothing, so a connection
-        lost mid-way never leaves half a chunk in Redis to be sent twice.
+    def _xadd_all(self, chunk: list[tuple[str, bytes, str, bytes]], streams: list[str]) -> list:
+        """MULTI, one XADD per entry with its own id, XLEN per stream, EXEC.
+
+        The transaction means a lost connection never leaves half a chunk behind; the ids make
+        a re-send after an ambiguous failure harmless. An XADD Redis refuses (id not above the
+        stream's top) is either our own entry already there (a re-send: fine) or a stream
+        another producer wrote to with a later clock: then it is added with a fresh id.
 
         The commands are packed here (RESP is simple) rather than by redis-py's pipeline,
         whose per-command packing and parsing cost more than Redis's own work."""
         parts = [b"*1\r\n$5\r\nMULTI\r\n"]
-        for stream, payload, _ in chunk:
+        for stream, payload, _, eid in chunk:
             sb = stream.encode()
-            parts.append(b"*5\r\n$4\r\nXADD\r\n$%d\r\n%b\r\n$1\r\n*\r\n$1\r\nd\r\n"
-                         b"$%d\r\n%b\r\n" % (len(sb), sb, len(payload), payload))
+            parts.append(b"*5\r\n$4\r\nXADD\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\nd\r\n"
+                         b"$%d\r\n%b\r\n" % (len(sb), sb, len(eid), eid, len(payload),
+                                                 payload))
         for st in streams:
             sb = st.encode()
             parts.append(b"*2\r\n$4\r\nXLEN\r\n$%d\r\n%b\r\n" % (len(sb), sb))
@@ -240,14 +264,27 @@ class Publisher:
             pool.release(conn)
         if not isinstance(res, list):
             raise redis.ResponseError(f"EXEC returned {res!r}")
-        for r in res:
+        for i, r in enumerate(res[:len(chunk)]):
+            if isinstance(r, Exception):
+                res[i] = self._refused(chunk[i], r)
+        for r in res[len(chunk):]:
             if isinstance(r, Exception):
                 raise r
         return res
 
+    def _refused(self, item: tuple[str, bytes, str, bytes], err: Exception) -> bytes:
+        stream, payload, _, eid = item
+        if "equal or smaller" not in str(err):
+            raise err
+        there = self._r.xrange(stream, eid, eid, count=1)
+        if there and payload_of_fields(there[0][1]) == payload:
+            self.resent_dupes += 1
+            return eid  # our own earlier attempt got there: already stored once
+        return self._r.xadd(stream, {FIELD: payload})  # another producer is ahead of us
+
     # -- replay window --------------------------------------------------------------------
-    def _remember(self, chunk: list[tuple[str, bytes, str]], ids: list) -> None:
-        for (stream, payload, et), eid in zip(chunk, ids, strict=False):
+    def _remember(self, chunk: list[tuple[str, bytes, str, bytes]], ids: list) -> None:
+        for (stream, payload, et, _), eid in zip(chunk, ids, strict=False):
             if not et:
                 continue  # accounting snapshots are cumulative: the next one replaces it
             self._window.setdefault(stream, deque()).append(
@@ -341,7 +378,7 @@ class Publisher:
                 break
             if time.monotonic() >= end:
                 with self._lock:
-                    for _, _, et in self._buf:
+                    for _, _, et, _ in self._buf:
                         if et:
                             self._count(et, schema.DROPPED, 1, R_UNFLUSHED)
                     self._buf.clear()
@@ -356,3 +393,12 @@ class Publisher:
 
     def buffered(self) -> int:
         return len(self._buf)
+
+
+def payload_of_fields(fields: dict | list | None) -> bytes | None:
+    """The ``d`` field of an entry as redis-py returns it (a dict) or raw (a flat list)."""
+    if fields is None:
+        return None
+    if isinstance(fields, list):
+        fields = dict(zip(fields[::2], fields[1::2], strict=False))
+    return fields.get(FIELD)
