@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from kernelsight import bpfsupport, histogram
 from kernelsight.bpfsupport import prog_recursion_misses
 from kernelsight.clock import now_ns
-from kernelsight.collectors.base import Collector
+from kernelsight.collectors.base import Collector, Ticker
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ class IoLatency(Collector):
         self.drops_seen = [0] * DROP_SLOTS
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
-        self.next_interval = time.monotonic() + s.interval
+        self.ticker = Ticker(s.interval)
         self._read()  # baseline: only what completes from now on counts
 
     def device_name(self, dev: int) -> str:
@@ -210,14 +209,8 @@ class IoLatency(Collector):
         return sum(prog_recursion_misses(fd) for fd in self.prog_fds)
 
     def poll(self) -> None:
-        left = self.next_interval - time.monotonic()
-        if left > 0:
-            time.sleep(min(left, 0.2))
-            return
-        self.next_interval += self.settings.interval
-        if self.next_interval < time.monotonic():  # we fell behind; do not burst
-            self.next_interval = time.monotonic() + self.settings.interval
-        self._interval()
+        if self.ticker.wait():
+            self._interval()
 
     def stop(self) -> None:
         bpf = getattr(self, "bpf", None)

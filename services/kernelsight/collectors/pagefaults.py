@@ -5,13 +5,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kernelsight import bpfsupport
 from kernelsight.clock import MonoToEpoch, mono_ns, now_ns
-from kernelsight.collectors.base import Collector
+from kernelsight.collectors.base import Collector, Ticker
 from kernelsight.exceptions import CollectorError
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ class PageFaults(Collector):
         self.bpf["events"].open_ring_buffer(self._on_event)
         self.procfs = Path(s.procfs)
         self.interval_start = mono_ns()
-        self.next_interval = time.monotonic() + s.interval
+        self.ticker = Ticker(s.interval)
 
     # -- events ---------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, _size: int) -> None:
@@ -258,10 +257,7 @@ class PageFaults(Collector):
         self.bpf.ring_buffer_poll(100)
         self.bpf.ring_buffer_consume()
         self._publish_events()
-        if time.monotonic() >= self.next_interval:
-            self.next_interval += self.settings.interval
-            if self.next_interval < time.monotonic():  # we fell behind; do not burst
-                self.next_interval = time.monotonic() + self.settings.interval
+        if self.ticker.due():
             self._interval()
 
     def stop(self) -> None:

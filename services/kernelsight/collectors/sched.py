@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from kernelsight import bpfsupport, histogram
 from kernelsight.clock import now_ns
-from kernelsight.collectors.base import Collector
+from kernelsight.collectors.base import Collector, Ticker
 from kernelsight.config import Settings
 from kernelsight.exceptions import CollectorError
 from kernelsight.streams import Publisher
@@ -167,7 +166,6 @@ class SchedTracer(Collector):
         self.map_full_seen = 0
         self.misses_seen = 0
         self.prog_fds: list[int] = []
-        self.next_interval = 0.0
         self.tick_ns = int(max(0.001, min(0.05, settings.interval / 4)) * 1e9)
 
     def start(self) -> None:
@@ -205,7 +203,7 @@ class SchedTracer(Collector):
         self.counters = self.bpf[b"counters"]
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
-        self.next_interval = time.monotonic() + s.interval
+        self.ticker = Ticker(s.interval)
 
     # -- reading ---------------------------------------------------------------------------
     def read(self) -> dict[int, ProcSnapshot]:
@@ -282,14 +280,8 @@ class SchedTracer(Collector):
 
     # -- lifecycle -------------------------------------------------------------------------
     def poll(self) -> None:
-        left = self.next_interval - time.monotonic()
-        if left > 0:
-            time.sleep(min(left, 0.2))
-            return
-        self.next_interval += self.settings.interval
-        if self.next_interval < time.monotonic():  # fell behind: do not burst
-            self.next_interval = time.monotonic() + self.settings.interval
-        self.interval()
+        if self.ticker.wait():
+            self.interval()
 
     def stop(self) -> None:
         if self.bpf is None:

@@ -11,13 +11,12 @@ independent: a file that cannot be read or parsed is counted (dropped, reason
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from kernelsight import procfs
 from kernelsight.clock import now_ns
-from kernelsight.collectors.base import Collector
+from kernelsight.collectors.base import Collector, Ticker
 from kernelsight.exceptions import CollectorError
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class Scraper(Collector):
         self.root = Path(self.settings.procfs)
         if not (self.root / "meminfo").exists():
             raise CollectorError(f"scraper: {self.root} is not a procfs mount; pass --procfs")
-        self._next = time.monotonic()
+        self.ticker = Ticker(self.settings.interval, first_in=0)
         self._parts: list[tuple[str, Callable[[], list[dict]]]] = [
             ("memory_metrics", lambda: [procfs.parse_meminfo(self._read("meminfo"))]),
             ("load_metrics", lambda: [procfs.parse_loadavg(self._read("loadavg"))]),
@@ -73,15 +72,8 @@ class Scraper(Collector):
             self.pub.publish(event_type, rows)
 
     def poll(self) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            time.sleep(min(self._next - now, 0.2))
-            return
-        self.scrape_once()
-        # Fixed cadence, not drifting: skip missed ticks rather than burst.
-        self._next += self.settings.interval
-        if self._next < now:
-            self._next = now + self.settings.interval
+        if self.ticker.wait():
+            self.scrape_once()
 
 
 COLLECTOR = Scraper
