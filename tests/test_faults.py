@@ -38,6 +38,13 @@ def stop_ingest(p: subprocess.Popen, timeout: float = 60) -> int:
     return p.wait(timeout)
 
 
+def wait_stored(url: str, timeout: float = 30) -> None:
+    """Until the ingester has stored everything in Redis (bounded)."""
+    deadline = time.monotonic() + timeout
+    while backlog(connect(url)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def conservation(db: str) -> tuple[int, int, int, dict]:
     eng = open_db(db, create=False)
     rep = build(eng, db, None, ["loadgen"])
@@ -76,9 +83,7 @@ def test_redis_restart_while_publishing(tmp_path, persistent):
         th.join(60)
         pub = pubs[0]
         # The ingester reconnects by itself (NOGROUP -> group recreated when Redis lost it).
-        deadline = time.monotonic() + 30
-        while backlog(connect(s.redis_url)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_stored(s.redis_url)
         assert stop_ingest(ing) == 0, (tmp_path / "ingest.log").read_text()[-2000:]
         produced, stored, dropped, bad = conservation(s.db_path)
         print(f"\nredis restart ({'AOF always' if persistent else 'no persistence'}): produced "
@@ -111,9 +116,7 @@ def test_redis_down_when_collectors_start(tmp_path):
         rs.start()
         ing = start_ingest(s, tmp_path / "ingest.log")
         th.join(60)
-        deadline = time.monotonic() + 30
-        while backlog(connect(s.redis_url)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_stored(s.redis_url)
         assert stop_ingest(ing) == 0
         produced, stored, dropped, bad = conservation(s.db_path)
         print(f"\nredis down at start: produced {produced}, stored {stored}, dropped {dropped}")
@@ -140,9 +143,7 @@ def test_sqlite_shell_holds_write_lock(settings, tmp_path):
     sh.stdin.close()
     sh.wait(10)
     th.join(60)
-    deadline = time.monotonic() + 30
-    while backlog(connect(settings.redis_url)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_stored(settings.redis_url)
     assert stop_ingest(ing) == 0
     produced, stored, dropped, bad = conservation(settings.db_path)
     eng = open_db(settings.db_path, create=False)
@@ -174,9 +175,7 @@ def test_disk_full_then_space_returns(small_tmpfs, redis_url, tmp_path):
     assert "free space" in log and "Traceback" not in log
     assert backlog(connect(s.redis_url)) > 0  # unstored entries wait in Redis
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_tmpfs)], check=True)
-    deadline = time.monotonic() + 60
-    while backlog(connect(s.redis_url)) and time.monotonic() < deadline:
-        time.sleep(0.3)
+    wait_stored(s.redis_url, 60)
     assert stop_ingest(ing) == 0
     eng = open_db(s.db_path, create=False)
     with eng.connect() as c:
@@ -194,9 +193,7 @@ def test_two_ingest_workers_share_without_duplicates(settings, tmp_path):
     b = start_ingest(settings, tmp_path / "b.log", consumer="ingest-b",
                      extra={"KS_BATCH_SIZE": "200"})
     pub = generate(settings, 20000, 4)
-    deadline = time.monotonic() + 60
-    while backlog(connect(settings.redis_url)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_stored(settings.redis_url, 60)
     assert stop_ingest(a) == 0 and stop_ingest(b) == 0
     produced, stored, _, bad = conservation(settings.db_path)
     r = connect(settings.redis_url)
