@@ -150,6 +150,10 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path,
                 f"{k}={v[-1] / 2**20:.0f}" for k, v in samples.items() if v))
         if gen.popen.returncode != 0:
             raise ConfigError(f"loadgen exited with {gen.popen.returncode}; see {log_dir}")
+        from kernelsight.ingest import backlog
+        from kernelsight.streams import connect
+
+        behind = backlog(connect(stack.settings.redis_url))  # not yet stored when load ends
         rc = stack.drain_ingest(timeout=600)
         eng = open_db(db_path, create=False)
         counts = table_counts(eng)
@@ -163,7 +167,7 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path,
     dropped = sum(sum(d.values()) for d in rep.dropped.values())
     stored = sum(counts.values())
     out = {"rate": rate, "duration_s": duration, "produced": produced, "stored": stored,
-           "dropped": dropped, "ingest_exit": rc,
+           "dropped": dropped, "ingest_exit": rc, "backlog_at_end": behind,
            "unaccounted": {t: rep.balance(t) for t in schema.TABLES if rep.balance(t)},
            "rss_mib": {k: [round(x / 2**20, 1) for x in v] for k, v in samples.items()}}
     out["rss_growth_mib"] = {k: _growth(v) for k, v in samples.items()}
