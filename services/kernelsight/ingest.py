@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -198,6 +200,10 @@ class Ingester:
         self._dead_ins = insert(schema.dead_letters).prefix_with("OR IGNORE")
         self._acc_ins = insert(schema.pipeline_accounting)
         self.streams: list[bytes] = list(ALL_STREAMS)
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
+        self._recover_pending = False
         # Keep XREADGROUP's reply raw (nested lists): redis-py's conversion of every entry's
         # fields into a dict is pure overhead here.
         self.r.set_response_callback("XREADGROUP", lambda resp, **_: resp)
@@ -277,7 +283,59 @@ class Ingester:
                 start = nxt
 
     # -- the batch ------------------------------------------------------------------------
-    def _process(self, got: list) -> int:
+    def _process(self, got: list, wait: bool = True) -> int:
+        """Validate a batch, then store and acknowledge it: in the writer thread when one is
+        running (so SQLite writes overlap the next read), else here. ``wait`` returns only
+        once it is stored and acknowledged."""
+        batch = self._prepare(got)
+        if not batch[0]:
+            return 0
+        if self._writer is None:
+            self._write(batch)
+        else:
+            self._check_writer()
+            self._queue.put(batch)
+            if wait:
+                self._queue.join()
+                self._check_writer()
+        return batch[0]
+
+    def _check_writer(self) -> None:
+        """Re-raise a writer failure here, once. Batches the writer skipped after it stay
+        pending in Redis; the caller's recovery re-reads them (own pending entries)."""
+        err, self._writer_error = self._writer_error, None
+        if err is not None:
+            self._queue.join()
+            self._recover_pending = True
+            raise err
+
+    def _writer_loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                if batch is None:
+                    return
+                if self._writer_error is None:  # after a failure, leave entries pending
+                    self._write(batch)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                self._writer_error = e
+            finally:
+                self._queue.task_done()
+
+    def _start_writer(self) -> None:
+        self._writer = threading.Thread(target=self._writer_loop, name="ingest-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    def _stop_writer(self) -> None:
+        if self._writer is None:
+            return
+        self._queue.put(None)
+        self._writer.join()
+        self._writer = None
+        self._check_writer()
+
+    def _prepare(self, got: list) -> tuple:
         rows: dict[str, list[tuple]] = defaultdict(list)
         acc: list[dict] = []
         dead: list[dict] = []
@@ -304,8 +362,11 @@ class Ingester:
                                  "entry_id": eid.decode(), "event_type": et_name,
                                  "reason": reason if not str(e) else str(e)[:300],
                                  "payload": (raw or b"")[:schema.DEADLETTER_PAYLOAD_MAX]})
-        if not n:
-            return 0
+        return n, rows, acc, dead, ack
+
+    def _write(self, batch: tuple) -> None:
+        """Commit, then acknowledge: an entry is XACKed only once it is in the database."""
+        _, rows, acc, dead, ack = batch
         self._commit(rows, acc, dead)
         pipe = self.r.pipeline(transaction=False)
         for d in dead:
@@ -316,7 +377,6 @@ class Ingester:
             pipe.xack(stream, self.group, *ids)
         pipe.execute()
         self.stats.batches += 1
-        return n
 
     def _commit(self, rows: dict[str, list[tuple]], acc: list[dict], dead: list[dict]) -> None:
         """One transaction; on 'database is locked' or a full disk, wait and retry (the entries
@@ -427,6 +487,18 @@ class Ingester:
         self._last_reclaim = time.monotonic()
         idle_since = time.monotonic()
         backoff = 0.0
+        self._start_writer()
+        try:
+            self._loop(idle_exit_s, idle_since, backoff)
+        finally:
+            self._stop_writer()
+        # Final accounting snapshot.
+        self._last_accounting = 0.0
+        self._draining = True
+        self._commit({}, [], [])
+        return self.stats
+
+    def _loop(self, idle_exit_s: float | None, idle_since: float, backoff: float) -> None:
         while True:
             try:
                 n = self._batch()
@@ -449,6 +521,9 @@ class Ingester:
                 except redis.RedisError:
                     pass
                 continue
+            if self._recover_pending:
+                self._recover_pending = False
+                self._own_pending()
             now = time.monotonic()
             if n:
                 idle_since = now
@@ -464,11 +539,6 @@ class Ingester:
                 self._last_reclaim = now
                 self._autoclaim()
                 self.discover()
-        # Final accounting snapshot.
-        self._last_accounting = 0.0
-        self._draining = True
-        self._commit({}, [], [])
-        return self.stats
 
     def _heartbeat(self) -> None:
         """For `kernelsight health ingest` (compose healthchecks)."""
@@ -499,7 +569,7 @@ class Ingester:
             total += sum(len(es) for _, es in res)
             if not got:
                 break
-        return self._process(got) if got else 0
+        return self._process(got, wait=False) if got else 0
 
 
 def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP) -> int:
