@@ -114,15 +114,8 @@ class Publisher:
         self.counters[key] = self.counters.get(key, 0) + n
         self._dirty = True
 
-    def produced(self, event_type: str) -> int:
-        return self.counters.get((event_type, schema.PRODUCED, ""), 0)
-
     def produced_total(self) -> int:
         return sum(v for (_, m, _), v in self.counters.items() if m == schema.PRODUCED)
-
-    def dropped(self, event_type: str) -> int:
-        return sum(v for (et, m, _), v in self.counters.items()
-                   if et == event_type and m == schema.DROPPED)
 
     def lost(self, event_type: str, reason: str, n: int) -> None:
         """Events that existed but never reached user space (ring buffer full, map full,
@@ -139,11 +132,6 @@ class Publisher:
             self.counters[key] = value
             if detail:
                 self._details[key] = detail[:500]
-            self._dirty = True
-
-    def set_gauge(self, event_type: str, metric: str, value: int, reason: str = "") -> None:
-        with self._lock:
-            self.counters[(event_type, metric, reason)] = value
             self._dirty = True
 
     def _new_id(self) -> bytes:
@@ -391,8 +379,6 @@ class Publisher:
             time.sleep(0.1)
         self._r.close()
 
-    def buffered(self) -> int:
-        return len(self._buf)
 
 
 def payload_of_fields(fields: dict | list | None) -> bytes | None:
