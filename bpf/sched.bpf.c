@@ -57,7 +57,6 @@ struct hkey_t {
     u32 bucket;
 };
 
-BPF_HASH(threads, u32, struct thread_t, MAP_ENTRIES);
 BPF_HASH(procs, u32, struct proc_t, MAP_ENTRIES);
 BPF_HASH(runq_hist, struct hkey_t, u64, MAP_ENTRIES);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
@@ -86,7 +85,7 @@ static __always_inline struct proc_t *get_proc(u32 tgid, u32 tid)
     return p;
 }
 
-static __always_inline void hist_add(u32 tgid, u64 delay)
+static __always_inline void hist_add(u32 tgid, u64 delay, u64 n)
 {
     struct hkey_t k = {.tgid = tgid, .bucket = ks_hist_bucket(delay)};
     u64 *v = runq_hist.lookup(&k);
@@ -99,8 +98,139 @@ static __always_inline void hist_add(u32 tgid, u64 delay)
             return;
         }
     }
-    __sync_fetch_and_add(v, 1);
+    __sync_fetch_and_add(v, n);
 }
+
+
+#ifdef KS_RAW
+/* ---- raw tracepoints + the kernel's own per-task counters (the default) -------------- */
+
+/* A field of current, at its vmlinux BTF offset: bpf_get_current_task_btf() is a trusted
+ * BTF pointer, so this is one checked load, no helper call. */
+#define CUR(t, off, type) (*(type *)((char *)(t) + (off)))
+
+struct tstate_t {   /* a thread's kernel counters as last charged to its process */
+    u64 nvcsw;
+    u64 nivcsw;
+    u64 cpu_ns;     /* se.sum_exec_runtime */
+    u64 run_delay;  /* sched_info.run_delay: sum of its run-queue waits */
+    u64 pcount;     /* sched_info.pcount: times it was switched in */
+};
+
+BPF_TASK_STORAGE(tstate, struct tstate_t);
+BPF_ARRAY(start_ns, u64, 1); /* when the tracer attached (user space sets it) */
+
+/* The thread is current: charge what its kernel counters gained since last time. */
+static __always_inline void charge_current(struct task_struct *t, u64 id, int runnable)
+{
+    u32 tid = (u32)id, tgid = id >> 32;
+    u64 nv = CUR(t, KS_OFF_NVCSW, unsigned long);
+    u64 niv = CUR(t, KS_OFF_NIVCSW, unsigned long);
+    u64 cpu = CUR(t, KS_OFF_RUNTIME, u64);
+    u64 pc = CUR(t, KS_OFF_PCOUNT, unsigned long);
+    u64 rd = CUR(t, KS_OFF_RUN_DELAY, unsigned long long);
+
+    struct tstate_t *s = tstate.task_storage_get(t, 0, 0);
+    if (!s) {
+        s = tstate.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+        if (!s) {
+            count(CNT_MAP_FULL);
+            return;
+        }
+        int k = 0;
+        u64 *start = start_ns.lookup(&k);
+        /* A thread forked since the tracer attached has counted everything from zero;
+         * an older one is counted from now (this switch-out by prev_state). */
+        if (!start || !*start || CUR(t, KS_OFF_START_TIME, u64) < *start) {
+            s->nvcsw = nv;
+            s->nivcsw = niv;
+            if (runnable == 1)
+                s->nivcsw--;
+            else if (runnable == 0)
+                s->nvcsw--;
+            s->cpu_ns = cpu;
+            s->run_delay = rd;
+            s->pcount = pc;
+        }
+    }
+    struct proc_t *p = get_proc(tgid, tid);
+    if (!p)
+        return; /* counted; the counters stay pending in s */
+    if (nv != s->nvcsw)
+        __sync_fetch_and_add(&p->nvcsw, nv - s->nvcsw);
+    if (niv != s->nivcsw)
+        __sync_fetch_and_add(&p->nivcsw, niv - s->nivcsw);
+    if (cpu > s->cpu_ns)
+        __sync_fetch_and_add(&p->cpu_ns, cpu - s->cpu_ns);
+    u64 n = pc - s->pcount;
+    if (n) { /* n > 1 only after a switch-out this tracer did not see */
+        u64 d = rd - s->run_delay;
+        hist_add(tgid, n == 1 ? d : d / n, n);
+    }
+    s->nvcsw = nv;
+    s->nivcsw = niv;
+    s->cpu_ns = cpu;
+    s->run_delay = rd;
+    s->pcount = pc;
+}
+
+/* TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
+ *          unsigned int prev_state): prev is current. */
+RAW_TRACEPOINT_PROBE(sched_switch)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id == 0) /* each CPU's idle task */
+        return 0;
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+    int runnable = ctx->args[0] || (u32)ctx->args[3] == 0; /* TASK_RUNNING */
+    charge_current(t, id, runnable);
+    return 0;
+}
+
+/* TP_PROTO(struct task_struct *p): p is the wakee, current the waker. */
+static __always_inline int on_wakeup(struct task_struct *task)
+{
+    u32 tgid = 0;
+    bpf_probe_read_kernel(&tgid, sizeof(tgid), (char *)task + KS_OFF_TGID);
+    if (tgid == 0)
+        return 0;
+    struct proc_t *p = procs.lookup(&tgid);
+    if (!p) {
+        struct proc_t zero = {};
+        bpf_probe_read_kernel(&zero.comm, sizeof(zero.comm), (char *)task + KS_OFF_COMM);
+        procs.insert(&tgid, &zero);
+        p = procs.lookup(&tgid);
+        if (!p) {
+            count(CNT_MAP_FULL);
+            return 0;
+        }
+    }
+    __sync_fetch_and_add(&p->wakeups, 1);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_wakeup)
+{
+    return on_wakeup((struct task_struct *)ctx->args[0]);
+}
+
+RAW_TRACEPOINT_PROBE(sched_wakeup_new)
+{
+    return on_wakeup((struct task_struct *)ctx->args[0]);
+}
+
+/* CPU_CLOCK tick: charge the running thread's CPU time (as of the last scheduler tick). */
+int on_tick(struct bpf_perf_event_data *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id == 0)
+        return 0;
+    charge_current((struct task_struct *)bpf_get_current_task_btf(), id, -1);
+    return 0;
+}
+
+#else
+BPF_HASH(threads, u32, struct thread_t, MAP_ENTRIES);
 
 /* Charge what a thread (now current) has accumulated to its process. */
 static __always_inline void charge(struct thread_t *t, struct proc_t *p, u32 tgid, u64 now)
@@ -114,7 +244,7 @@ static __always_inline void charge(struct thread_t *t, struct proc_t *p, u32 tgi
     }
     if (t->delayed) {
         t->delayed = 0;
-        hist_add(tgid, t->delay);
+        hist_add(tgid, t->delay, 1);
     }
 }
 
@@ -242,3 +372,5 @@ int on_tick(struct bpf_perf_event_data *ctx)
     t->oncpu = now;
     return 0;
 }
+
+#endif /* KS_RAW */

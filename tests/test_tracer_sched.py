@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from kernelsight import schema
 from kernelsight.bpfsupport import TRACEFS, ensure_tracefs
 from kernelsight.collectors.sched import ProcSnapshot, SchedTracer, make_row, switch_state_masks
@@ -32,6 +34,7 @@ SLEEPER = textwrap.dedent(f"""
 """)
 
 THREADS = 400
+TASK_STORAGE = 29  # BPF_MAP_TYPE_TASK_STORAGE
 SPAWNER = textwrap.dedent(f"""
     import threading, time
     tids = []
@@ -127,12 +130,23 @@ def test_voluntary_switches_match_proc(settings: Settings, tmp_path: Path) -> No
         assert t0 <= r["timestamp"] <= t1 + 5_000_000_000 and r["host"] == "testhost"
 
 
-def test_thread_state_does_not_leak(settings: Settings) -> None:
+@pytest.mark.parametrize("raw", [True, False], ids=["raw_tracepoints", "regular_fallback"])
+def test_thread_state_does_not_leak(settings: Settings, raw: bool) -> None:
     need_root()
     pub = Publisher(settings, "sched")
     col = SchedTracer(settings, pub)
+    col.use_raw = raw
     col.start()
     try:
+        # This kernel has BTF and raw tracepoints: the default is the raw program, whose
+        # per-thread state is task-local storage (freed by the kernel with the task, so there
+        # is no per-tid map to leak); the regular-tracepoint fallback keeps a per-tid hash.
+        assert col.raw == raw
+        if raw:
+            from bcc import lib
+
+            m = col.bpf.module
+            assert lib.bpf_table_type_id(m, lib.bpf_table_id(m, b"tstate")) == TASK_STORAGE
         child = subprocess.Popen([sys.executable, "-c", SPAWNER], stdout=subprocess.PIPE,
                                  text=True)
         out, _ = child.communicate(timeout=30)
@@ -140,6 +154,8 @@ def test_thread_state_does_not_leak(settings: Settings) -> None:
         tids = {int(t) for t in out.split()}
         assert len(tids) == THREADS
         time.sleep(0.1)
+        snap = col.read()[child.pid]  # each thread slept once and was woken at least once
+        assert snap.nvcsw >= THREADS and snap.wakeups >= THREADS, snap
         # Every entry must belong to a live thread: none for the child's 400 dead threads, nor
         # for any other thread on the machine that exited. (Read twice: a thread exiting right
         # now is gone from /proc a moment before its last switch-out deletes its entry.)

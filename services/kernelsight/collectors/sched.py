@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,6 +27,115 @@ CNT_MAP_FULL = 0  # slot of the per-CPU `counters` array in bpf/sched.bpf.c
 # Fallbacks when the sched_switch print fmt cannot be parsed (kernel >= 4.14 values).
 PREEMPT_MASK = 0x100  # TASK_REPORT_MAX: "R+"
 DEAD_MASK = 0x30  # "X" (EXIT_DEAD) | "Z" (EXIT_ZOMBIE)
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+RAW_TRACEPOINTS = (b"sched_switch", b"sched_wakeup", b"sched_wakeup_new")
+# task_struct fields the raw-tracepoint program reads (-DKS_OFF_<NAME>=byte offset), and the
+# size each must have.
+TASK_FIELDS = {"NVCSW": ("nvcsw", 8), "NIVCSW": ("nivcsw", 8),
+               "RUNTIME": ("se.sum_exec_runtime", 8), "PCOUNT": ("sched_info.pcount", 8),
+               "RUN_DELAY": ("sched_info.run_delay", 8), "START_TIME": ("start_time", 8),
+               "TGID": ("tgid", 4), "COMM": ("comm", 16)}
+# Raw tracepoint arguments the program relies on (after the hidden void *__data).
+TP_ARGS = {"sched_switch": ("_Bool", "task_struct*", "task_struct*", "unsigned int"),
+           "sched_wakeup": ("task_struct*",), "sched_wakeup_new": ("task_struct*",)}
+
+
+class Btf:
+    """Just enough of a BTF reader (kernel Documentation/bpf/btf.rst) for struct member
+    offsets and function prototypes."""
+
+    # Bytes after a type's 12-byte header, by kind: fixed (INT, ARRAY, VAR, DECL_TAG) and per
+    # member (STRUCT, UNION, ENUM, FUNC_PROTO, DATASEC, ENUM64).
+    _EXTRA: ClassVar[dict[int, int]] = {1: 4, 3: 12, 14: 4, 17: 4}
+    _PER_MEMBER: ClassVar[dict[int, int]] = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+    _MODIFIERS = (8, 9, 10, 11, 18)  # typedef volatile const restrict type_tag
+
+    def __init__(self, data: bytes) -> None:
+        magic, _v, _f, hdr, toff, tlen, soff, _sl = struct.unpack_from("<HBBIIIII", data)
+        if magic != 0xEB9F:
+            raise ValueError("not BTF")
+        self.data, self.strs = data, hdr + soff
+        self.types: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)]  # (offset, name, info, x)
+        self.by_name: dict[tuple[int, str], int] = {}
+        off, end = hdr + toff, hdr + toff + tlen
+        while off < end:
+            name, info, x = struct.unpack_from("<III", data, off)
+            kind = (info >> 24) & 0x1F
+            if name and kind in (4, 8):  # structs and typedefs are looked up by name
+                self.by_name.setdefault((kind, self.name(name)), len(self.types))
+            self.types.append((off, name, info, x))
+            off += 12 + self._EXTRA.get(kind, 0) + self._PER_MEMBER.get(kind, 0) * (info & 0xFFFF)
+
+    def name(self, off: int) -> str:
+        end = self.data.index(b"\0", self.strs + off)
+        return self.data[self.strs + off:end].decode()
+
+    def kind(self, tid: int) -> int:
+        return (self.types[tid][2] >> 24) & 0x1F
+
+    def strip(self, tid: int) -> int:
+        while tid and self.kind(tid) in self._MODIFIERS:
+            tid = self.types[tid][3]
+        return tid
+
+    def type_name(self, tid: int) -> str:
+        tid = self.strip(tid)
+        if self.kind(tid) == 2:
+            return self.type_name(self.types[tid][3]) + "*"
+        return self.name(self.types[tid][1]) if tid else "void"
+
+    def size(self, tid: int) -> int:
+        tid = self.strip(tid)
+        off, _n, _i, x = self.types[tid]
+        if self.kind(tid) == 3:  # array: element size * count
+            elem, _idx, nelems = struct.unpack_from("<III", self.data, off + 12)
+            return self.size(elem) * nelems
+        return 8 if self.kind(tid) == 2 else x
+
+    def member(self, tid: int, path: str) -> tuple[int, int]:
+        """(byte offset, type id) of a (dotted) member of struct type tid."""
+        off = 0
+        for part in path.split("."):
+            tid = self.strip(tid)
+            boff, _n, info, _x = self.types[tid]
+            for i in range(info & 0xFFFF):
+                n, mt, mo = struct.unpack_from("<III", self.data, boff + 12 + 12 * i)
+                if self.name(n) == part:
+                    bits = mo & 0xFFFFFF if info >> 31 else mo
+                    if bits % 8:
+                        raise KeyError(path)
+                    off, tid = off + bits // 8, mt
+                    break
+            else:
+                raise KeyError(path)
+        return off, tid
+
+    def proto_args(self, typedef: str) -> list[str]:
+        """Parameter types of a function-pointer typedef (btf_trace_<tracepoint>)."""
+        tid = self.by_name[(8, typedef)]
+        ptr = self.strip(self.types[tid][3])
+        proto = self.types[ptr][3]
+        off, _n, info, _x = self.types[proto]
+        return [self.type_name(struct.unpack_from("<II", self.data, off + 12 + 8 * i)[1])
+                for i in range(info & 0xFFFF)]
+
+
+def raw_cflags(path: str = VMLINUX_BTF) -> list[str]:
+    """-D flags for the raw-tracepoint program (task_struct offsets from the running kernel's
+    BTF); raises OSError/KeyError/ValueError when the kernel cannot run it."""
+    with open(path, "rb") as f:
+        btf = Btf(f.read())
+    for tp, want in TP_ARGS.items():
+        if tuple(btf.proto_args(f"btf_trace_{tp}")[1:]) != want:
+            raise ValueError(f"{tp} arguments are not {want}")
+    task = btf.by_name[(4, "task_struct")]
+    flags = ["-DKS_RAW=1"]
+    for macro, (path_, size) in TASK_FIELDS.items():
+        off, tid = btf.member(task, path_)
+        if btf.size(tid) != size:
+            raise ValueError(f"task_struct.{path_} is not {size} bytes")
+        flags.append(f"-DKS_OFF_{macro}={off}")
+    return flags
 
 
 def switch_state_masks(fmt: str) -> tuple[int, int]:
@@ -167,26 +278,41 @@ class SchedTracer(Collector):
         self.misses_seen = 0
         self.prog_fds: list[int] = []
         self.tick_ns = int(max(0.001, min(0.05, settings.interval / 4)) * 1e9)
+        self.use_raw = True  # False: the regular-tracepoint program (tests; old kernels)
+        self.raw = False
 
     def start(self) -> None:
         s = self.settings
         bpfsupport.ensure_tracefs()
-        fmt_path = bpfsupport.TRACEFS / "events/sched/sched_switch/format"
-        try:
-            preempt, dead = switch_state_masks(fmt_path.read_text())
-        except OSError as e:
-            raise CollectorError(
-                f"sched: cannot read {fmt_path} ({e.strerror}); the kernel needs "
-                "CONFIG_SCHED_TRACER/tracepoints; run `kernelsight doctor`") from None
-        self.bpf = bpfsupport.load(s, self.name, [
-            f"-I{s.bpf_path}", f"-DMAP_ENTRIES={s.map_entries}",
-            f"-DKS_PREEMPTED={preempt:#x}", f"-DKS_DEAD={dead:#x}"])
-        missing = [tp.decode() for tp in TRACEPOINTS if tp not in self.bpf.tracepoint_fds]
-        if missing:
-            self.bpf.cleanup()
-            self.bpf = None
-            raise CollectorError(f"sched: tracepoint(s) {', '.join(missing)} did not attach; "
-                                 "run `kernelsight doctor`")
+        base = [f"-I{s.bpf_path}", f"-DMAP_ENTRIES={s.map_entries}"]
+        self.bpf = None
+        if self.use_raw:
+            try:
+                flags = raw_cflags()
+            except (OSError, KeyError, ValueError, IndexError, struct.error) as e:
+                log.info("sched: regular tracepoints (no raw-tracepoint program: %s)", e)
+            else:
+                try:
+                    self.bpf = bpfsupport.load(s, self.name, base + flags)
+                except CollectorError as e:
+                    log.warning("sched: raw-tracepoint program failed (%s); using regular "
+                                "tracepoints", e)
+                else:
+                    got = self.bpf.raw_tracepoint_fds
+                    self._check_attached([tp for tp in RAW_TRACEPOINTS if tp not in got])
+        self.raw = self.bpf is not None
+        if not self.raw:
+            fmt_path = bpfsupport.TRACEFS / "events/sched/sched_switch/format"
+            try:
+                preempt, dead = switch_state_masks(fmt_path.read_text())
+            except OSError as e:
+                raise CollectorError(
+                    f"sched: cannot read {fmt_path} ({e.strerror}); the kernel needs "
+                    "CONFIG_SCHED_TRACER/tracepoints; run `kernelsight doctor`") from None
+            self.bpf = bpfsupport.load(s, self.name, base + [
+                f"-DKS_PREEMPTED={preempt:#x}", f"-DKS_DEAD={dead:#x}"])
+            self._check_attached([tp for tp in TRACEPOINTS
+                                  if tp not in self.bpf.tracepoint_fds])
         try:
             from bcc import PerfSWConfig, PerfType
 
@@ -197,13 +323,25 @@ class SchedTracer(Collector):
             self.bpf.cleanup()
             self.bpf = None
             raise bpfsupport.attach_error(self.name, "a CPU_CLOCK perf event", e) from None
-        self.threads = self.bpf[b"threads"]
+        if self.raw:
+            # Threads forked from now on have counted everything from zero: all of it is ours.
+            start = self.bpf[b"start_ns"]
+            start[start.Key(0)] = start.Leaf(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        else:
+            self.threads = self.bpf[b"threads"]
         self.procs = self.bpf[b"procs"]
         self.hist = self.bpf[b"runq_hist"]
         self.counters = self.bpf[b"counters"]
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
         self.ticker = Ticker(s.interval)
+
+    def _check_attached(self, missing: list[bytes]) -> None:
+        if missing:
+            self.bpf.cleanup()
+            self.bpf = None
+            raise CollectorError(f"sched: tracepoint(s) {b', '.join(missing).decode()} did not "
+                                 "attach; run `kernelsight doctor`")
 
     # -- reading ---------------------------------------------------------------------------
     def read(self) -> dict[int, ProcSnapshot]:
@@ -221,7 +359,11 @@ class SchedTracer(Collector):
         return out
 
     def thread_entries(self) -> list[int]:
-        """tids that have an entry in the kernel's per-thread map (for tests and doctor)."""
+        """tids that have an entry in the kernel's per-thread hash map (for tests and doctor).
+        Always empty with raw tracepoints: per-thread state is then task-local storage,
+        which the kernel frees with the task."""
+        if self.raw:
+            return []
         return [_int(k) for k, _ in _read_map(self.threads)]
 
     def _live_tgids(self) -> set[int]:
