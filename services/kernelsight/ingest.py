@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
-import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 import orjson
@@ -163,6 +161,43 @@ def _accounting_rows(fields: dict | list) -> list[dict]:
         raise BadEntry("wrong_type", f"accounting entry: {e}") from None
 
 
+class Wire:
+    """One dedicated Redis connection with pipelined commands: send now, read the reply later.
+
+    The next XREADGROUP is sent before the current batch is stored, and XACKs are not waited
+    on, so Redis gathers and acknowledges entries while this process validates and writes to
+    SQLite: one thread, no GIL hand-offs, Redis's work off the critical path."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self.conn = None
+        self.tags: deque[str] = deque()
+
+    def send(self, tag: str, *args: object) -> None:
+        if self.conn is None:
+            self.conn = self.r.connection_pool.get_connection()
+        self.conn.send_command(*args)
+        self.tags.append(tag)
+
+    def recv(self) -> tuple[str, object]:
+        """The oldest outstanding reply; an error reply raises (it is consumed, so the
+        connection stays in step)."""
+        tag = self.tags.popleft()
+        return tag, self.conn.read_response()
+
+    def reading(self) -> bool:
+        return "read" in self.tags
+
+    def reset(self) -> None:
+        """After a connection error: drop the connection and what was in flight (entries a
+        lost XREADGROUP delivered stay pending for this consumer and are re-read)."""
+        if self.conn is not None:
+            self.conn.disconnect()
+            self.r.connection_pool.release(self.conn)
+            self.conn = None
+        self.tags.clear()
+
+
 @dataclass
 class IngestStats:
     stored: Counter = field(default_factory=Counter)
@@ -200,9 +235,7 @@ class Ingester:
         self._dead_ins = insert(schema.dead_letters).prefix_with("OR IGNORE")
         self._acc_ins = insert(schema.pipeline_accounting)
         self.streams: list[bytes] = list(ALL_STREAMS)
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
-        self._writer: threading.Thread | None = None
-        self._writer_error: BaseException | None = None
+        self.wire = Wire(self.r)
         self._recover_pending = False
         # Keep XREADGROUP's reply raw (nested lists): redis-py's conversion of every entry's
         # fields into a dict is pure overhead here.
@@ -283,57 +316,21 @@ class Ingester:
                 start = nxt
 
     # -- the batch ------------------------------------------------------------------------
-    def _process(self, got: list, wait: bool = True) -> int:
-        """Validate a batch, then store and acknowledge it: in the writer thread when one is
-        running (so SQLite writes overlap the next read), else here. ``wait`` returns only
-        once it is stored and acknowledged."""
-        batch = self._prepare(got)
-        if not batch[0]:
+    def _process(self, got: list) -> int:
+        """Validate a batch, store it, then acknowledge it (the XACK is pipelined: its reply
+        is read later, nothing waits on it)."""
+        n, rows, acc, dead, ack = self._prepare(got)
+        if not n:
             return 0
-        if self._writer is None:
-            self._write(batch)
-        else:
-            self._check_writer()
-            self._queue.put(batch)
-            if wait:
-                self._queue.join()
-                self._check_writer()
-        return batch[0]
-
-    def _check_writer(self) -> None:
-        """Re-raise a writer failure here, once. Batches the writer skipped after it stay
-        pending in Redis; the caller's recovery re-reads them (own pending entries)."""
-        err, self._writer_error = self._writer_error, None
-        if err is not None:
-            self._queue.join()
-            self._recover_pending = True
-            raise err
-
-    def _writer_loop(self) -> None:
-        while True:
-            batch = self._queue.get()
-            try:
-                if batch is None:
-                    return
-                if self._writer_error is None:  # after a failure, leave entries pending
-                    self._write(batch)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                self._writer_error = e
-            finally:
-                self._queue.task_done()
-
-    def _start_writer(self) -> None:
-        self._writer = threading.Thread(target=self._writer_loop, name="ingest-writer",
-                                        daemon=True)
-        self._writer.start()
-
-    def _stop_writer(self) -> None:
-        if self._writer is None:
-            return
-        self._queue.put(None)
-        self._writer.join()
-        self._writer = None
-        self._check_writer()
+        self._commit(rows, acc, dead)
+        for d in dead:
+            self.wire.send("xadd", "XADD", schema.DEADLETTER_STREAM, "MAXLEN", "~", 100_000,
+                           "*", "stream", d["stream"], "id", d["entry_id"],
+                           "reason", d["reason"], "payload", d["payload"][:1024])
+        for stream, ids in ack.items():
+            self.wire.send("xack", "XACK", stream, self.group, *ids)
+        self.stats.batches += 1
+        return n
 
     def _prepare(self, got: list) -> tuple:
         rows: dict[str, list[tuple]] = defaultdict(list)
@@ -363,20 +360,6 @@ class Ingester:
                                  "reason": reason if not str(e) else str(e)[:300],
                                  "payload": (raw or b"")[:schema.DEADLETTER_PAYLOAD_MAX]})
         return n, rows, acc, dead, ack
-
-    def _write(self, batch: tuple) -> None:
-        """Commit, then acknowledge: an entry is XACKed only once it is in the database."""
-        _, rows, acc, dead, ack = batch
-        self._commit(rows, acc, dead)
-        pipe = self.r.pipeline(transaction=False)
-        for d in dead:
-            pipe.xadd(schema.DEADLETTER_STREAM, {
-                "stream": d["stream"], "id": d["entry_id"], "reason": d["reason"],
-                "payload": d["payload"][:1024]}, maxlen=100_000, approximate=True)
-        for stream, ids in ack.items():
-            pipe.xack(stream, self.group, *ids)
-        pipe.execute()
-        self.stats.batches += 1
 
     def _commit(self, rows: dict[str, list[tuple]], acc: list[dict], dead: list[dict]) -> None:
         """One transaction; on 'database is locked' or a full disk, wait and retry (the entries
@@ -485,31 +468,41 @@ class Ingester:
         self._own_pending()
         self._autoclaim()
         self._last_reclaim = time.monotonic()
-        idle_since = time.monotonic()
-        backoff = 0.0
-        self._start_writer()
         try:
-            self._loop(idle_exit_s, idle_since, backoff)
+            self._loop(idle_exit_s)
+            self._settle()
+        except redis.RedisError as e:  # stopping anyway: what was in flight stays pending
+            log.warning("redis unavailable at stop (%s); undelivered entries stay pending", e)
         finally:
-            self._stop_writer()
+            self.wire.reset()
         # Final accounting snapshot.
         self._last_accounting = 0.0
         self._draining = True
         self._commit({}, [], [])
         return self.stats
 
-    def _loop(self, idle_exit_s: float | None, idle_since: float, backoff: float) -> None:
+    def _loop(self, idle_exit_s: float | None) -> None:
+        idle_since = time.monotonic()
+        backoff = 0.0
         while True:
             try:
+                if self._recover_pending:
+                    self._settle()
+                    self._own_pending()
+                    self._recover_pending = False
                 n = self._batch()
                 backoff = 0.0
             except redis.ResponseError as e:
+                self.wire.reset()
+                self._recover_pending = True
                 if "NOGROUP" in str(e):
                     log.warning("consumer group missing (Redis restarted?); recreating it")
                     self.ensure_groups()
                     continue
                 raise
             except redis.RedisError as e:
+                self.wire.reset()
+                self._recover_pending = True
                 self.stats.redis_errors += 1
                 backoff = min(max(backoff * 2, 0.2), 5.0)
                 log.warning("redis unavailable (%s); retrying in %.1fs", e, backoff)
@@ -521,14 +514,15 @@ class Ingester:
                 except redis.RedisError:
                     pass
                 continue
-            if self._recover_pending:
-                self._recover_pending = False
-                self._own_pending()
             now = time.monotonic()
+            if self._stop and not self._draining:
+                break
             if n:
                 idle_since = now
-            elif self._stop and (not self._draining or self._pending_total() == 0):
-                break
+            elif self._stop:
+                self._settle()
+                if self._pending_total() == 0:
+                    break
             elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
                 break
             if now - self._last_trim > 1.0:
@@ -540,6 +534,49 @@ class Ingester:
                 self._autoclaim()
                 self.discover()
 
+    def _send_read(self, block: int | None) -> None:
+        args: list = ["XREADGROUP", "GROUP", self.group, self.consumer,
+                      "COUNT", self.s.batch_size]
+        if block is not None:
+            args += ["BLOCK", block]
+        args.append("STREAMS")
+        args += self.streams
+        args += [">"] * len(self.streams)
+        self.wire.send("read", *args)
+
+    def _recv_read(self) -> list:
+        """Read replies up to the outstanding XREADGROUP's, and return its entries."""
+        while True:
+            tag, res = self.wire.recv()
+            if tag == "read":
+                if not res:
+                    return []
+                return list(res.items()) if isinstance(res, dict) else res  # RESP3 / RESP2
+
+    def _settle(self) -> None:
+        """Wait for every outstanding reply; entries of an outstanding read are stored."""
+        while self.wire.tags:
+            got = self._recv_read() if self.wire.reading() else self._recv_rest()
+            if got:
+                self._process(got)
+
+    def _recv_rest(self) -> list:
+        while self.wire.tags:
+            self.wire.recv()
+        return []
+
+    def _batch(self) -> int:
+        """Store one batch: the entries of the read sent last time (or of a read that waits
+        up to batch_ms), with the next read already sent so Redis prepares it meanwhile."""
+        if not self.wire.reading():
+            self._send_read(self.s.batch_ms)
+        got = self._recv_read()
+        if not got:
+            return 0
+        self._send_read(None)
+        return self._process(got)
+
+
     def _heartbeat(self) -> None:
         """For `kernelsight health ingest` (compose healthchecks)."""
         self.r.set(HEALTH_KEY.format(source="ingest"), orjson.dumps(
@@ -550,26 +587,6 @@ class Ingester:
         for s in self.streams:
             pipe.xpending(s, self.group)
         return sum(p["pending"] for p in pipe.execute())
-
-    def _batch(self) -> int:
-        """Read up to batch_size entries or until batch_ms passes, then process them."""
-        deadline = time.monotonic() + self.s.batch_ms / 1000
-        got: list = []
-        total = 0
-        while total < self.s.batch_size:
-            left = int((deadline - time.monotonic()) * 1000)
-            if left <= 0:
-                break
-            res = self._read(">", left if not got else None, self.s.batch_size - total)
-            if not res:
-                if got:
-                    break
-                continue
-            got.extend(res)
-            total += sum(len(es) for _, es in res)
-            if not got:
-                break
-        return self._process(got, wait=False) if got else 0
 
 
 def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP) -> int:
