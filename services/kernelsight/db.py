@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, select, text
@@ -11,6 +13,8 @@ from sqlalchemy.exc import OperationalError
 from kernelsight import schema
 from kernelsight.config import check_db_path
 from kernelsight.exceptions import DatabaseError
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 1000
 
@@ -68,3 +72,54 @@ def table_counts(eng: Engine) -> dict[str, int]:
     with eng.connect() as conn:
         return {name: conn.execute(text(f'SELECT COUNT(*) FROM "{name}"')).scalar_one()
                 for name in schema.TABLES}
+
+
+class Checkpointer:
+    """Copies the WAL into the database from a thread of its own.
+
+    SQLite's automatic checkpoint runs inside whichever commit crosses 1000 WAL pages, so the
+    ingester would stop to write pages back and fsync (about a sixth of its time under load).
+    Here the writer turns that off and this thread runs PASSIVE checkpoints, which never block
+    the writer; the step runs in SQLite's C code without the GIL, so on another core."""
+
+    def __init__(self, path: str | Path, interval_s: float = 0.5) -> None:
+        self.path = str(path)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self.errors = 0
+
+    @staticmethod
+    def writer_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        """For the writer's connections: leave checkpoints to this thread, and give the
+        indexes' B-tree pages room in the page cache (64 MiB; the default 2 MiB makes the
+        latency index, filled at random positions, re-read pages on every batch)."""
+        dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+        dbapi_conn.execute("PRAGMA cache_size=-65536")
+
+    def start(self) -> Checkpointer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                              check_same_thread=False)
+        try:
+            while not self._stop.wait(self.interval_s):
+                self.checkpoint(con, "PASSIVE")
+            self.checkpoint(con, "TRUNCATE")  # at stop: leave a self-contained database file
+        finally:
+            con.close()
+
+    def checkpoint(self, con: sqlite3.Connection, mode: str) -> None:
+        try:
+            con.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        except sqlite3.Error as e:  # busy or disk full: the WAL keeps the data, retry later
+            self.errors += 1
+            if self.errors == 1 or self.errors % 100 == 0:
+                log.warning("WAL checkpoint of %s failed (%s); will retry", self.path, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import orjson
 import redis
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, event, insert
 from sqlalchemy.exc import OperationalError
 
 from kernelsight import defaults, schema
 from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
-from kernelsight.db import open_db
+from kernelsight.db import Checkpointer, open_db
 from kernelsight.exceptions import DatabaseError, RedisUnavailable
 from kernelsight.streams import FIELD, HEALTH_KEY, connect, payload_of_fields
 
@@ -214,6 +214,11 @@ class Ingester:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.s = settings
         self.engine = engine or open_db(settings.db_path)
+        # Checkpoints run in their own thread (see Checkpointer); pooled connections made
+        # before this listener existed are dropped so every writer connection has it.
+        event.listen(self.engine, "connect", Checkpointer.writer_pragmas)
+        self.engine.dispose()
+        self.checkpointer: Checkpointer | None = None
         self.r = connect(settings.redis_url)
         self.group = schema.INGEST_GROUP
         self.consumer = settings.consumer
@@ -468,6 +473,7 @@ class Ingester:
         self._own_pending()
         self._autoclaim()
         self._last_reclaim = time.monotonic()
+        self.checkpointer = Checkpointer(self.s.db_path).start()
         try:
             self._loop(idle_exit_s)
             self._settle()
@@ -475,10 +481,13 @@ class Ingester:
             log.warning("redis unavailable at stop (%s); undelivered entries stay pending", e)
         finally:
             self.wire.reset()
-        # Final accounting snapshot.
-        self._last_accounting = 0.0
-        self._draining = True
-        self._commit({}, [], [])
+            # Final accounting snapshot, then the last checkpoint.
+            try:
+                self._last_accounting = 0.0
+                self._draining = True
+                self._commit({}, [], [])
+            finally:
+                self.checkpointer.stop()
         return self.stats
 
     def _loop(self, idle_exit_s: float | None) -> None:
