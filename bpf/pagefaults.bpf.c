@@ -1,24 +1,32 @@
 /* Page-fault tracer: latency, type and access of user-address page faults, without kprobes.
  *
- * Entry: exceptions:page_fault_user / exceptions:page_fault_kernel (x86) fire at exception
- * entry with the address, ip and error_code; we keep {ts, address, error_code} per thread, in
- * task-local storage (freed with the task; ~160 ns per fault cheaper than a hash keyed by tid),
- * or with -DKS_START_LRU (kernels without task storage in tracing programs) an LRU hash.
+ * Entry: the raw tracepoints page_fault_user / page_fault_kernel (x86 exceptions:*; a raw
+ * tracepoint skips building the trace record a regular one fills first: an empty program
+ * costs ~0.65 of an empty regular one here) fire at exception entry with the address, regs and
+ * error_code; we keep {ts, address, error_code, tgid} per thread, in task-local storage (freed
+ * with the task; ~160 ns per fault cheaper than a hash keyed by tid), or with -DKS_START_LRU
+ * (kernels without task storage in tracing programs) an LRU hash.
  * Completion: the kernel emits the PAGE_FAULTS_MAJ or PAGE_FAULTS_MIN software perf event at
  * the end of handle_mm_fault (mm_account_fault), only for a successful, non-retried fault that
  * came from an exception (regs != NULL). A BPF program on each of those two events (every CPU,
  * sample_period=1) closes the fault: latency = now - entry ts of the same thread, provided the
  * entry's address is the perf sample's address.
  *
+ * Per fault that is: two clock reads (~25 ns each here, the bulk of the cost), two task
+ * storage lookups, one per-CPU hash lookup, plain adds on per-CPU data (no atomics). The tgid
+ * comes from the task storage (set once per task), so pid/tgid is only asked for events.
+ *
  * Outputs:
- *   totals  - cumulative {count, latency sum, sampled events, per-epoch max} per (tgid, type).
- *             Never reset by user space: each interval is the difference of two reads.
- *             The max is kept per epoch (two slots, epoch parity): user space bumps `epoch`
- *             and then reads the slot of the finished epoch, so it never writes this map.
- *   events  - ring buffer: every major fault, minor faults through a per-CPU token bucket.
- *             The reader is woken every KS_WAKEUP_EVERY events per CPU only (it drains on a
- *             100 ms timer too): a wakeup per event costs the reader far more than the event.
- *   drops   - per-CPU counters of what could not be recorded (see DROP_*).
+ *   totals    - per CPU, cumulative {count, latency sum, sampled events, per-epoch max} per
+ *               (tgid, type). Never reset by user space: each interval is the difference of
+ *               two reads of the sum over CPUs. The max is kept per epoch (two slots, epoch
+ *               parity): user space bumps `epoch` and then reads the slot of the finished
+ *               epoch (max over CPUs), so it never writes this map.
+ *   events    - ring buffer: every major fault, minor faults through a per-CPU token bucket.
+ *               The reader is woken every KS_WAKEUP_EVERY events per CPU only (it drains on a
+ *               100 ms timer too): a wakeup per event costs the reader far more than the event.
+ *   cpu_state - per CPU: the token bucket and the counters of what could not be recorded
+ *               (drops[DROP_*]).
  *
  * Compile-time settings (cflags): KS_MAP_ENTRIES, KS_RINGBUF_PAGES, KS_MINOR_RATE (minor
  * events per second, all CPUs) and KS_NCPU (the per-CPU buckets share KS_MINOR_RATE).
@@ -59,9 +67,11 @@
 #define X86_PF_INSTR (1 << 4)
 
 struct start_t {
-    u64 ts;
+    u64 ts; /* 0: no fault in flight (consumed by its completion) */
     u64 addr;
     u64 error_code;
+    u32 tgid; /* set once per task: a task's tgid never changes */
+    u32 pad;
 };
 
 struct tkey {
@@ -94,10 +104,13 @@ struct event_t {
     char comm[TASK_COMM_LEN];
 };
 
-struct bucket_t {
+/* Everything per CPU the completion touches, in one cache line: the token bucket for minor
+ * events and the drop counters. */
+struct cpu_t {
     u64 last_ns;
     u64 credit; /* one event costs KS_NCPU * 1e9; refilled at KS_MINOR_RATE per ns */
     u64 submitted; /* events this CPU put in the ring buffer */
+    u64 drops[DROP_SLOTS];
 };
 
 #ifdef KS_START_LRU
@@ -107,29 +120,25 @@ BPF_TABLE("lru_hash", u32, struct start_t, start, KS_MAP_ENTRIES);
 /* One slot per task, freed when the task exits: nothing to leak, no capacity to exhaust. */
 BPF_TASK_STORAGE(start, struct start_t);
 #endif
-BPF_HASH(totals, struct tkey, struct tval, KS_MAP_ENTRIES);
+/* Per CPU: every update is a plain add on this CPU's copy (no atomics, no cache line shared
+ * between CPUs); user space sums the copies (and takes the max of the maxes). */
+BPF_PERCPU_HASH(totals, struct tkey, struct tval, KS_MAP_ENTRIES);
 BPF_ARRAY(epoch, u64, 1);
-BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
-BPF_PERCPU_ARRAY(bucket, struct bucket_t, 1);
+BPF_PERCPU_ARRAY(cpu_state, struct cpu_t, 1);
 BPF_RINGBUF_OUTPUT(events, KS_RINGBUF_PAGES);
-
-static __always_inline void count_drop(u32 slot)
-{
-    u64 *v = drops.lookup(&slot);
-    if (v)
-        (*v)++;
-}
 
 static __always_inline void on_entry(u64 address, u64 error_code)
 {
     if ((s64)address < 0) /* a kernel address: no mm fault follows */
         return;
 #ifdef KS_START_LRU
-    u32 tid = bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
     struct start_t s = {};
     s.ts = bpf_ktime_get_ns();
     s.addr = address;
     s.error_code = error_code;
+    s.tgid = id >> 32;
     start.update(&tid, &s);
 #else
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
@@ -139,29 +148,30 @@ static __always_inline void on_entry(u64 address, u64 error_code)
     s->ts = bpf_ktime_get_ns();
     s->addr = address;
     s->error_code = error_code;
+    if (!s->tgid) /* new storage: once per task, not per fault */
+        s->tgid = bpf_get_current_pid_tgid() >> 32;
 #endif
 }
 
-TRACEPOINT_PROBE(exceptions, page_fault_user)
+/* Raw tracepoints: TP_PROTO(unsigned long address, struct pt_regs *regs,
+ * unsigned long error_code) (arch/x86/include/asm/trace/exceptions.h). A raw tracepoint hands
+ * the program the arguments as they are; a regular one first builds a trace record. */
+RAW_TRACEPOINT_PROBE(page_fault_user)
 {
-    on_entry(args->address, args->error_code);
+    on_entry(ctx->args[0], ctx->args[2]);
     return 0;
 }
 
 /* Faults on user addresses taken in kernel mode (copy_to_user & co.): getrusage counts them. */
-TRACEPOINT_PROBE(exceptions, page_fault_kernel)
+RAW_TRACEPOINT_PROBE(page_fault_kernel)
 {
-    on_entry(args->address, args->error_code);
+    on_entry(ctx->args[0], ctx->args[2]);
     return 0;
 }
 
-static __always_inline int minor_token(u64 now)
+static __always_inline int minor_token(struct cpu_t *b, u64 now)
 {
     if (KS_MINOR_RATE == 0)
-        return 0;
-    u32 z = 0;
-    struct bucket_t *b = bucket.lookup(&z);
-    if (!b)
         return 0;
     const u64 cost = (u64)KS_NCPU * 1000000000ULL;
     u64 cap = (u64)KS_MINOR_RATE * 100000000ULL; /* 0.1 s of this CPU's share */
@@ -199,14 +209,19 @@ static __always_inline struct tval *totals_entry(u32 tgid, u32 major)
 static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
 {
     u64 now = bpf_ktime_get_ns();
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = id;
-    u32 tgid = id >> 32;
     u64 addr = ctx->addr;
     u64 lat = 0;
+    u32 tgid = 0;
     u8 access = ACCESS_READ;
+    u32 z = 0;
+    struct cpu_t *c = cpu_state.lookup(&z);
+    if (!c) /* cannot happen: a one-slot array */
+        return 0;
 
 #ifdef KS_START_LRU
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
+    tgid = id >> 32;
     struct start_t *s = start.lookup(&tid);
 #else
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
@@ -219,21 +234,23 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
         else if (s->error_code & X86_PF_WRITE)
             access = ACCESS_WRITE;
     } else {
-        count_drop(DROP_NO_ENTRY);
+        c->drops[DROP_NO_ENTRY]++;
     }
     if (s) { /* consumed: a later completion cannot pair with this entry */
 #ifdef KS_START_LRU
         start.delete(&tid);
 #else
+        tgid = s->tgid;
         s->ts = 0;
 #endif
     }
+    if (!tgid) /* no entry seen for this task yet */
+        tgid = bpf_get_current_pid_tgid() >> 32;
 
     struct tval *v = totals_entry(tgid, major);
     if (v) {
-        __sync_fetch_and_add(&v->count, 1);
-        __sync_fetch_and_add(&v->lat_sum, lat);
-        u32 z = 0;
+        v->count++;
+        v->lat_sum += lat;
         u64 *ep = epoch.lookup(&z);
         u64 e = ep ? *ep : 0;
         if (e & 1) {
@@ -252,23 +269,24 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
             }
         }
     } else {
-        count_drop(DROP_MAP_FULL);
+        c->drops[DROP_MAP_FULL]++;
     }
 
-    if (!major && !minor_token(now)) {
-        count_drop(DROP_MINOR_SAMPLED);
+    if (!major && !minor_token(c, now)) {
+        c->drops[DROP_MINOR_SAMPLED]++;
         return 0;
     }
     struct event_t *ev = events.ringbuf_reserve(sizeof(struct event_t));
     if (!ev) {
-        count_drop(DROP_RINGBUF_FULL);
+        c->drops[DROP_RINGBUF_FULL]++;
         return 0;
     }
+    u64 pid_tgid = bpf_get_current_pid_tgid();
     ev->ts = now;
     ev->latency_ns = lat;
     ev->addr = addr;
-    ev->pid = tgid;
-    ev->tid = tid;
+    ev->pid = pid_tgid >> 32;
+    ev->tid = pid_tgid;
     ev->cpu = bpf_get_smp_processor_id();
     ev->major = major;
     ev->access = access;
@@ -278,14 +296,9 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
     ev->user_mode = (*(u64 *)&ctx->regs.cs & 3) == 3;
     ev->pad = 0;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    u64 flags = BPF_RB_NO_WAKEUP;
-    u32 z = 0;
-    struct bucket_t *b = bucket.lookup(&z);
-    if (b && (++b->submitted % KS_WAKEUP_EVERY) == 0)
-        flags = 0;
-    events.ringbuf_submit(ev, flags);
+    events.ringbuf_submit(ev, (++c->submitted % KS_WAKEUP_EVERY) ? BPF_RB_NO_WAKEUP : 0);
     if (v)
-        __sync_fetch_and_add(&v->sampled, 1);
+        v->sampled++;
     return 0;
 }
 

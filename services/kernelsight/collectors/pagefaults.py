@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 EVENTS = "page_fault_events"
 TOTALS = "page_fault_totals"
 
-# Slots of the per-CPU `drops` array in bpf/pagefaults.bpf.c.
+# Slots of cpu_t.drops (per-CPU `cpu_state` array) in bpf/pagefaults.bpf.c.
 DROP_RINGBUF_FULL = 0
 DROP_MINOR_SAMPLED = 1
 DROP_MAP_FULL = 2
@@ -66,6 +66,22 @@ def max_for_epoch(v, epoch: int) -> int:
     if epoch & 1:
         return int(v.max1) if int(v.epoch1) == epoch else 0
     return int(v.max0) if int(v.epoch0) == epoch else 0
+
+
+def sum_cpus(per_cpu, epoch: int) -> tuple[Cumulative, int, bytes]:
+    """One (tgid, type) of the per-CPU totals map: the counters summed over CPUs, the max of
+    the CPUs' maxes for ``epoch``, and the comm of whichever CPU created the entry."""
+    cur = Cumulative()
+    mx = 0
+    comm = b""
+    for v in per_cpu:
+        cur.count += int(v.count)
+        cur.lat_sum += int(v.lat_sum)
+        cur.sampled += int(v.sampled)
+        mx = max(mx, max_for_epoch(v, epoch))
+        if not comm:
+            comm = bytes(v.comm)
+    return cur, mx, comm
 
 
 class PageFaults(Collector):
@@ -165,7 +181,7 @@ class PageFaults(Collector):
         self.mono_to_epoch = MonoToEpoch()
         self.totals = self.bpf["totals"]
         self.epoch_tbl = self.bpf["epoch"]
-        self.drops_tbl = self.bpf["drops"]
+        self.cpu_state = self.bpf["cpu_state"]
         self.epoch = 1
         self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
         self.prev: dict[tuple[int, int], Cumulative] = {}
@@ -213,7 +229,7 @@ class PageFaults(Collector):
             key = (int(k.tgid), int(k.major))
             seen.setdefault(key[0], []).append(k)
             before = self.prev.get(key) or Cumulative()
-            cur = Cumulative(int(v.count), int(v.lat_sum), int(v.sampled))
+            cur, mx, comm = sum_cpus(v, finished)
             self.prev[key] = cur
             n = cur.count - before.count
             if n <= 0:
@@ -221,9 +237,9 @@ class PageFaults(Collector):
             lat_sum = cur.lat_sum - before.lat_sum
             rows.append({
                 "timestamp": ts, "host": self.settings.host, "pid": key[0],
-                "comm": self._comm(key[0], bytes(v.comm)), "fault_type": FAULT_TYPE[key[1] & 1],
+                "comm": self._comm(key[0], comm), "fault_type": FAULT_TYPE[key[1] & 1],
                 "fault_count": n, "latency_sum_ns": lat_sum,
-                "latency_max_ns": max(max_for_epoch(v, finished), -(-lat_sum // n)),
+                "latency_max_ns": max(mx, -(-lat_sum // n)),
                 "sampled_events": max(0, cur.sampled - before.sampled),
                 "interval_ns": interval_ns,
             })
@@ -243,7 +259,8 @@ class PageFaults(Collector):
         self._account_drops()
 
     def _account_drops(self) -> None:
-        now = [bpfsupport.read_percpu_sum(self.drops_tbl, i) for i in range(DROP_SLOTS)]
+        per_cpu = self.cpu_state[ctypes.c_int(0)]
+        now = [sum(int(c.drops[i]) for c in per_cpu) for i in range(DROP_SLOTS)]
         d = [a - b for a, b in zip(now, self.drops_seen, strict=True)]
         self.drops_seen = now
         self.pub.lost(EVENTS, "ringbuf_full", d[DROP_RINGBUF_FULL])
