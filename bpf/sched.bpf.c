@@ -1,22 +1,36 @@
 /* KernelSight scheduler tracer: per-process context switches (voluntary / involuntary, as the
  * kernel counts nvcsw / nivcsw), wakeups, CPU time and run-queue latency.
  *
- * Hooks (regular tracepoints: BCC reads their field layout from tracefs, so the headers it
+ * Two programs in one file; collectors/sched.py picks one.
+ *
+ * KS_RAW (the default; needs /sys/kernel/btf/vmlinux and kernel >= 5.18's sched_switch
+ * prev_state argument): raw tracepoints, no argument copy. The kernel already counts what we
+ * want per task: nvcsw, nivcsw, se.sum_exec_runtime, sched_info.run_delay (sum of run-queue
+ * waits) and sched_info.pcount (switch-ins). They are read from current at their BTF offsets
+ * (-DKS_OFF_*; plain loads through bpf_get_current_task_btf()), and what they gained since
+ * the thread's last switch-out (kept in task-local storage `tstate`, freed by the kernel with
+ * the task) is charged to `procs` and, one run-queue wait per switch-in, to `runq_hist`.
+ *   raw sched_switch (prev is current)     charge prev; nothing is done for next.
+ *   raw sched_wakeup, sched_wakeup_new     the wakee's tgid (one probe read) gets a wakeup.
+ *   a CPU_CLOCK perf event every TICK_NS    charges the running thread the same way, so a task
+ *                                           that never switches out reports CPU time.
+ *
+ * Otherwise: regular tracepoints (BCC reads their field layout from tracefs, so the headers it
  * compiles against may be another kernel's; no task_struct field is read):
  *   sched:sched_switch     prev is current, so bpf_get_current_pid_tgid() is prev's tgid.
  *   sched:sched_wakeup, sched:sched_wakeup_new   the wakee's tid only (current is the waker).
  *   sched:sched_process_exit                     current is the exiting thread.
- *   a CPU_CLOCK perf event every TICK_NS          charges a running thread's CPU time so far,
- *                                                 so a task that never switches out still
- *                                                 reports CPU time every interval.
- *
+ *   the CPU_CLOCK tick                           as above.
  * What happens to a thread (tid) is kept in `threads` until the thread is current again
- * (switch-out, tick, exit): only then is its tgid known, and it is charged to `procs` (per
- * tgid, cumulative) and `runq_hist` (per tgid and bucket, cumulative). User space never
+ * (switch-out, tick, exit): only then is its tgid known, and it is charged to `procs` and
+ * `runq_hist`.
+ *
+ * `procs` (per tgid) and `runq_hist` (per tgid and bucket) are cumulative; user space never
  * resets them: an interval is the difference of two reads, so nothing is lost in between.
  *
- * cflags (set by collectors/sched.py): -I<bpf dir> -DMAP_ENTRIES=... -DKS_PREEMPTED=...
- *   -DKS_DEAD=... (both from the tracepoint's print fmt: TASK_REPORT_MAX, and X|Z).
+ * cflags (set by collectors/sched.py): -I<bpf dir> -DMAP_ENTRIES=..., then either -DKS_RAW=1
+ *   -DKS_OFF_<FIELD>=<offset in task_struct>..., or -DKS_PREEMPTED=... -DKS_DEAD=... (from the
+ *   tracepoint's print fmt: TASK_REPORT_MAX, and X|Z).
  */
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
@@ -72,8 +86,10 @@ static __always_inline struct proc_t *get_proc(u32 tgid, u32 tid)
 {
     struct proc_t *p = procs.lookup(&tgid);
     if (p) {
+#ifndef KS_RAW /* the raw program copies the name with two loads instead */
         if (tid == tgid) /* the process is named after its main thread */
             bpf_get_current_comm(&p->comm, sizeof(p->comm));
+#endif
         return p;
     }
     struct proc_t zero = {};
@@ -156,6 +172,11 @@ static __always_inline void charge_current(struct task_struct *t, u64 id, int ru
     struct proc_t *p = get_proc(tgid, tid);
     if (!p)
         return; /* counted; the counters stay pending in s */
+    if (tid == tgid) { /* the process is named after its main thread */
+        u64 *comm = (u64 *)p->comm;
+        comm[0] = CUR(t, KS_OFF_COMM, u64);
+        comm[1] = CUR(t, KS_OFF_COMM + 8, u64);
+    }
     if (nv != s->nvcsw)
         __sync_fetch_and_add(&p->nvcsw, nv - s->nvcsw);
     if (niv != s->nivcsw)

@@ -217,16 +217,25 @@ class SchedTracer(Collector):
     (p50, p95, max in microseconds), one ``sched_events`` row per process that did anything.
 
     HOOKS
-      sched:sched_switch, sched:sched_wakeup, sched:sched_wakeup_new, sched:sched_process_exit
-      (regular tracepoints: their field layout comes from tracefs, so fallback kernel headers
-      do not matter; no task_struct field is read), and a CPU_CLOCK perf event on each CPU
-      every 50 ms (less with a short --interval) that charges a running thread's CPU time so
-      far, so a task that never switches out still shows its CPU time every interval.
-      A switch-out is voluntary when the task was not preempted and was not runnable
-      (prev_state neither TASK_REPORT_MAX nor 0; both read from the tracepoint's print fmt).
-      Run-queue latency is wakeup (or preemption) to running, as bcc's runqlat measures it.
-      Wakeups and run-queue delays are known by tid only; they are kept per thread and charged
-      to the process when the thread next runs into a switch-out, tick or exit.
+      Raw tracepoints sched_switch, sched_wakeup and sched_wakeup_new (the default: needs
+      /sys/kernel/btf/vmlinux and the 5.18+ sched_switch prototype, both checked at start),
+      and a CPU_CLOCK perf event on each CPU every 50 ms (less with a short --interval).
+      The kernel already counts, per task, nvcsw and nivcsw, its CPU time
+      (se.sum_exec_runtime) and its run-queue waits (sched_info.run_delay, .pcount: the same
+      numbers as /proc/PID/status and /proc/PID/schedstat). At each switch-out (prev is
+      current) and tick, the program reads them from current at offsets taken from the
+      kernel's BTF at start (plain loads, no helper) and charges to the process what they
+      gained since the thread's last switch-out, kept in task-local storage (freed by the
+      kernel with the task: no per-thread map to leak). Nothing is done for next: its switch-in
+      is in its counters by its own switch-out. A wakeup reads the wakee's tgid (one probe
+      read) and counts it for that process.
+      Fallback (no BTF, older kernel, or the raw program fails to load; logged): regular
+      tracepoints sched:sched_switch, sched_wakeup, sched_wakeup_new, sched_process_exit,
+      whose field layout comes from tracefs, with per-thread state in a tid-keyed hash.
+      There a switch-out is voluntary when the task was not preempted and was not runnable
+      (prev_state neither TASK_REPORT_MAX nor 0, both from the tracepoint's print fmt), and
+      run-queue latency is measured from sched_wakeup (or preemption) to running with
+      bpf_ktime_get_ns(), as bcc's runqlat does.
 
     OUTPUT
       Kernel maps are cumulative and never reset; each interval is the difference of two
@@ -234,34 +243,45 @@ class SchedTracer(Collector):
       log-linear histogram of bpf/ks_hist.h (bucket midpoints, within ~1.6%; the max is the
       top bucket's midpoint). avg_timeslice_us = CPU time / switch-outs in the interval (a
       slice still running counts as one). comm is the main thread's name.
-      Processes gone from /proc get one more read an interval later, then their keys are
-      deleted; a thread's entry is deleted at its exit (sched_process_exit and its last
-      switch-out, state X/Z), so the per-thread map holds live threads only.
+      Run-queue latency (raw program) is the kernel's own: enqueue (wakeup, or preemption) to
+      switch-in, one value per switch-in; a wait that straddles a migration is summed over
+      both run queues. Processes gone from /proc get one more read an interval later, then
+      their keys are deleted.
 
-    COST (2-vCPU Firecracker VM, kernel 6.18, busy shared host)
-      BPF run time (BPF_ENABLE_STATS, ~45 ns of it the accounting itself): sched_switch
-      ~380 ns (an empty program 65 ns; ~130 ns of it is the run-queue histogram update, ~40
-      the clock), sched_wakeup ~195 ns (empty 75 ns), the tick ~1 us 20 times a second per
-      CPU. Worst case, a pipe ping-pong pinned to one CPU (2 switches + 2 wakeups per round
-      trip, 400k switches/s): 5.1 us per round trip untraced, 6.0 us with empty programs on
-      the same tracepoints, 7.0 us with this tracer. At a typical 10k switches/s per CPU
-      that is ~0.4% of a CPU. User space reads three maps per interval (batch lookups, a few
-      ms). Memory: --map-entries each for threads (32 B), processes (48 B) and histogram
-      buckets (8 B).
+    COST (2-vCPU Firecracker VM, kernel 6.18, busy shared host; raw program)
+      BPF run time (kernel.bpf_stats_enabled=1, whose own accounting is ~40 ns of each
+      figure; read from the programs' fdinfo run_time_ns / run_cnt): sched_switch ~110-125 ns
+      (an empty raw program 46 ns; of the rest ~20 ns is the per-(tgid, bucket) histogram hash
+      update and ~15 ns the per-process hash lookup), sched_wakeup ~92 ns (empty 55 ns), the
+      tick ~1.5 us 20 times a second per CPU. Before (regular tracepoints, per-tid hash):
+      sched_switch ~200-300 ns, sched_wakeup ~130-170 ns on the same VM.
+      Worst case, `kernelsight bench --only sched` (a pipe ping-pong pinned to one CPU: 2
+      switches and ~1 wakeup per round trip, ~500k switches/s): workload CPU over untraced
+      is 1.2-1.5 times that of empty programs on the four regular tracepoints
+      (sched_tracer_overhead_ratio; 1.9-2.4, up to 3.3 on a loaded host, before). Per switch
+      that is ~60-100 ns of CPU over the empty-program floor; at a typical 10k switches/s
+      per CPU, well under 0.5% of a CPU. User space reads two maps per interval (batch
+      lookups, a few ms). Memory: --map-entries each for processes (48 B) and histogram
+      buckets (8 B); task-local storage per thread that has run (40 B + the kernel's
+      per-element overhead).
 
     CAVEATS
-      - Switches before the tracer started are not counted; a thread already running at start
-        is charged CPU time from its first switch-in or tick on.
-      - CPU time is charged at switch-out, tick or exit, so an interval's cpu_time_ms can hold
-        up to one tick period (50 ms) of the interval before; sums over intervals are exact
-        (checked against /proc/PID/schedstat) but for the microseconds between a thread's
-        sched_process_exit and its last switch.
-      - The kernel counts a switch as voluntary when a sleeping task had a signal pending
-        (it is left runnable, prev_state 0), and a freezing task (TASK_FROZEN is not in the
-        reported states) likewise; both are counted involuntary here. Rare.
-      - Regular tracepoint programs do not nest: a wakeup fired from an interrupt while
-        another tracing BPF program runs on that CPU is skipped by the kernel; those skips
-        (recursion_misses, 6.7+) are reported as dropped, reason ``bpf_recursion``.
+      - Switches before the tracer started are not counted. A thread that existed at start
+        is counted from its first switch-out (that one classified by preempt / prev_state,
+        so a sleeping task with a signal pending counts involuntary there once) or tick, and
+        its first run-queue wait is not sampled; a thread forked since start (task
+        start_time) is counted from zero, exactly.
+      - CPU time is charged at switch-out and tick; at a tick the kernel's figure is as of its
+        last scheduler tick, so an interval's cpu_time_ms can hold up to one tick period (50
+        ms) of the interval before; sums over intervals are exact.
+      - Raw program: a thread whose process entry cannot be made (map full) keeps its counts
+        pending in its task storage and charges them at a later switch-out.
+      - Fallback program: CPU time is measured with bpf_ktime_get_ns() (within ~2% of
+        /proc/PID/schedstat); a sleeping task with a signal pending or a freezing task is
+        counted involuntary (rare); regular tracepoint programs do not nest, so a wakeup from
+        an interrupt while another tracing program runs on that CPU is skipped by the kernel.
+        Either program's skips (recursion_misses, 6.7+) are reported as dropped, reason
+        ``bpf_recursion``.
       - Maps are bounded by --map-entries; what cannot be recorded is counted as dropped,
         reason ``map_full``.
     """
