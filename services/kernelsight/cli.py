@@ -161,6 +161,8 @@ def trace(tracer: str, duration: float | None, **kw: Any) -> None:
 @_opt("--batch-ms", field="batch_ms", type=int,
       help=f"Max milliseconds to fill a batch [default: {defaults.BATCH_MS}].")
 @_opt("--consumer", field="consumer", help="Consumer name in the group [default: ingest-1].")
+@_opt("--workers", field="ingest_workers", type=int,
+      help="Worker processes sharing the group; 0 = one per CPU, at most 2 [default: 0].")
 @_opt("--stream-retain", field="stream_retain", type=int,
       help=f"Acked entries kept per stream for inspection [default: {defaults.STREAM_RETAIN}].")
 @click.option("--drain", is_flag=True, help="Exit once every stream is empty.")
@@ -173,16 +175,13 @@ def ingest(drain: bool, **kw: Any) -> None:
     Examples:
       kernelsight ingest --redis-url redis://:pw@127.0.0.1:6379/0 --db data/ks.db
       kernelsight ingest --drain --db data/ks.db
+      KS_INGEST_WORKERS=1 kernelsight ingest    # a single process
     """
-    from kernelsight.ingest import Ingester, install_signal_handlers
+    from kernelsight.ingest import run_ingest
 
     s = settings_from(kw)
     _need_redis(s)
-    ing = Ingester(s)
-    install_signal_handlers(ing)
-    if drain:
-        ing.request_stop(drain=True)
-    st = ing.run()
+    st = run_ingest(s, s.ingest_workers, drain=drain)
     click.echo(f"ingest: stored {sum(st.stored.values())}, duplicates skipped "
                f"{sum(st.duplicates.values())}, dead letters {sum(st.dead.values())}", err=True)
 

@@ -24,6 +24,7 @@ class Settings:
     batch_size: int = defaults.BATCH_SIZE
     batch_ms: int = defaults.BATCH_MS
     consumer: str = defaults.CONSUMER
+    ingest_workers: int = defaults.INGEST_WORKERS
     buffer_max: int = defaults.BUFFER_MAX
     stream_maxlen: int = defaults.STREAM_MAXLEN
     stream_retain: int = defaults.STREAM_RETAIN
@@ -51,6 +52,8 @@ class Settings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.ringbuf_pages & (self.ringbuf_pages - 1):
             raise ConfigError("--ringbuf-pages must be a power of two (e.g. 64, 256, 1024)")
+        if not 0 <= self.ingest_workers <= 64:
+            raise ConfigError("--workers must be between 0 (one per CPU, at most 2) and 64")
         if self.min_latency_ms < 0:
             raise ConfigError("--min-latency-ms must be >= 0")
         if not Path(self.procfs).is_dir() or not Path(self.procfs, "meminfo").exists():
@@ -111,10 +114,12 @@ def check_db_path(path: str) -> Path:
         if p.exists():
             with open(p, "r+b"):
                 pass
-        else:  # root passes os.access() checks even on read-only mounts: really try
-            with open(p, "xb"):
+        else:  # root passes os.access() checks even on read-only mounts: really try (a name
+            # of our own: another process may be creating the database itself right now)
+            probe = parent / f".{p.name}.probe-{os.getpid()}"
+            with open(probe, "xb"):
                 pass
-            p.unlink()
+            probe.unlink()
     except OSError as e:
         raise ConfigError(f"--db {path} is not writable ({e.strerror}); choose a writable path "
                           "or fix permissions") from None

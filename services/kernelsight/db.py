@@ -46,26 +46,35 @@ def open_db(path: str | Path, create: bool = True) -> Engine:
     elif not Path(path).is_file():
         raise DatabaseError(f"no database at {path}; run `kernelsight run` or `make stress` first")
     eng = engine_for(path)
-    try:
-        with eng.begin() as conn:
-            mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
-            if mode != "wal":
-                raise DatabaseError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")
-            schema.metadata.create_all(conn)
-            row = conn.execute(select(schema.schema_meta.c.value).where(
-                schema.schema_meta.c.key == "version")).scalar()
-            if row is None:
-                conn.execute(schema.schema_meta.insert().values(
-                    key="version", value=str(schema.SCHEMA_VERSION)))
-            elif int(row) != schema.SCHEMA_VERSION:
-                raise DatabaseError(
-                    f"{path} has KernelSight schema version {row}, this version needs "
-                    f"{schema.SCHEMA_VERSION}; use a new --db path")
-    except OperationalError as e:
-        raise DatabaseError(f"cannot open database {path}: {e.orig}") from None
-    except sqlite3.DatabaseError as e:
-        raise DatabaseError(f"{path} is not a usable SQLite database: {e}") from None
+    for attempt in range(3):
+        try:
+            _create_schema(eng, path)
+            break
+        except OperationalError as e:
+            # Another writer (a second ingest worker) created the same table in between.
+            if "already exists" in str(e.orig) and attempt < 2:
+                continue
+            raise DatabaseError(f"cannot open database {path}: {e.orig}") from None
+        except sqlite3.DatabaseError as e:
+            raise DatabaseError(f"{path} is not a usable SQLite database: {e}") from None
     return eng
+
+
+def _create_schema(eng: Engine, path: str) -> None:
+    with eng.begin() as conn:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+        if mode != "wal":
+            raise DatabaseError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")
+        schema.metadata.create_all(conn)
+        row = conn.execute(select(schema.schema_meta.c.value).where(
+            schema.schema_meta.c.key == "version")).scalar()
+        if row is None:
+            conn.execute(schema.schema_meta.insert().values(
+                key="version", value=str(schema.SCHEMA_VERSION)))
+        elif int(row) != schema.SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{path} has KernelSight schema version {row}, this version needs "
+                f"{schema.SCHEMA_VERSION}; use a new --db path")
 
 
 def table_counts(eng: Engine) -> dict[str, int]:

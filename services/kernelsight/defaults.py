@@ -10,6 +10,7 @@ INTERVAL_S = 1.0
 BATCH_SIZE = 1000
 BATCH_MS = 200
 CONSUMER = "ingest-1"
+INGEST_WORKERS = 0  # 0: one per CPU, at most two (see ingest.worker_count)
 RECLAIM_IDLE_MS = 30_000
 LOCK_RETRIES = 50  # x LOCK_RETRY_S before a locked database is an error
 LOCK_RETRY_S = 0.2
