@@ -11,6 +11,7 @@ import sys
 import time
 
 import orjson
+import psutil
 import pytest
 from sqlalchemy import select, text
 
@@ -18,7 +19,7 @@ from kernelsight import schema
 from kernelsight.db import open_db, table_counts
 from kernelsight.ingest import Ingester, backlog
 from kernelsight.loadgen import make_event
-from kernelsight.streams import FIELD, Publisher
+from kernelsight.streams import FIELD, Publisher, connect
 
 
 def valid_row(et: schema.EventType, i: int = 0) -> dict:
@@ -131,6 +132,61 @@ def test_sigkill_mid_stream_then_restart_stores_exactly_n(settings, tmp_path):
             "SELECT COUNT(*), COUNT(DISTINCT stream_id) FROM syscall_events")).one()
     print(f"\nSIGKILL at {stored} rows; after restart {total} rows, {distinct} distinct, of {n}")
     assert total == distinct == n
+
+
+def test_worker_killed_is_restarted_and_ctrl_c_drains(settings, tmp_path):
+    """Two worker processes: SIGKILL one mid-stream, the supervisor restarts it under the same
+    consumer name (its pending entries are re-read); then Ctrl-C (SIGINT to the whole process
+    group) drains and exits 0 with every row stored once."""
+    n = 60_000
+    pub = Publisher(settings, "test")
+    et = schema.BY_NAME["syscall_events"]
+    for i in range(0, n, 1000):
+        pub.publish(et.name, [valid_row(et, j) for j in range(i, i + 1000)])
+    pub.close()
+    env = {**os.environ, "KS_REDIS_URL": settings.redis_url, "KS_DB_PATH": settings.db_path,
+           "KS_BATCH_SIZE": "200", "KS_INGEST_WORKERS": "2"}
+    log = tmp_path / "ingest.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "kernelsight", "ingest"], env=env,
+                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        eng = open_db(settings.db_path)
+        workers: list[psutil.Process] = []
+        deadline = time.monotonic() + 30
+        stored = 0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            workers = psutil.Process(p.pid).children()
+            with eng.connect() as c:
+                stored = c.execute(text("SELECT COUNT(*) FROM syscall_events")).scalar_one()
+            if stored >= n // 4 and len(workers) == 2:
+                break
+        victim = workers[-1]
+        victim.send_signal(signal.SIGKILL)
+        assert 0 < stored < n, f"killed at {stored} rows: the kill must land mid-stream"
+        r = connect(settings.redis_url)
+        deadline = time.monotonic() + 60
+        while backlog(r) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = psutil.Process(p.pid).children()
+        assert len(after) == 2 and victim.pid not in {w.pid for w in after}
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert p.wait(60) == 0, log.read_text()[-2000:]
+        assert not psutil.pid_exists(after[0].pid) or \
+            psutil.Process(after[0].pid).status() == psutil.STATUS_ZOMBIE
+        with eng.connect() as c:
+            total, distinct = c.execute(text(
+                "SELECT COUNT(*), COUNT(DISTINCT stream_id) FROM syscall_events")).one()
+        eng.dispose()
+        text_log = log.read_text()
+        print(f"\nworker {victim.pid} SIGKILLed at {stored} rows; restarted; after Ctrl-C "
+              f"{total} rows, {distinct} distinct, of {n}")
+        assert "restarting it" in text_log and "Traceback" not in text_log
+        assert total == distinct == n
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
 
 
 def test_own_pending_entries_are_reclaimed(settings, rclient):

@@ -780,8 +780,7 @@ class _Supervisor:
                     i = by_sentinel[sentinel]
                     p, rx = self.procs.pop(i)
                     p.join()
-                    msg = rx.recv() if rx.poll() else None
-                    rx.close()
+                    msg = _result(rx)
                     if msg and msg[0] == "ok":
                         _add(total, msg[1])
                     elif msg and msg[0] == "error":
@@ -800,9 +799,22 @@ class _Supervisor:
         finally:
             for sig, h in old.items():
                 signal.signal(sig, h)
+            for p, _ in self.procs.values():  # only after a bug here: don't leave orphans
+                p.kill()
+                p.join()
         if error is not None:
             raise error
         return total
+
+
+def _result(rx) -> tuple | None:
+    """What a finished worker sent: ("ok", stats), ("error", exc), or None if it died first."""
+    try:
+        return rx.recv() if rx.poll() else None
+    except (EOFError, OSError):
+        return None
+    finally:
+        rx.close()
 
 
 def _add(total: IngestStats, st: IngestStats) -> None:
