@@ -4,17 +4,21 @@
  * sys_exit (args[0] = struct pt_regs *, args[1] = return value). Raw tracepoints skip the
  * perf-buffer argument copy regular tracepoints do, so they are the cheapest hook here.
  *
- * Per-thread start state lives in a BPF_ARRAY indexed by tid (an inlined lookup, no hashing,
- * no locking); tids >= TID_SLOTS fall back to a bounded hash. Only syscalls that cross the
+ * Per-thread start state lives in a BPF_ARRAY indexed by tid (a lookup the verifier inlines:
+ * no call, no hashing, no locking); tids >= TID_SLOTS fall back to a bounded hash, through a
+ * separate call site so that the array's lookup stays inlined. Only syscalls that cross the
  * threshold touch the ring buffer.
  *
- * The clock is the expensive part (bpf_ktime_get_ns ~40 ns in this VM, more than everything
+ * The clock is the expensive part (bpf_ktime_get_ns ~30 ns in this VM, more than everything
  * else together), so sys_exit first compares jiffies (a plain load): a syscall that did not
  * cross enough timer ticks is provably faster than the threshold and returns without reading
  * the clock. SKIP_JIFFIES is the largest tick count that is safe: user space sets it to
  * floor(MIN_LATENCY_NS / TICK_NS) - 2 (one tick for the rounding of jiffies, one for jiffies
- * lagging the clock), or -1 to always read the clock (unknown HZ, tiny thresholds). No task_struct field is read (the headers BCC compiles
- * against may be another kernel's); pt_regs is only read through PT_REGS_* on x86_64/arm64,
+ * lagging the clock), or -1 to always read the clock (unknown HZ, tiny thresholds).
+ * The fast path is then: sys_enter = pid/tgid, an inlined array slot, jiffies, the clock;
+ * sys_exit = pid/tgid, the slot, jiffies. On x86_64 the first argument is read from pt_regs
+ * at sys_exit, on the slow path only (see ARG0_AT_ENTER). No task_struct field is read (the
+ * headers BCC compiles against may be another kernel's); pt_regs is only read on x86_64/arm64,
  * whose layout is ABI.
  *
  * cflags (set by collectors/syscalls.py):
@@ -81,6 +85,17 @@ static __always_inline void count(int idx)
         (*c)++;
 }
 
+/* x86_64: the first-argument register (rdi) is read at sys_exit, on the slow path only: a
+ * syscall reads its arguments from pt_regs and never writes rdi, except those that load a new
+ * register set (execve/execveat zero it, rt_sigreturn restores it), whose arg0 is read here at
+ * sys_enter. Elsewhere (arm64: x0 is the return value by sys_exit) always at sys_enter. */
+#if defined(__x86_64__)
+#define ARG0_AT_ENTER(nr) ((nr) == __NR_execve || (nr) == __NR_execveat || \
+                           (nr) == __NR_rt_sigreturn)
+#else
+#define ARG0_AT_ENTER(nr) 1
+#endif
+
 RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -93,10 +108,9 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     /* exit() and exit_group() never return: a start kept for them would only go stale. */
     if (nr == __NR_exit || nr == __NR_exit_group)
         return 0;
-    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
     struct start_t *s;
     if (tid < TID_SLOTS) {
-        s = start_slots.lookup(&tid);
+        s = start_slots.lookup(&tid); /* an array: the verifier inlines this lookup */
         if (!s)
             return 0;
     } else {
@@ -108,7 +122,10 @@ RAW_TRACEPOINT_PROBE(sys_enter)
         }
     }
     s->nr = nr;
-    bpf_probe_read_kernel(&s->arg0, sizeof(s->arg0), &PT_REGS_PARM1(regs));
+    if (ARG0_AT_ENTER(nr)) {
+        struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+        bpf_probe_read_kernel(&s->arg0, sizeof(s->arg0), &PT_REGS_PARM1(regs));
+    }
 #if SKIP_JIFFIES >= 0
     s->jif = (u32)bpf_jiffies64();
 #endif
@@ -116,18 +133,11 @@ RAW_TRACEPOINT_PROBE(sys_enter)
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(sys_exit)
+/* The slow path of sys_exit: s is this thread's start, which is cleared here. */
+static __always_inline int exit_slow(struct bpf_raw_tracepoint_args *ctx, struct start_t *s,
+                                     u64 id, bool hashed)
 {
-    u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-    struct start_t *s;
-    bool hashed = tid >= TID_SLOTS;
-    if (!hashed)
-        s = start_slots.lookup(&tid);
-    else
-        s = start_hash.lookup(&tid);
-    if (!s || !s->ts)
-        return 0;
 #if SKIP_JIFFIES >= 0
     if ((u32)bpf_jiffies64() - s->jif <= (u32)SKIP_JIFFIES) {
         s->ts = 0;
@@ -157,7 +167,15 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
     s64 exit_nr = -1;
 #if defined(__x86_64__)
-    bpf_probe_read_kernel(&exit_nr, sizeof(exit_nr), &regs->orig_ax);
+    /* di and orig_ax are adjacent in x86_64's pt_regs (ABI): one read for both */
+    struct {
+        u64 di;
+        u64 orig_ax;
+    } r = {};
+    bpf_probe_read_kernel(&r, sizeof(r), &regs->di);
+    exit_nr = r.orig_ax;
+    if (!ARG0_AT_ENTER(nr))
+        arg0 = r.di;
 #elif defined(__aarch64__)
     int nr32 = -1;
     bpf_probe_read_kernel(&nr32, sizeof(nr32), &regs->syscallno);
@@ -185,4 +203,30 @@ RAW_TRACEPOINT_PROBE(sys_exit)
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     events.ringbuf_submit(e, 0);
     return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sys_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    struct start_t *s;
+    /* Two separate lookups on purpose: one call site for both maps would make the verifier
+     * keep a real (retpolined, indirect) map lookup call instead of inlining the array's. */
+    if (tid < TID_SLOTS) {
+        s = start_slots.lookup(&tid);
+        if (!s || !s->ts)
+            return 0;
+#if SKIP_JIFFIES >= 0
+        /* the fast path: no timer tick since sys_enter proves the syscall was fast */
+        if ((u32)bpf_jiffies64() - s->jif <= (u32)SKIP_JIFFIES) {
+            s->ts = 0;
+            return 0;
+        }
+#endif
+        return exit_slow(ctx, s, id, false);
+    }
+    s = start_hash.lookup(&tid);
+    if (!s || !s->ts)
+        return 0;
+    return exit_slow(ctx, s, id, true);
 }

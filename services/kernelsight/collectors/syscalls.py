@@ -115,16 +115,24 @@ class SyscallTracer(Collector):
     loss; ``arg0 & 0xffffffffffffffff`` gives back the unsigned value (a pointer, a large
     count). ``timestamp`` is when the syscall returned; it began ``latency_ns`` earlier.
 
-    Cost (2-vCPU Firecracker VM, kernel 6.18, busy shared host; ``dd if=/dev/zero
-    of=/dev/null bs=1 count=3000000`` = 6M syscalls, CPU time, median of 12 alternating runs):
-    untraced 1.22 s; empty programs on the regular raw_syscalls tracepoints +170 ns per
-    syscall (the floor); this tracer +210 ns (1.25x the floor); a naive per-tid BPF_HASH start
-    map +490 ns (2.9x). bpf_ktime_get_ns() costs ~40 ns here, so sys_exit first compares
-    jiffies and reads the clock only for syscalls that crossed enough timer ticks to possibly
-    be slow (without that: +260 ns, 1.5x). BPF run time (BPF_ENABLE_STATS, ~45 ns of it the
-    accounting itself): sys_enter 127 ns, sys_exit 88 ns, an empty program 50 ns. Fast
-    syscalls never leave the kernel; memory: 24 bytes per tid slot (768 KiB at pid_max
-    32768) plus the ring buffer.
+    Cost (2-vCPU Firecracker VM, kernel 6.18, busy shared host, so figures are from
+    interleaved runs; ``dd if=/dev/zero of=/dev/null bs=1`` = 2 syscalls per byte):
+      Fast path (a syscall under the threshold, i.e. nearly all): sys_enter = pid/tgid, an
+      inlined array-slot lookup, jiffies (a plain load), one clock read; sys_exit = pid/tgid,
+      the slot, jiffies. Nothing else: arg0 and orig_ax are read only for slow syscalls, and
+      the clock is not read at sys_exit unless enough timer ticks passed for the syscall to
+      possibly be slow. bpf_ktime_get_ns() (~30 ns here) is most of what is left.
+      BPF run time (kernel.bpf_stats_enabled=1, run_time_ns / run_cnt, min of 3 interleaved
+      runs; ~35 ns of each figure is the accounting itself): sys_enter 73 ns, sys_exit 46 ns,
+      an empty raw-tracepoint program 36-42 ns (before this version: 80 / 56 ns; sys_exit
+      then made a real map-lookup call because one call site served both start maps).
+      Workload CPU per syscall, 1M-byte dd, 9 interleaved rounds (median; min): untraced
+      290 ns; empty programs on the regular raw_syscalls tracepoints +164 (the floor);
+      empty raw-tracepoint programs +122 (0.74x; 0.64x); this tracer +210 (1.28x; 1.17x),
+      previous version +248 (1.51x; 1.44x); a naive per-tid BPF_HASH start map ~2.9x.
+      ``kernelsight bench --only syscalls`` (min of 11 rounds): 1.20, 1.27 (ratio of medians
+      1.31, 1.29). Fast syscalls never leave the kernel; memory: 24 bytes per tid slot
+      (768 KiB at pid_max 32768) plus the ring buffer.
 
     Caveats:
     - This collector's own process is not traced (its poll waits would report themselves).
@@ -140,6 +148,10 @@ class SyscallTracer(Collector):
       can be missed. ``jiffies_shortcut = False`` trades ~50 ns per syscall for exactness;
       without CONFIG_HZ (/proc/config.gz, /boot/config-*) every exit reads the clock.
     - ``comm`` is the name at exit (after execve, the new program).
+    - x86_64: arg0 is read from the saved user registers at sys_exit (slow syscalls only).
+      Syscalls do not write that register, and those that load a new register set (execve,
+      execveat, rt_sigreturn) have theirs read at sys_enter; a ptrace tracer that rewrites
+      rdi at a PTRACE_EVENT stop inside the syscall (fork/clone/exec events) changes it.
     """
 
     name: ClassVar[str] = "syscalls"
