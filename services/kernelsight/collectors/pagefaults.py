@@ -89,11 +89,11 @@ class PageFaults(Collector):
     faults as ``page_fault_events``, plus exact per-process totals as ``page_fault_totals``.
 
     HOOKS
-      exceptions:page_fault_user, exceptions:page_fault_kernel (tracepoints, fault entry:
-      address, error_code) and the PAGE_FAULTS_MAJ / PAGE_FAULTS_MIN software perf events
-      with a BPF program on every CPU (sample_period=1), which the kernel emits at the end of
-      handle_mm_fault (mm_account_fault). latency_ns = perf event time - entry time of the
-      same thread (matched on the fault address). No kprobes, no fentry.
+      page_fault_user, page_fault_kernel (raw tracepoints of x86's exceptions:* events, fault
+      entry: address, error_code) and the PAGE_FAULTS_MAJ / PAGE_FAULTS_MIN software perf
+      events with a BPF program on every CPU (sample_period=1), which the kernel emits at the
+      end of handle_mm_fault (mm_account_fault). latency_ns = perf event time - entry time of
+      the same thread (matched on the fault address). No kprobes, no fentry.
 
     OUTPUT
       page_fault_events: pid, tid, cpu, address, latency_ns, fault_type (major|minor),
@@ -104,27 +104,40 @@ class PageFaults(Collector):
         dropped, reason ``minor_sampled`` - by design, since the totals stay exact.
       page_fault_totals: every --interval, one row per (pid, fault_type) with faults in it:
         fault_count, latency_sum_ns, latency_max_ns, sampled_events (how many of them are
-        in page_fault_events), interval_ns. Counts come from cumulative in-kernel counters
-        that user space only reads (diff of two reads), so nothing is lost between reads.
+        in page_fault_events), interval_ns. Counts come from cumulative in-kernel per-CPU
+        counters that user space only reads and sums (diff of two reads), so nothing is lost
+        between reads.
 
-    COST (2-vCPU Firecracker VM, kernel 6.18, a busy shared host, so medians of alternating
-      runs; CPU time of the faulting process, which is where the BPF programs run)
-      C loop: mmap 256 MiB anonymous, MADV_NOHUGEPAGE, write one byte per 4 KiB page, munmap;
-      20 rounds = 1.3 M minor faults (~350k faults/s, all counted exactly: software perf
-      events with sample_period=1 are not throttled by perf_event_max_sample_rate):
-        untraced                                   2.34 us/fault
-        the four hooks with empty BPF programs     2.57 us/fault  (+0.23)
-        this tracer's BPF programs                 2.68 us/fault  (+0.34, +15%)
-        `kernelsight trace pagefaults` running     2.79 us/fault  (vs 2.47 untraced in the
-          same series of 8: +0.32 us, +13%; wall time 2.48 -> 3.03 us/fault)
-      The collector process itself uses ~2.5% of a CPU during such a fault storm and ~0.3%
-      idle: the ring buffer wakes it every 64 events per CPU, not per event.
-      BPF run time (BPF_ENABLE_STATS): entry 106 ns, completion 166 ns per fault (empty
-      programs 54 / 65 ns). The per-thread entry lives in task-local storage; an LRU hash
-      keyed by tid (the fallback, -DKS_START_LRU) costs 365 / 249 ns. A real workload pays
-      this per fault; a major fault waits for I/O (tens of us or more), so it is noise there.
-      Memory: the totals map (--map-entries), 24 bytes per faulting task, the ring buffer
-      (--ringbuf-pages).
+    COST (2-vCPU Firecracker VM, kernel 6.18, a busy shared host: figures are from
+      interleaved runs, and CPU time is the faulting process's, where the BPF programs run)
+      Per fault: entry = the task's storage slot (created once per task) and one clock read;
+      completion = one clock read, the task storage slot, one per-CPU hash lookup for the
+      (tgid, type) totals, plain adds on per-CPU data (no atomics, no shared cache line),
+      the token bucket; the ring buffer, pid/tid and comm only for events. The two clock
+      reads (bpf_ktime_get_ns, ~25-30 ns each here) are about half of the programs' work;
+      both are needed for every fault's latency (latency_sum_ns is exact, not sampled).
+      BPF run time (kernel.bpf_stats_enabled=1, run_time_ns / run_cnt, min of 3 interleaved
+      runs of the C loop below; ~35 ns of each figure is the accounting itself): entry 79 ns,
+      completion 102 ns; empty programs 36 (entry, regular or raw) / 40 ns (perf event).
+      The previous version (regular tracepoints, shared totals with atomics): 83 / 118 ns.
+      The raw tracepoint's gain is mostly outside run_time_ns: a regular tracepoint first
+      builds a trace record (below: an empty raw program costs ~0.65x an empty regular one).
+      C loop: mmap 256 MiB anonymous, MADV_NOHUGEPAGE, write one byte per 4 KiB page,
+      munmap; 6 x 64k faults per run, 15 interleaved runs, median over untraced (1.88 us per
+      fault): empty regular-tracepoint programs +214 ns (the floor), empty raw +139 (0.65x),
+      this tracer's programs +271 (1.27x), previous version +389 (1.82x).
+      ``kernelsight bench --only pagefaults`` (python memset workload, collector running,
+      min of 11 rounds): 0.96, 0.84; its ratio of medians 1.88, 1.76. The medians are
+      inflated by the collector thread running beside the workload (~3% of a CPU: 2000
+      events/s into Redis); the same rounds with the BPF programs alone: 0.62 (min) / 0.76
+      (median) in one series, 1.40 / 1.55 in another - noise on this host is that large.
+      Software perf events with sample_period=1 are not throttled by
+      perf_event_max_sample_rate, so every fault is counted. The collector is woken every 64
+      events per CPU (and drains every 100 ms), not per event. An LRU hash keyed by tid for
+      the entries (the fallback, -DKS_START_LRU) costs ~150-165 / ~170-210 ns instead.
+      Memory: the totals map, allocated as used: ncpu x 72 bytes per (process, type) with
+      faults, up to --map-entries keys; 32 bytes of task storage per faulting task; the ring
+      buffer (--ringbuf-pages).
 
     CAVEATS
       - x86 only: the exceptions:* tracepoints are x86's.
