@@ -25,16 +25,16 @@ import orjson
 import psutil
 import redis
 
-from kernelsight import schema
+from kernelsight import defaults, schema
 from kernelsight.config import Settings
-from kernelsight.ingest import Ingester, run_ingest, worker_count
+from kernelsight.ingest import Ingester, run_ingest
 from kernelsight.loadgen import pool
 from kernelsight.redis_server import PrivateRedis
 from kernelsight.streams import FIELD, Publisher
 
 FIGURES = (
     "ingest_events_per_s", "ingest_floor_events_per_s", "ingest_ratio",
-    "ingest_one_worker_events_per_s", "publish_events_per_s",
+    "ingest_two_workers_events_per_s", "publish_events_per_s",
     "syscall_tracer_overhead_ratio", "pagefault_tracer_overhead_ratio",
     "sched_tracer_overhead_ratio", "scraper_cpu_percent", "stack_cpu_percent_under_stress",
     "max_lossless_events_per_s", "report_seconds_1m_rows",
@@ -118,8 +118,7 @@ class Bench:
     def ingest(self, url: str) -> None:
         n = 30_000 if self.quick else 200_000
         rounds = 1 if self.quick else 3
-        workers = worker_count(0)
-        runs: dict[str, list[float]] = {"floor": [], "ours": [], "one": []}
+        runs: dict[str, list[float]] = {"floor": [], "ours": [], "two": []}
         r = redis.Redis.from_url(url)
         for i in range(rounds):
             order = list(runs) if i % 2 == 0 else list(reversed(runs))
@@ -129,16 +128,16 @@ class Bench:
                 if which == "floor":
                     runs[which].append(self._floor_ingest(url, db))
                 else:
-                    runs[which].append(self._our_ingest(url, db, workers if which == "ours"
-                                                        else 1))
+                    runs[which].append(self._our_ingest(
+                        url, db, defaults.INGEST_WORKERS if which == "ours" else 2))
                 for p in self.dir.glob(db.name + "*"):
                     p.unlink()
-        o, f, one = (statistics.median(runs[k]) for k in ("ours", "floor", "one"))
+        o, f, two = (statistics.median(runs[k]) for k in ("ours", "floor", "two"))
         self.put("ingest_events_per_s", o, f"{n:,} realistic events of all types, default "
-                 f"{workers} worker process(es), median of {rounds}")
+                 f"--workers {defaults.INGEST_WORKERS}, median of {rounds}")
         self.put("ingest_floor_events_per_s", f, "XREAD + orjson + sqlite3.executemany")
         self.put("ingest_ratio", o / f)
-        self.put("ingest_one_worker_events_per_s", one, "--workers 1")
+        self.put("ingest_two_workers_events_per_s", two, "--workers 2")
 
     def publish(self, url: str) -> None:
         n = 50_000 if self.quick else 300_000
