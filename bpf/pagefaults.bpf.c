@@ -125,7 +125,11 @@ BPF_TASK_STORAGE(start, struct start_t);
  * the copies (and takes the max of the maxes). Not preallocated: a preallocated per-CPU
  * hash would take KS_MAP_ENTRIES x ncpu values up front (600 MiB on 128 CPUs); this one
  * holds ncpu values per live (tgid, type) only, and lookups cost the same. */
+#ifdef KS_TOTALS_PREALLOC /* kernels before 6.1: perf_event programs need preallocated maps */
+BPF_F_TABLE("percpu_hash", struct tkey, struct tval, totals, KS_MAP_ENTRIES, 0);
+#else
 BPF_F_TABLE("percpu_hash", struct tkey, struct tval, totals, KS_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+#endif
 BPF_ARRAY(epoch, u64, 1);
 BPF_PERCPU_ARRAY(cpu_state, struct cpu_t, 1);
 BPF_RINGBUF_OUTPUT(events, KS_RINGBUF_PAGES);

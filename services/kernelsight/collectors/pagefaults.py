@@ -175,6 +175,34 @@ class PageFaults(Collector):
             self.bpf = bpfsupport.load(s, "pagefaults", [*cflags, "-DKS_START_LRU"])
             self.start_map = "lru hash"
         try:
+            self._attach_perf_events()
+        except CollectorError as e:
+            # Before 6.1 the verifier refuses perf_event programs that use a map allocated at
+            # run time: retry with the totals map preallocated (--map-entries x ncpu values).
+            log.warning("pagefaults: %s; retrying with a preallocated totals map", e)
+            self.bpf.cleanup()
+            extra = ["-DKS_START_LRU"] if self.start_map == "lru hash" else []
+            self.bpf = bpfsupport.load(s, "pagefaults", [*cflags, *extra,
+                                                          "-DKS_TOTALS_PREALLOC"])
+            self._attach_perf_events()
+            self.start_map += ", preallocated totals"
+        log.info("pagefaults: per-thread fault entries in %s", self.start_map)
+        self.mono_to_epoch = MonoToEpoch()
+        self.totals = self.bpf[b"totals"]
+        self.epoch_tbl = self.bpf[b"epoch"]
+        self.cpu_state = self.bpf[b"cpu_state"]
+        self.epoch = 1
+        self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
+        self.prev: dict[tuple[int, int], Cumulative] = {}
+        self.drops_seen = [0] * DROP_SLOTS
+        self.pending: list[dict] = []
+        self.bpf[b"events"].open_ring_buffer(self._on_event)
+        self.procfs = Path(s.procfs)
+        self.interval_start = mono_ns()
+        self.ticker = Ticker(s.interval)
+
+    def _attach_perf_events(self) -> None:
+        try:
             from bcc import PerfSWConfig, PerfType
         except ImportError as e:  # load() already imported bcc; this is for the type checker
             raise CollectorError(f"pagefaults: bcc is incomplete: {e}") from None
@@ -184,26 +212,11 @@ class PageFaults(Collector):
                 self.bpf.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=cfg,
                                            fn_name=fn, sample_period=1)
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
-                self.bpf.cleanup()
                 raise CollectorError(
                     f"pagefaults: cannot attach the {fn.decode()[3:]} page-fault software "
                     f"perf event ({e}); needs perf_event_open as root (check "
                     "kernel.perf_event_paranoid and that CONFIG_PERF_EVENTS is on), or run "
                     "`kernelsight doctor`") from None
-        log.info("pagefaults: per-thread fault entries in %s", self.start_map)
-        self.mono_to_epoch = MonoToEpoch()
-        self.totals = self.bpf["totals"]
-        self.epoch_tbl = self.bpf["epoch"]
-        self.cpu_state = self.bpf["cpu_state"]
-        self.epoch = 1
-        self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
-        self.prev: dict[tuple[int, int], Cumulative] = {}
-        self.drops_seen = [0] * DROP_SLOTS
-        self.pending: list[dict] = []
-        self.bpf["events"].open_ring_buffer(self._on_event)
-        self.procfs = Path(s.procfs)
-        self.interval_start = mono_ns()
-        self.ticker = Ticker(s.interval)
 
     # -- events ---------------------------------------------------------------------------
     def _on_event(self, _ctx: object, data: int, _size: int) -> None:
