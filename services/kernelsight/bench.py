@@ -34,7 +34,7 @@ from kernelsight.streams import FIELD, Publisher
 
 FIGURES = (
     "ingest_events_per_s", "ingest_floor_events_per_s", "ingest_ratio",
-    "ingest_two_workers_events_per_s", "publish_events_per_s",
+    "ingest_two_workers_events_per_s", "ingest_two_workers_ratio", "publish_events_per_s",
     "syscall_tracer_overhead_ratio", "pagefault_tracer_overhead_ratio",
     "sched_tracer_overhead_ratio", "scraper_cpu_percent", "stack_cpu_percent_under_stress",
     "max_lossless_events_per_s", "report_seconds_1m_rows",
@@ -138,6 +138,7 @@ class Bench:
         self.put("ingest_floor_events_per_s", f, "XREAD + orjson + sqlite3.executemany")
         self.put("ingest_ratio", o / f)
         self.put("ingest_two_workers_events_per_s", two, "--workers 2")
+        self.put("ingest_two_workers_ratio", two / f)
 
     def publish(self, url: str) -> None:
         n = 50_000 if self.quick else 300_000
