@@ -89,7 +89,17 @@ class Checkpointer:
     SQLite's automatic checkpoint runs inside whichever commit crosses 1000 WAL pages, so the
     ingester would stop to write pages back and fsync (about a sixth of its time under load).
     Here the writer turns that off and this thread runs PASSIVE checkpoints, which never block
-    the writer; the step runs in SQLite's C code without the GIL, so on another core."""
+    the writer; the step runs in SQLite's C code without the GIL, so on another core.
+
+    A PASSIVE checkpoint never catches up with a writer that keeps committing, and the WAL is
+    only rewound once it has been copied completely: so once it holds RESTART_FRAMES, a
+    RESTART checkpoint copies the few frames left (the writer waits that long) and lets the
+    next transaction start the WAL from the beginning; the writer's journal_size_limit then
+    truncates the file. A reader holding an old snapshot (a long `sqlite3` session) can still
+    keep the WAL from being rewound, as with SQLite's own checkpoints."""
+
+    RESTART_FRAMES = 8192  # 32 MiB of 4 KiB pages
+    WAL_LIMIT_BYTES = 64 << 20
 
     def __init__(self, path: str | Path, interval_s: float = 0.5) -> None:
         self.path = str(path)
@@ -97,36 +107,45 @@ class Checkpointer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
         self.errors = 0
+        self.restarts = 0
 
     @staticmethod
     def writer_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
-        """For the writer's connections: leave checkpoints to this thread, and give the
-        indexes' B-tree pages room in the page cache (64 MiB; the default 2 MiB makes the
-        latency index, filled at random positions, re-read pages on every batch)."""
+        """For the writer's connections: leave checkpoints to this thread, truncate the WAL
+        when it is rewound, and give the indexes' B-tree pages room in the page cache (16 MiB;
+        the default 2 MiB makes the latency index, filled at random positions, re-read pages
+        on every batch)."""
         dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
-        dbapi_conn.execute("PRAGMA cache_size=-65536")
+        dbapi_conn.execute(f"PRAGMA journal_size_limit={Checkpointer.WAL_LIMIT_BYTES}")
+        dbapi_conn.execute("PRAGMA cache_size=-16384")
 
     def start(self) -> Checkpointer:
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
-                              check_same_thread=False)
+        # A short busy timeout: a RESTART that has to wait for a reader gives up and is tried
+        # again later rather than holding the writer up.
+        con = sqlite3.connect(self.path, timeout=0.25, check_same_thread=False)
         try:
             while not self._stop.wait(self.interval_s):
-                self.checkpoint(con, "PASSIVE")
+                frames = self.checkpoint(con, "PASSIVE")
+                if frames >= self.RESTART_FRAMES and self.checkpoint(con, "RESTART") >= 0:
+                    self.restarts += 1
             self.checkpoint(con, "TRUNCATE")  # at stop: leave a self-contained database file
         finally:
             con.close()
 
-    def checkpoint(self, con: sqlite3.Connection, mode: str) -> None:
+    def checkpoint(self, con: sqlite3.Connection, mode: str) -> int:
+        """Frames in the WAL, or -1 when the checkpoint could not complete (busy)."""
         try:
-            con.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            busy, log_frames, _done = con.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return -1 if busy and mode != "PASSIVE" else int(log_frames)
         except sqlite3.Error as e:  # busy or disk full: the WAL keeps the data, retry later
             self.errors += 1
             if self.errors == 1 or self.errors % 100 == 0:
                 log.warning("WAL checkpoint of %s failed (%s); will retry", self.path, e)
+            return -1
 
     def stop(self) -> None:
         self._stop.set()

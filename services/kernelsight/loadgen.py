@@ -130,6 +130,8 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path,
 
     stack = Stack(Settings().with_(db_path=db_path), log_dir)
     samples: dict[str, list[int]] = {"ingest": [], "loadgen": [], "redis": []}
+    wal = Path(db_path + "-wal")
+    wal_max = 0
     try:
         stack.start_redis()
         assert isinstance(stack.redis, PrivateRedis)
@@ -146,8 +148,11 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path,
                     samples[name].append(psutil.Process(pid).memory_info().rss)
                 except psutil.NoSuchProcess:
                     pass
+            wal_now = wal.stat().st_size if wal.exists() else 0
+            wal_max = max(wal_max, wal_now)
             echo(f"  soak {time.monotonic() - t0:5.0f}s: rss MiB " + ", ".join(
-                f"{k}={v[-1] / 2**20:.0f}" for k, v in samples.items() if v))
+                f"{k}={v[-1] / 2**20:.0f}" for k, v in samples.items() if v) +
+                f"; WAL {wal_now / 2**20:.0f} MiB")
         if gen.popen.returncode != 0:
             raise ConfigError(f"loadgen exited with {gen.popen.returncode}; see {log_dir}")
         from kernelsight.ingest import backlog
@@ -168,6 +173,7 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path,
     stored = sum(counts.values())
     out = {"rate": rate, "duration_s": duration, "produced": produced, "stored": stored,
            "dropped": dropped, "ingest_exit": rc, "backlog_at_end": behind,
+           "wal_max_mib": round(wal_max / 2**20, 1),
            "unaccounted": {t: rep.balance(t) for t in schema.TABLES if rep.balance(t)},
            "rss_mib": {k: [round(x / 2**20, 1) for x in v] for k, v in samples.items()}}
     out["rss_growth_mib"] = {k: _growth(v) for k, v in samples.items()}
@@ -193,7 +199,10 @@ def _growth(v: list[int]) -> float:
 @click.option("--db", "db_path", default="data/soak.db", show_default=True)
 @click.option("--max-rss-growth-mib", type=float, default=32.0, show_default=True,
               help="Fail if any process grows more than this after warm-up.")
-def soak_command(rate: float, duration: float, db_path: str, max_rss_growth_mib: float) -> None:
+@click.option("--max-wal-mib", type=float, default=256.0, show_default=True,
+              help="Fail if the SQLite WAL grows past this (checkpoints not keeping up).")
+def soak_command(rate: float, duration: float, db_path: str, max_rss_growth_mib: float,
+                 max_wal_mib: float) -> None:
     """Sustained load through the real pipeline; checks produced = stored and flat memory.
 
     \b
@@ -206,8 +215,9 @@ def soak_command(rate: float, duration: float, db_path: str, max_rss_growth_mib:
     res = soak(rate, duration, db_path, Path("logs/soak"), echo=click.echo)
     click.echo(orjson.dumps({k: v for k, v in res.items() if k != "rss_mib"}).decode())
     ok = (res["produced"] == res["stored"] and not res["unaccounted"] and res["ingest_exit"] == 0
-          and all(g <= max_rss_growth_mib for g in res["rss_growth_mib"].values()))
+          and all(g <= max_rss_growth_mib for g in res["rss_growth_mib"].values())
+          and res["wal_max_mib"] <= max_wal_mib)
     click.echo(f"soak: {'PASS' if ok else 'FAIL'}: produced {res['produced']:,}, stored "
                f"{res['stored']:,}, dropped {res['dropped']:,}, rss growth "
-               f"{res['rss_growth_mib']} MiB")
+               f"{res['rss_growth_mib']} MiB, largest WAL {res['wal_max_mib']} MiB")
     sys.exit(0 if ok else 1)
