@@ -100,26 +100,34 @@ def test_conservation_and_dead_letters(settings, rclient):
     assert sum(ing2.stats.duplicates.values()) == n_good
 
 
-def test_sigkill_mid_stream_then_restart_stores_exactly_n(settings, tmp_path):
-    n = 60_000
+def publish_syscall_rows(settings, n: int) -> None:
     pub = Publisher(settings, "test")
     et = schema.BY_NAME["syscall_events"]
     for i in range(0, n, 1000):
         pub.publish(et.name, [valid_row(et, j) for j in range(i, i + 1000)])
     pub.close()
+
+
+def wait_rows(eng, at_least: int, timeout: float = 30) -> int:
+    """syscall_events rows once there are at least ``at_least`` (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    stored = 0
+    while time.monotonic() < deadline and stored < at_least:
+        time.sleep(0.05)
+        with eng.connect() as c:
+            stored = c.execute(text("SELECT COUNT(*) FROM syscall_events")).scalar_one()
+    return stored
+
+
+def test_sigkill_mid_stream_then_restart_stores_exactly_n(settings, tmp_path):
+    n = 60_000
+    publish_syscall_rows(settings, n)
     env = {**os.environ, "KS_REDIS_URL": settings.redis_url, "KS_DB_PATH": settings.db_path,
            "KS_BATCH_SIZE": "500"}
     p = subprocess.Popen([sys.executable, "-m", "kernelsight", "ingest"], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     eng = open_db(settings.db_path)
-    deadline = time.monotonic() + 30
-    stored = 0
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        with eng.connect() as c:
-            stored = c.execute(text("SELECT COUNT(*) FROM syscall_events")).scalar_one()
-        if stored >= n // 4:
-            break
+    stored = wait_rows(eng, n // 4)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert 0 < stored < n, f"killed at {stored} rows: the kill must land mid-stream"
@@ -139,11 +147,7 @@ def test_worker_killed_is_restarted_and_ctrl_c_drains(settings, tmp_path):
     consumer name (its pending entries are re-read); then Ctrl-C (SIGINT to the whole process
     group) drains and exits 0 with every row stored once."""
     n = 60_000
-    pub = Publisher(settings, "test")
-    et = schema.BY_NAME["syscall_events"]
-    for i in range(0, n, 1000):
-        pub.publish(et.name, [valid_row(et, j) for j in range(i, i + 1000)])
-    pub.close()
+    publish_syscall_rows(settings, n)
     env = {**os.environ, "KS_REDIS_URL": settings.redis_url, "KS_DB_PATH": settings.db_path,
            "KS_BATCH_SIZE": "200", "KS_INGEST_WORKERS": "2"}
     log = tmp_path / "ingest.log"
@@ -152,16 +156,9 @@ def test_worker_killed_is_restarted_and_ctrl_c_drains(settings, tmp_path):
                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         eng = open_db(settings.db_path)
-        workers: list[psutil.Process] = []
-        deadline = time.monotonic() + 30
-        stored = 0
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            workers = psutil.Process(p.pid).children()
-            with eng.connect() as c:
-                stored = c.execute(text("SELECT COUNT(*) FROM syscall_events")).scalar_one()
-            if stored >= n // 4 and len(workers) == 2:
-                break
+        stored = wait_rows(eng, n // 4)
+        workers = psutil.Process(p.pid).children()
+        assert len(workers) == 2, workers
         victim = workers[-1]
         victim.send_signal(signal.SIGKILL)
         assert 0 < stored < n, f"killed at {stored} rows: the kill must land mid-stream"

@@ -28,24 +28,28 @@ def _pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur.close()
 
 
-def engine_for(path: str | Path, readonly: bool = False) -> Engine:
+def engine_for(path: str | Path, readonly: bool = False,
+               checkpoint_thread: bool = False) -> Engine:
     if readonly:
         url = f"sqlite:///file:{Path(path).resolve()}?mode=ro&uri=true"
     else:
         url = f"sqlite:///{path}"
     eng = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     event.listen(eng, "connect", _pragmas)
+    if checkpoint_thread:
+        event.listen(eng, "connect", Checkpointer.writer_pragmas)
     return eng
 
 
-def open_db(path: str | Path, create: bool = True) -> Engine:
-    """The engine for ``path`` with the schema in place, or one clear DatabaseError."""
+def open_db(path: str | Path, create: bool = True, checkpoint_thread: bool = False) -> Engine:
+    """The engine for ``path`` with the schema in place, or one clear DatabaseError.
+    ``checkpoint_thread``: the caller runs a Checkpointer, so commits never checkpoint."""
     path = str(path)
     if create:
         check_db_path(path)
     elif not Path(path).is_file():
         raise DatabaseError(f"no database at {path}; run `kernelsight run` or `make stress` first")
-    eng = engine_for(path)
+    eng = engine_for(path, checkpoint_thread=checkpoint_thread)
     for attempt in range(3):
         try:
             _create_schema(eng, path)

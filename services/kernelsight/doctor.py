@@ -52,7 +52,9 @@ def run_checks(settings: Settings, tracers: tuple[str, ...] = collectors.TRACERS
     out.append(Check("kernel", True, f"{platform.release()} {platform.machine()}"))
     btf = Path("/sys/kernel/btf/vmlinux").exists()
     out.append(Check("BTF", btf, "/sys/kernel/btf/vmlinux" + (" present" if btf else " missing"),
-                     "a kernel built with CONFIG_DEBUG_INFO_BTF=y (only needed for CO-RE extras)",
+                     "a kernel built with CONFIG_DEBUG_INFO_BTF=y (the sched tracer's "
+                     "raw-tracepoint program needs it; without it sched uses regular "
+                     "tracepoints)",
                      required=False))
     try:
         done = ensure_tracefs()

@@ -24,7 +24,7 @@ from multiprocessing.connection import wait as wait_any
 
 import orjson
 import redis
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 
 from kernelsight import defaults, schema
@@ -203,20 +203,21 @@ class Wire:
         self.conn = None
         self.tags: deque[str] = deque()
 
-    def send(self, tag: str, *args: object) -> None:
+    def _conn(self):
         if self.conn is None:
             self.conn = self.r.connection_pool.get_connection()
-        self.conn.send_command(*args)
+        return self.conn
+
+    def send(self, tag: str, *args: object) -> None:
+        self._conn().send_command(*args)
         self.tags.append(tag)
 
     def send_xack(self, stream: bytes, group: bytes, ids: list[bytes]) -> None:
         """XACK of a whole batch, RESP-encoded here: redis-py's generic packing of a thousand
         ids costs more than the rest of the acknowledgement."""
-        if self.conn is None:
-            self.conn = self.r.connection_pool.get_connection()
         head = b"*%d\r\n$4\r\nXACK\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
             len(ids) + 3, len(stream), stream, len(group), group)
-        self.conn.send_packed_command(
+        self._conn().send_packed_command(
             [head + b"".join([b"$%d\r\n%b\r\n" % (len(i), i) for i in ids])],
             check_health=False)
         self.tags.append("xack")
@@ -265,13 +266,10 @@ class IngestStats:
 
 
 class Ingester:
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.s = settings
-        self.engine = engine or open_db(settings.db_path)
-        # Checkpoints run in their own thread (see Checkpointer); pooled connections made
-        # before this listener existed are dropped so every writer connection has it.
-        event.listen(self.engine, "connect", Checkpointer.writer_pragmas)
-        self.engine.dispose()
+        # Checkpoints run in their own thread (see Checkpointer), not in this engine's commits.
+        self.engine = open_db(settings.db_path, checkpoint_thread=True)
         self.checkpointer: Checkpointer | None = None
         self.write_lock = WriteLock(settings.db_path)
         self.r = connect(settings.redis_url)
@@ -320,17 +318,15 @@ class Ingester:
                 "set KS_REDIS_URL") from None
 
     # -- reading --------------------------------------------------------------------------
-    def _read(self, ids: str, block: int | None, count: int) -> list:
+    def _xreadgroup(self, ids: str, block: int | None, count: int) -> list:
         args: list = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
         if block is not None:
             args += ["BLOCK", block]
-        args.append("STREAMS")
-        args += self.streams
-        args += [ids] * len(self.streams)
-        res = self.r.execute_command(*args)
-        if not res:
-            return []
-        return list(res.items()) if isinstance(res, dict) else res  # RESP3 map / RESP2 array
+        return [*args, "STREAMS", *self.streams, *([ids] * len(self.streams))]
+
+    def _read(self, ids: str, block: int | None, count: int) -> list:
+        """A synchronous read (start-up and recovery; the main loop pipelines its reads)."""
+        return _entries(self.r.execute_command(*self._xreadgroup(ids, block, count)))
 
     def discover(self) -> None:
         """Streams under our prefix that no event type owns (a misconfigured or newer
@@ -610,35 +606,24 @@ class Ingester:
                 self.discover()
 
     def _send_read(self, block: int | None) -> None:
-        args: list = ["XREADGROUP", "GROUP", self.group, self.consumer,
-                      "COUNT", self.s.batch_size]
-        if block is not None:
-            args += ["BLOCK", block]
-        args.append("STREAMS")
-        args += self.streams
-        args += [">"] * len(self.streams)
-        self.wire.send("read", *args)
+        self.wire.send("read", *self._xreadgroup(">", block, self.s.batch_size))
 
     def _recv_read(self) -> list:
         """Read replies up to the outstanding XREADGROUP's, and return its entries."""
         while True:
             tag, res = self.wire.recv()
             if tag == "read":
-                if not res:
-                    return []
-                return list(res.items()) if isinstance(res, dict) else res  # RESP3 / RESP2
+                return _entries(res)
 
     def _settle(self) -> None:
         """Wait for every outstanding reply; entries of an outstanding read are stored."""
         while self.wire.tags:
-            got = self._recv_read() if self.wire.reading() else self._recv_rest()
-            if got:
-                self._process(got)
-
-    def _recv_rest(self) -> list:
-        while self.wire.tags:
-            self.wire.recv()
-        return []
+            if self.wire.reading():
+                got = self._recv_read()
+                if got:
+                    self._process(got)
+            else:
+                self.wire.recv()
 
     def _batch(self) -> int:
         """Store one batch: the entries of the read sent last time (or of a read that waits
@@ -651,7 +636,6 @@ class Ingester:
         self._send_read(None)
         return self._process(got)
 
-
     def _heartbeat(self) -> None:
         """For `kernelsight health ingest` (compose healthchecks)."""
         self.r.set(HEALTH_KEY.format(source="ingest"), orjson.dumps(
@@ -662,6 +646,13 @@ class Ingester:
         for s in self.streams:
             pipe.xpending(s, self.group)
         return sum(p["pending"] for p in pipe.execute())
+
+
+def _entries(res: object) -> list:
+    """XREADGROUP's reply as [(stream, entries)]: a RESP3 map or a RESP2 array, or nothing."""
+    if not res:
+        return []
+    return list(res.items()) if isinstance(res, dict) else res  # type: ignore[union-attr]
 
 
 def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP) -> int:

@@ -184,7 +184,11 @@ class PageFaults(Collector):
             extra = ["-DKS_START_LRU"] if self.start_map == "lru hash" else []
             self.bpf = bpfsupport.load(s, "pagefaults", [*cflags, *extra,
                                                           "-DKS_TOTALS_PREALLOC"])
-            self._attach_perf_events()
+            try:
+                self._attach_perf_events()
+            except CollectorError:
+                self.bpf.cleanup()
+                raise
             self.start_map += ", preallocated totals"
         log.info("pagefaults: per-thread fault entries in %s", self.start_map)
         self.mono_to_epoch = MonoToEpoch()
