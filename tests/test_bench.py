@@ -12,7 +12,7 @@ from kernelsight.bench import FIGURES
 
 
 def test_bench_quick_prints_every_figure(tmp_path):
-    out = tmp_path / "results.json"
+    out = tmp_path / "bench" / "results.json"  # as in a fresh clone: bench/ does not exist yet
     p = subprocess.run([sys.executable, "-m", "kernelsight", "bench", "--quick", "--out",
                         str(out)], capture_output=True, text=True, timeout=900, check=False,
                        cwd=tmp_path)

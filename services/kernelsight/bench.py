@@ -415,6 +415,7 @@ def sched_workload(quick: bool) -> list[str]:
 
 
 def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], None]) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)  # bench/ is not in a fresh clone
     with tempfile.TemporaryDirectory(prefix="ks-bench-", dir=str(out.parent)) as d, \
             PrivateRedis() as rs:
         b = Bench(quick, Path(d), echo)
@@ -446,7 +447,6 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
                 b.put(f, None, "not measured (see the error above)")
         res = {"quick": quick, "results": b.results, "notes": b.notes,
                "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}}
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(res, option=orjson.OPT_INDENT_2))
     return res
 

@@ -175,7 +175,7 @@ def ingest(drain: bool, **kw: Any) -> None:
     Examples:
       kernelsight ingest --redis-url redis://:pw@127.0.0.1:6379/0 --db data/ks.db
       kernelsight ingest --drain --db data/ks.db
-      kernelsight ingest --workers 2   # two processes: ~7% more throughput here
+      kernelsight ingest --workers 2   # two processes: more throughput, more CPU
     """
     from kernelsight.ingest import run_ingest
 

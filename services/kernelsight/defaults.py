@@ -11,7 +11,7 @@ BATCH_SIZE = 1000
 BATCH_MS = 200
 CONSUMER = "ingest-1"
 # One ingest process by default: it reaches ~115k events/s here and uses the least CPU per
-# event; a second worker adds ~7% throughput for ~13% more CPU (0 = one per CPU, at most 2).
+# event; a second worker adds ~9% throughput for ~13% more CPU (0 = one per CPU, at most 2).
 INGEST_WORKERS = 1
 RECLAIM_IDLE_MS = 30_000
 LOCK_RETRIES = 50  # x LOCK_RETRY_S before a locked database is an error
