@@ -1,0 +1,326 @@
+"""The ingestion worker: Redis streams -> SQLite, exactly once.
+
+Reads every event stream through one consumer group, batches (``batch_size`` entries or
+``batch_ms``, whichever first), validates each entry against the schema, inserts the batch in
+one SQLAlchemy Core transaction, and XACKs only after the commit. Every table has a unique
+``stream_id``; inserts are ``INSERT OR IGNORE``, so an entry delivered twice (crash between
+commit and XACK, or a reclaimed pending entry) is stored once. A malformed entry never stops the
+batch: it goes to the ``dead_letters`` table and the dead-letter stream with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from collections import defaultdict
+
+import orjson
+import redis
+
+from kernelsight import defaults, schema
+from kernelsight.clock import now_ns
+from kernelsight.config import Settings, redact
+from kernelsight.db import Checkpointer
+from kernelsight.exceptions import RedisUnavailable
+from kernelsight.ingest import reclaim
+from kernelsight.ingest.retention import trim_acknowledged
+from kernelsight.ingest.validate import (
+    MAX_ENTRY_BYTES,
+    VALIDATORS,
+    BadEntry,
+    accounting_rows,
+    dead_letter_row,
+    validate_entry,
+)
+from kernelsight.ingest.wire import ALL_STREAMS, Wire, xreadgroup_args
+from kernelsight.ingest.wire import entries as read_entries
+from kernelsight.ingest.writer import IngestStats, Writer
+from kernelsight.streams import FIELD, HEALTH_KEY, connect
+
+log = logging.getLogger(__name__)
+
+
+class Ingester:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.stats = IngestStats()
+        self.writer = Writer(settings.db_path, self.stats)
+        self.engine = self.writer.engine
+        self.checkpointer: Checkpointer | None = None
+        self.r = connect(settings.redis_url)
+        self.group = schema.INGEST_GROUP
+        self.consumer = settings.consumer
+        self.instance = f"ingest@{settings.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = False
+        self._draining = False
+        self._last_trim = 0.0
+        self._last_reclaim = 0.0
+        self._last_accounting = 0.0
+        self.streams: list[bytes] = list(ALL_STREAMS)
+        self.wire = Wire(self.r)
+        self._recover_pending = False
+        # Keep XREADGROUP's reply raw (nested lists): redis-py's conversion of every entry's
+        # fields into a dict is pure overhead here.
+        self.r.set_response_callback("XREADGROUP", lambda resp, **_: resp)
+
+    # -- setup ----------------------------------------------------------------------------
+    def ensure_groups(self) -> None:
+        for s in ALL_STREAMS:
+            try:
+                # From 0, so events published before the group existed are not skipped.
+                self.r.xgroup_create(s, self.group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def check_redis(self) -> None:
+        try:
+            self.r.ping()
+        except redis.RedisError as e:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {redact(self.s.redis_url)} ({e}); start redis-server or "
+                "set KS_REDIS_URL") from None
+
+    # -- reading --------------------------------------------------------------------------
+    def _xreadgroup(self, ids: str, block: int | None, count: int) -> list:
+        return xreadgroup_args(self.group, self.consumer, self.streams, ids, block, count)
+
+    def _read(self, ids: str, block: int | None, count: int) -> list:
+        """A synchronous read (start-up and recovery; the main loop pipelines its reads)."""
+        return read_entries(self.r.execute_command(*self._xreadgroup(ids, block, count)))
+
+    def discover(self) -> None:
+        """Also read streams under our prefix that no event type owns (see reclaim.discover)."""
+        self.streams = reclaim.discover(self.r, self.group)
+
+    def _own_pending(self) -> None:
+        reclaim.own_pending(self)
+
+    def _autoclaim(self) -> None:
+        reclaim.autoclaim(self)
+
+    # -- the batch ------------------------------------------------------------------------
+    def _process(self, got: list) -> int:
+        """Validate a batch, store it, then acknowledge it (the XACK is pipelined: its reply
+        is read later, nothing waits on it)."""
+        n, rows, acc, dead, ack = self._prepare(got)
+        if not n:
+            return 0
+        self._commit(rows, acc, dead)
+        for d in dead:
+            self.wire.send("xadd", "XADD", schema.DEADLETTER_STREAM, "MAXLEN", "~", 100_000,
+                           "*", "stream", d["stream"], "id", d["entry_id"],
+                           "reason", d["reason"], "payload", d["payload"][:1024])
+        group = self.group.encode()
+        for stream, ids in ack.items():
+            self.wire.send_xack(stream, group, ids)
+        self.stats.batches += 1
+        return n
+
+    def _prepare(self, got: list) -> tuple:
+        rows: dict[str, list[tuple]] = defaultdict(list)
+        acc: list[dict] = []
+        dead: list[dict] = []
+        ack: dict[bytes, list[bytes]] = defaultdict(list)
+        acc_stream = schema.ACCOUNTING_STREAM.encode()
+        loads = orjson.loads
+        n = 0
+        for stream, entries in got:
+            n += len(entries)
+            ack[stream].extend([e[0] for e in entries])
+            vt = VALIDATORS.get(stream)
+            if vt is None:
+                for eid, fields in entries:
+                    if stream == acc_stream:
+                        try:
+                            acc.extend(accounting_rows(fields))
+                        except (BadEntry, orjson.JSONDecodeError, ValueError) as e:
+                            dead.append(dead_letter_row(stream, eid, fields, e))
+                    else:
+                        dead.append(dead_letter_row(stream, eid, fields, BadEntry(
+                            "unknown_event_type", stream.decode(errors="replace"))))
+                continue
+            validate = vt[1]
+            out = rows[vt[0].name]
+            # The hot loop: one entry per event, so nothing here that is not needed.
+            for eid, fields in entries:
+                try:
+                    ms, _, seq = eid.partition(b"-")
+                    sid = int(ms) << 19 | int(seq)
+                    if type(fields) is list and len(fields) == 2 and fields[0] == FIELD \
+                            and len(fields[1]) <= MAX_ENTRY_BYTES:
+                        out.append(validate(loads(fields[1]), sid))
+                    else:
+                        out.append(validate_entry(validate, fields, sid))
+                except (BadEntry, orjson.JSONDecodeError, ValueError) as e:
+                    dead.append(dead_letter_row(stream, eid, fields, e))
+        return n, {k: v for k, v in rows.items() if v}, acc, dead, ack
+
+    def _commit(self, rows: dict[str, list[tuple]], acc: list[dict], dead: list[dict]) -> None:
+        self.writer.commit(rows, acc, dead, self._own_accounting,
+                           lambda: self._stop and not self._draining)
+
+    def _own_accounting(self, rows: dict, dead: list) -> list[dict]:
+        """The ingester's counters, as cumulative accounting rows (about once a second)."""
+        now = time.monotonic()
+        if now - self._last_accounting < 1.0 and not self._draining:
+            return []
+        self._last_accounting = now
+        base = {"timestamp": now_ns(), "host": self.s.host, "instance": self.instance,
+                "source": "ingest", "detail": None}
+        st = self.stats
+        out = [{**base, "event_type": "", "metric": m, "reason": "", "value": v}
+               for m, v in (("lock_retries", st.lock_retries), ("db_errors", st.db_errors),
+                            ("reclaimed", st.reclaimed), ("redis_errors", st.redis_errors))]
+        return out
+
+
+    # -- trimming -------------------------------------------------------------------------
+    def trim(self) -> None:
+        """Cap streams to acknowledged entries (see retention.trim_acknowledged)."""
+        trim_acknowledged(self.r, self.group, self.s.stream_retain)
+
+    # -- main loop ------------------------------------------------------------------------
+    def request_stop(self, drain: bool = True) -> None:
+        self._stop = True
+        self._draining = drain
+
+    def run(self, idle_exit_s: float | None = None) -> IngestStats:
+        """Loop until stopped. On a drain stop, keep going until every stream is empty and
+        nothing is pending, then return."""
+        self.check_redis()
+        self.ensure_groups()
+        self.discover()
+        self._own_pending()
+        self._autoclaim()
+        self._last_reclaim = time.monotonic()
+        self.checkpointer = Checkpointer(self.s.db_path).start()
+        try:
+            self._loop(idle_exit_s)
+            self._settle()
+        except redis.RedisError as e:  # stopping anyway: what was in flight stays pending
+            log.warning("redis unavailable at stop (%s); undelivered entries stay pending", e)
+        finally:
+            self.wire.reset()
+            # Final accounting snapshot, then the last checkpoint.
+            try:
+                self._last_accounting = 0.0
+                self._draining = True
+                self._commit({}, [], [])
+            finally:
+                self.checkpointer.stop()
+        return self.stats
+
+    def _loop(self, idle_exit_s: float | None) -> None:
+        idle_since = time.monotonic()
+        backoff = 0.0
+        while True:
+            try:
+                if self._recover_pending:
+                    self._settle()
+                    self._own_pending()
+                    self._recover_pending = False
+                n = self._batch()
+                backoff = 0.0
+            except redis.ResponseError as e:
+                self.wire.reset()
+                self._recover_pending = True
+                if "NOGROUP" in str(e):
+                    log.warning("consumer group missing (Redis restarted?); recreating it")
+                    self.ensure_groups()
+                    continue
+                raise
+            except redis.RedisError as e:
+                self.wire.reset()
+                self._recover_pending = True
+                self.stats.redis_errors += 1
+                backoff = min(max(backoff * 2, 0.2), 5.0)
+                log.warning("redis unavailable (%s); retrying in %.1fs", e, backoff)
+                time.sleep(backoff)
+                if self._stop and not self._draining:
+                    break
+                try:
+                    self.ensure_groups()
+                except redis.RedisError:
+                    pass
+                continue
+            now = time.monotonic()
+            if self._stop and not self._draining:
+                break
+            if n:
+                idle_since = now
+            elif self._stop:
+                self._settle()
+                if self._pending_total() == 0:
+                    break
+            elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
+                break
+            if now - self._last_trim > 1.0:
+                self._last_trim = now
+                self.trim()
+                self._heartbeat()
+            if now - self._last_reclaim > 10.0:
+                self._last_reclaim = now
+                self._autoclaim()
+                self.discover()
+
+    def _send_read(self, block: int | None) -> None:
+        self.wire.send("read", *self._xreadgroup(">", block, self.s.batch_size))
+
+    def _recv_read(self) -> list:
+        """Read replies up to the outstanding XREADGROUP's, and return its entries."""
+        while True:
+            tag, res = self.wire.recv()
+            if tag == "read":
+                return read_entries(res)
+
+    def _settle(self) -> None:
+        """Wait for every outstanding reply; entries of an outstanding read are stored."""
+        while self.wire.tags:
+            if self.wire.reading():
+                got = self._recv_read()
+                if got:
+                    self._process(got)
+            else:
+                self.wire.recv()
+
+    def _batch(self) -> int:
+        """Store one batch: the entries of the read sent last time (or of a read that waits
+        up to batch_ms), with the next read already sent so Redis prepares it meanwhile."""
+        if not self.wire.reading():
+            self._send_read(self.s.batch_ms)
+        got = self._recv_read()
+        if not got:
+            return 0
+        self._send_read(None)
+        return self._process(got)
+
+    def _heartbeat(self) -> None:
+        """For `kernelsight health ingest` (compose healthchecks)."""
+        self.r.set(HEALTH_KEY.format(source="ingest"), orjson.dumps(
+            {"instance": self.instance, "timestamp": now_ns()}), ex=defaults.HEALTH_TTL_S)
+
+    def _pending_total(self) -> int:
+        pipe = self.r.pipeline(transaction=False)
+        for s in self.streams:
+            pipe.xpending(s, self.group)
+        return sum(p["pending"] for p in pipe.execute())
+
+
+
+def install_signal_handlers(ing: Ingester, sigint: bool = True) -> None:
+    """SIGTERM/SIGINT: drain the streams, then exit. A second signal stops at once."""
+
+    def handler(signum: int, _frame: object) -> None:
+        if ing._stop:
+            ing.request_stop(drain=False)
+            return
+        log.info("signal %d: draining streams, then exiting (signal again to stop now)", signum)
+        ing.request_stop(drain=True)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler if sigint else signal.SIG_IGN)
+
