@@ -165,14 +165,18 @@ def test_thread_state_does_not_leak(settings: Settings, raw: bool) -> None:
         leaked = first & stale_entries(col)
         assert not leaked, sorted(leaked)[:10]
         assert not tids & {t for t in entries if not os.path.exists(f"/proc/{t}")}
-        # The (reaped) child process: read once more while gone, then its keys are deleted.
+        # The (reaped) child process: its final counts are read and published, then it must
+        # be seen gone with no change at two more intervals before its keys are deleted.
         col.interval()
         assert child.pid in {int(k.value) for k in col.procs}
-        assert child.pid in col.gone
+        assert child.pid in col.cumulative and not col.cumulative.pending_deletion(child.pid)
+        col.interval()
+        assert child.pid in {int(k.value) for k in col.procs}
+        assert col.cumulative.pending_deletion(child.pid)
         col.interval()
         assert child.pid not in {int(k.value) for k in col.procs}
         assert child.pid not in {int(k.tgid) for k in col.hist}
-        assert child.pid not in col.prev and child.pid not in col.gone
+        assert child.pid not in col.cumulative
     finally:
         col.stop()
         pub.close()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kernelsight import bpfsupport, histogram
 from kernelsight.bpfsupport import prog_recursion_misses
 from kernelsight.clock import now_ns
 from kernelsight.collectors.base import Collector, Ticker
+from kernelsight.collectors.cumulative import CumulativeMap, delete_keys
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,20 @@ class OpInterval:
     bytes: int = 0
     max_ns: int = 0  # exact max kept in the kernel for the interval's epoch (0: none seen)
     hist: dict[int, int] | None = None
+
+
+@dataclass
+class OpSnapshot:
+    """One read of a (device, op): cumulative count, bytes and histogram, and the max of the
+    epoch that just finished."""
+
+    count: int = 0
+    bytes: int = 0
+    max_ns: int = 0
+    hist: dict[int, int] = field(default_factory=dict)
+
+    def counters(self) -> dict[object, int]:
+        return {"count": self.count, "bytes": self.bytes, **self.hist}
 
 
 def dev_numbers(dev: int) -> tuple[int, int]:
@@ -117,6 +133,9 @@ class IoLatency(Collector):
       - A request completed in parts is counted once, at its first completion, with all its
         bytes.
       - Failed requests count like successful ones (their latency is real).
+      - A device's entries are deleted once it has been gone from /sys/dev/block at two
+        interval checks with no change in between, after its final delta was published
+        (collectors/cumulative.py, the rule every tracer shares).
       - Histogram and stats entries are bounded (--map-entries, 4096 device/op pairs); a
         completion that cannot be counted is dropped, reason ``map_full``.
     """
@@ -136,8 +155,8 @@ class IoLatency(Collector):
         self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
         self.sysfs = Path(s.sysfs)
         self.names: dict[int, str] = {}
-        self.prev_stats: dict[tuple[int, int], tuple[int, int]] = {}
-        self.prev_hist: dict[tuple[int, int], dict[int, int]] = {}
+        self.cumulative: CumulativeMap[tuple[int, int], OpSnapshot] = CumulativeMap(
+            OpSnapshot.counters, owner=lambda key: key[0])
         self.drops_seen = [0] * DROP_SLOTS
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
@@ -161,31 +180,46 @@ class IoLatency(Collector):
         self.names[dev] = name
         return name
 
+    def _snapshot(self, finished: int) -> dict[tuple[int, int], OpSnapshot]:
+        """One read of the cumulative maps, per (dev, op), with ``finished``'s max."""
+        out: dict[tuple[int, int], OpSnapshot] = {}
+        for k, v in self.stats.items():
+            if finished & 1:
+                mx = int(v.max1) if int(v.epoch1) == finished else 0
+            else:
+                mx = int(v.max0) if int(v.epoch0) == finished else 0
+            out[(int(k.dev), int(k.op))] = OpSnapshot(int(v.count), int(v.bytes), mx)
+        for k, v in self.hist.items():
+            snap = out.get((int(k.dev), int(k.op)))
+            if snap is not None:  # a bucket made before its stats entry: next read
+                snap.hist[int(k.bucket)] = int(v.value)
+        return out
+
     def _read(self) -> dict[tuple[int, int], OpInterval]:
-        """Switch the max epoch, read the cumulative maps and return what changed since the
-        last read, per (dev, op)."""
+        """Switch the max epoch, read the cumulative maps and return what completed since the
+        last read, per (dev, op); then delete the keys of devices that are gone."""
         finished = self.epoch
         self.epoch += 1
         self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
         out: dict[tuple[int, int], OpInterval] = {}
-        for k, v in self.stats.items():
-            key = (int(k.dev), int(k.op))
-            cur = (int(v.count), int(v.bytes))
-            before = self.prev_stats.get(key, (0, 0))
-            self.prev_stats[key] = cur
-            if cur[0] > before[0]:
-                if finished & 1:
-                    mx = int(v.max1) if int(v.epoch1) == finished else 0
-                else:
-                    mx = int(v.max0) if int(v.epoch0) == finished else 0
-                out[key] = OpInterval(cur[0] - before[0], cur[1] - before[1], mx)
-        now_hist: dict[tuple[int, int], dict[int, int]] = {}
-        for k, v in self.hist.items():
-            now_hist.setdefault((int(k.dev), int(k.op)), {})[int(k.bucket)] = int(v.value)
-        for key, iv in out.items():
-            iv.hist = histogram.delta(now_hist.get(key, {}), self.prev_hist.get(key, {}))
-        self.prev_hist = now_hist
+        for ch in self.cumulative.diff(self._snapshot(finished)):
+            before = ch.before or OpSnapshot()
+            if ch.now.count > before.count:
+                out[ch.key] = OpInterval(ch.now.count - before.count,
+                                         ch.now.bytes - before.bytes, ch.now.max_ns,
+                                         histogram.delta(ch.now.hist, before.hist))
         return out
+
+    def _expire(self) -> None:
+        """Delete the kernel entries of devices gone from sysfs (after their final read)."""
+        for (dev, op), last in self.cumulative.expire(self._device_exists):
+            delete_keys(self.hist, [self.hist.Key(dev, op, b) for b in last.hist])
+            delete_keys(self.stats, [self.stats.Key(dev, op)])
+            self.names.pop(dev, None)
+
+    def _device_exists(self, dev: Any) -> bool:
+        ma, mi = dev_numbers(dev)
+        return (self.sysfs / "dev" / "block" / f"{ma}:{mi}").exists()
 
     def _interval(self) -> None:
         ts = now_ns()
@@ -197,6 +231,7 @@ class IoLatency(Collector):
             rows.append(make_row(ts, self.settings.host, self.device_name(dev), rd, wr))
         if rows:
             self.pub.publish(STATS, rows)
+        self._expire()
         now = [bpfsupport.read_percpu_sum(self.drops_tbl, i) for i in range(DROP_SLOTS)]
         self.pub.lost(REQUESTS, "map_full",
                       now[DROP_MAP_FULL] - self.drops_seen[DROP_MAP_FULL])

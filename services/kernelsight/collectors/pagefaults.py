@@ -11,6 +11,7 @@ from pathlib import Path
 from kernelsight import bpfsupport
 from kernelsight.clock import MonoToEpoch, mono_ns, now_ns
 from kernelsight.collectors.base import Collector, Ticker
+from kernelsight.collectors.cumulative import CumulativeMap, delete_keys, proc_alive
 from kernelsight.exceptions import CollectorError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,19 @@ class Cumulative:
     count: int = 0
     lat_sum: int = 0
     sampled: int = 0
+
+
+@dataclass
+class Totals:
+    """One read of a (tgid, type) key: its counters, the finished epoch's max, its comm."""
+
+    cum: Cumulative
+    max_ns: int
+    comm: bytes
+
+    def counters(self) -> dict[str, int]:
+        return {"count": self.cum.count, "lat_sum": self.cum.lat_sum,
+                "sampled": self.cum.sampled}
 
 
 def decode_comm(raw: bytes) -> str:
@@ -153,9 +167,12 @@ class PageFaults(Collector):
       - latency_max_ns is per interval; a fault completing within microseconds of the
         interval switch may land its max in the next interval (it is clamped to at least
         the interval's mean).
-      - Totals of a process are deleted from the kernel map after it has left /proc
-        (final read first). Per-process keys are bounded by --map-entries; faults of
-        processes that do not fit are counted as dropped, reason ``map_full``.
+      - Totals of a process are deleted from the kernel map once it has been gone from /proc
+        at two interval checks with no change in between, after its final delta was
+        published (collectors/cumulative.py); a process exiting between a read and the
+        check is published at the next read. Per-process keys are bounded by
+        --map-entries; faults of processes that do not fit are counted as dropped, reason
+        ``map_full``.
     """
 
     name = "pagefaults"
@@ -197,7 +214,9 @@ class PageFaults(Collector):
         self.cpu_state = self.bpf[b"cpu_state"]
         self.epoch = 1
         self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
-        self.prev: dict[tuple[int, int], Cumulative] = {}
+        self.cumulative: CumulativeMap[tuple[int, int], Totals] = CumulativeMap(
+            Totals.counters, owner=lambda key: key[0])
+        self.alive = proc_alive(s.procfs)
         self.drops_seen = [0] * DROP_SLOTS
         self.pending: list[dict] = []
         self.bpf[b"events"].open_ring_buffer(self._on_event)
@@ -245,6 +264,14 @@ class PageFaults(Collector):
         except OSError:
             return decode_comm(fallback)
 
+    def _read_totals(self, finished: int) -> dict[tuple[int, int], Totals]:
+        """One read of the per-CPU totals map, summed over CPUs, keyed (tgid, major)."""
+        out: dict[tuple[int, int], Totals] = {}
+        for k, v in self.totals.items():
+            cur, mx, comm = sum_cpus(v, finished)
+            out[(int(k.tgid), int(k.major))] = Totals(cur, mx, comm)
+        return out
+
     def _interval(self) -> None:
         now_mono = mono_ns()
         ts = now_ns()
@@ -254,38 +281,26 @@ class PageFaults(Collector):
         self.epoch += 1
         self.epoch_tbl[ctypes.c_int(0)] = ctypes.c_uint64(self.epoch)
         rows = []
-        seen: dict[int, list] = {}
-        for k, v in self.totals.items():
-            key = (int(k.tgid), int(k.major))
-            seen.setdefault(key[0], []).append(k)
-            before = self.prev.get(key) or Cumulative()
-            cur, mx, comm = sum_cpus(v, finished)
-            self.prev[key] = cur
+        for ch in self.cumulative.diff(self._read_totals(finished)):
+            (tgid, major), cur = ch.key, ch.now.cum
+            before = ch.before.cum if ch.before else Cumulative()
             n = cur.count - before.count
             if n <= 0:
                 continue
             lat_sum = cur.lat_sum - before.lat_sum
             rows.append({
-                "timestamp": ts, "host": self.settings.host, "pid": key[0],
-                "comm": self._comm(key[0], comm), "fault_type": FAULT_TYPE[key[1] & 1],
+                "timestamp": ts, "host": self.settings.host, "pid": tgid,
+                "comm": self._comm(tgid, ch.now.comm), "fault_type": FAULT_TYPE[major & 1],
                 "fault_count": n, "latency_sum_ns": lat_sum,
-                "latency_max_ns": max(mx, -(-lat_sum // n)),
+                "latency_max_ns": max(ch.now.max_ns, -(-lat_sum // n)),
                 "sampled_events": max(0, cur.sampled - before.sampled),
                 "interval_ns": interval_ns,
             })
         if rows:
             self.pub.publish(TOTALS, rows)
-        # Forget processes that are gone, after the read above was their final one.
-        for tgid, keys in seen.items():
-            if not (self.procfs / str(tgid)).exists():
-                for k in keys:
-                    try:
-                        del self.totals[k]
-                    except KeyError:
-                        pass
-                    self.prev.pop((int(k.tgid), int(k.major)), None)
-        for key in [k for k in self.prev if k[0] not in seen]:
-            del self.prev[key]  # deleted elsewhere (never, today) - keep prev bounded
+        # Only now, with the final deltas published: forget processes that are gone.
+        delete_keys(self.totals, (self.totals.Key(tgid, major) for (tgid, major), _ in
+                                  self.cumulative.expire(self.alive)))
         self._account_drops()
 
     def _account_drops(self) -> None:

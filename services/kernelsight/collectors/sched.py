@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import struct
 import time
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from kernelsight import bpfsupport, histogram
 from kernelsight.clock import now_ns
 from kernelsight.collectors.base import Collector, Ticker
+from kernelsight.collectors.cumulative import CumulativeMap, delete_keys, proc_alive
 from kernelsight.config import Settings
 from kernelsight.exceptions import CollectorError
 from kernelsight.streams import Publisher
@@ -184,6 +183,11 @@ class ProcSnapshot:
     cpu_ns: int = 0
     hist: dict[int, int] = field(default_factory=dict)
 
+    def counters(self) -> dict[object, int]:
+        """The cumulative counters (histogram buckets by number) for CumulativeMap."""
+        return {"nvcsw": self.nvcsw, "nivcsw": self.nivcsw, "wakeups": self.wakeups,
+                "cpu_ns": self.cpu_ns, **self.hist}
+
 
 def make_row(ts: int, host: str, pid: int, now: ProcSnapshot,
              before: ProcSnapshot) -> dict | None:
@@ -245,8 +249,9 @@ class SchedTracer(Collector):
       slice still running counts as one). comm is the main thread's name.
       Run-queue latency (raw program) is the kernel's own: enqueue (wakeup, or preemption) to
       switch-in, one value per switch-in; a wait that straddles a migration is summed over
-      both run queues. Processes gone from /proc get one more read an interval later, then
-      their keys are deleted.
+      both run queues. A process's keys are deleted once it has been gone from /proc at two
+      interval checks with no change in between, after its final delta was published
+      (collectors/cumulative.py, the rule every tracer shares).
 
     COST (2-vCPU Firecracker VM, kernel 6.18, busy shared host; raw program)
       BPF run time (kernel.bpf_stats_enabled=1, whose own accounting is ~40 ns of each
@@ -292,8 +297,9 @@ class SchedTracer(Collector):
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         super().__init__(settings, publisher)
         self.bpf: Any = None
-        self.prev: dict[int, ProcSnapshot] = {}
-        self.gone: set[int] = set()
+        self.cumulative: CumulativeMap[int, ProcSnapshot] = CumulativeMap(
+            ProcSnapshot.counters)
+        self.alive = proc_alive(settings.procfs)
         self.map_full_seen = 0
         self.misses_seen = 0
         self.prog_fds: list[int] = []
@@ -386,47 +392,22 @@ class SchedTracer(Collector):
             return []
         return [_int(k) for k, _ in _read_map(self.threads)]
 
-    def _live_tgids(self) -> set[int]:
-        try:
-            return {int(n) for n in os.listdir(self.settings.procfs) if n.isdigit()}
-        except OSError:
-            return set(self.prev)  # cannot tell: delete nothing
-
-    def _forget(self, tgids: Iterable[int], now: Mapping[int, ProcSnapshot]) -> None:
-        """Delete the kernel keys of processes that are gone (after their final read)."""
-        for tgid in tgids:
-            snap = now.get(tgid)
-            for bucket in snap.hist if snap else ():
-                key = self.hist.Key(tgid, bucket)
-                try:
-                    del self.hist[key]
-                except KeyError:
-                    pass
-            try:
-                del self.procs[self.procs.Key(tgid)]
-            except KeyError:
-                pass
-            self.prev.pop(tgid, None)
-
     def interval(self) -> None:
         ts = now_ns()
-        now = self.read()
         host = self.settings.host
         rows = []
-        for tgid in sorted(now):
-            row = make_row(ts, host, tgid, now[tgid], self.prev.get(tgid, ProcSnapshot()))
+        for ch in sorted(self.cumulative.diff(self.read()), key=lambda c: c.key):
+            row = make_row(ts, host, ch.key, ch.now, ch.before or ProcSnapshot())
             if row:
                 rows.append(row)
         if rows:
             self.pub.publish(EVENT, rows)
-        self.prev = now
-        # A process missing from /proc twice in a row has had its final read: forget it.
-        # (Once is not enough: it may still be between exit_notify and its last switch.)
-        live = self._live_tgids()
-        missing = {t for t in now if t not in live}
-        final = missing & self.gone
-        self._forget(final, now)
-        self.gone = missing - final
+        # Processes gone from /proc with no change in two reads have had their final read
+        # (collectors/cumulative.py); a thread may still be between exit_notify and its last
+        # switch when its process leaves /proc, which the second read covers.
+        for tgid, last in self.cumulative.expire(self.alive):
+            delete_keys(self.hist, [self.hist.Key(tgid, b) for b in last.hist])
+            delete_keys(self.procs, [self.procs.Key(tgid)])
         self._count_losses()
 
     def _misses(self) -> int:
