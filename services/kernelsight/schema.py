@@ -25,6 +25,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from kernelsight import streamid as _streamid
+
 SCHEMA_VERSION = 2
 
 INT64_MIN = -(2**63)
@@ -236,20 +238,6 @@ FAILED = "failed"
 DEADLETTER_PAYLOAD_MAX = 4096
 
 
-def stream_id_to_int(entry_id: str | bytes) -> int:
-    """Pack a Redis stream id ``<ms>-<seq>`` into one sortable 64-bit integer.
-
-    ms < 2**44 until the year 2527 and seq < 2**19 (half a million entries in one millisecond)
-    keeps the result below 2**63.
-    """
-    if isinstance(entry_id, bytes):
-        entry_id = entry_id.decode()
-    ms, _, seq = entry_id.partition("-")
-    s = int(seq or 0)
-    if s >= 1 << 19:
-        raise ValueError(f"stream id sequence too large: {entry_id}")
-    return (int(ms) << 19) | s
-
-
-def int_to_stream_id(v: int) -> str:
-    return f"{v >> 19}-{v & ((1 << 19) - 1)}"
+# Stream-id packing lives in kernelsight.streamid (bounds included); these names stay for callers.
+stream_id_to_int = _streamid.pack
+int_to_stream_id = _streamid.unpack

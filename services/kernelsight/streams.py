@@ -28,6 +28,7 @@ from kernelsight import defaults, schema
 from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
 from kernelsight.exceptions import RedisUnavailable
+from kernelsight.streamid import IdSource
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ class Publisher:
         # is produced: a chunk re-sent after an ambiguous failure (sent, reply lost) carries the
         # same ids, so Redis refuses the copies instead of storing them twice.
         self._buf: deque[tuple[str, bytes, str, bytes]] = deque()
-        self._id_ms = 0
-        self._id_seq = 0
+        self._ids = IdSource()
         self._lock = threading.Lock()
         # (event_type, metric, reason) -> cumulative value
         self.counters: dict[tuple[str, str, str], int] = {}
@@ -135,16 +135,8 @@ class Publisher:
             self._dirty = True
 
     def _new_id(self) -> bytes:
-        """A stream id ``<ms>-<seq>`` from the wall clock, strictly increasing for this
-        producer (and below 2**19 per ms, as schema.stream_id_to_int needs)."""
-        ms = time.time_ns() // 1_000_000
-        if ms > self._id_ms:
-            self._id_ms, self._id_seq = ms, 0
-        else:
-            self._id_seq += 1
-            if self._id_seq >= (1 << 19) - 1:
-                self._id_ms, self._id_seq = self._id_ms + 1, 0
-        return b"%d-%d" % (self._id_ms, self._id_seq)
+        """The next entry id: wall clock, strictly increasing, always packable (IdSource)."""
+        return self._ids.next()
 
     # -- publishing -----------------------------------------------------------------------
     def publish(self, event_type: str, rows: Iterable[dict]) -> None:

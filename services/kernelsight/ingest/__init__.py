@@ -7,14 +7,15 @@
 - ``retention``: trimming streams to acknowledged entries
 - ``worker``: the Ingester loop, heartbeat, signals
 - ``supervisor``: run_ingest and the multi-process Supervisor
-- ``progress``: backlog and waiting for the group to catch up
+- ``progress``: backlog, drained_until, and waiting for the group to catch up
 
 This module only re-exports.
 """
 
-from kernelsight.ingest.progress import backlog, wait_drained
+from kernelsight.ingest.progress import backlog, drained_until, wait_drained
 from kernelsight.ingest.supervisor import run_ingest, worker_count
 from kernelsight.ingest.worker import Ingester
 from kernelsight.ingest.writer import IngestStats
 
-__all__ = ["IngestStats", "Ingester", "backlog", "run_ingest", "wait_drained", "worker_count"]
+__all__ = ["IngestStats", "Ingester", "backlog", "drained_until", "run_ingest", "wait_drained",
+           "worker_count"]
