@@ -6,9 +6,12 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from kernelsight import schema
 from kernelsight.config import check_db_path
@@ -38,6 +41,69 @@ def engine_for(path: str | Path, readonly: bool = False,
     event.listen(eng, "connect", _pragmas)
     if checkpoint_thread:
         event.listen(eng, "connect", Checkpointer.writer_pragmas)
+    return eng
+
+
+def _wal_mode(path: Path) -> bool:
+    """The file header says WAL (bytes 18-19 are 2): readers then need the -shm/-wal files."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    return head[:16] == b"SQLite format 3\0" and head[18:20] == b"\x02\x02"
+
+
+def open_readonly(path: str | Path) -> Engine:
+    """A read-only engine on an existing KernelSight database, or one DatabaseError.
+
+    Readers (report, query, the rq job) never write: SQLite's ``mode=ro``, no journal-mode
+    change, no schema creation. A WAL database whose writer has exited cleanly has no -wal file
+    and so nothing outside the main file: it is opened ``immutable=1``, which needs neither a
+    writable directory (the reporter's read-only mount) nor leaves -wal/-shm files behind. If a
+    writer starts while such a read runs, the reader may see a torn state (an error or odd
+    figures, never a change to the file)."""
+    p = Path(path)
+    if not p.exists():
+        raise DatabaseError(f"no database at {path}; run `kernelsight run` or `make stress` first")
+    if not p.is_file():
+        raise DatabaseError(f"{path} is not a file; give the path of a KernelSight database")
+    real = p.resolve()
+    try:
+        wal = _wal_mode(real)
+    except OSError as e:
+        raise DatabaseError(f"cannot read {path}: {e.strerror}") from None
+    immutable = wal and not Path(f"{real}-wal").exists()
+    uri = f"file:{quote(str(real))}?mode=ro{'&immutable=1' if immutable else ''}"
+
+    def connect() -> sqlite3.Connection:
+        con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                              check_same_thread=False)
+        con.execute("PRAGMA query_only=1")
+        return con
+
+    eng = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+    try:
+        with eng.connect() as conn:
+            names = {r[0] for r in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_meta" not in names:
+                raise DatabaseError(f"{path} is not a KernelSight database (no schema_meta "
+                                    "table); give the --db of a KernelSight run")
+            row = conn.execute(select(schema.schema_meta.c.value).where(
+                schema.schema_meta.c.key == "version")).scalar()
+            if row is None or str(row) != str(schema.SCHEMA_VERSION):
+                raise DatabaseError(
+                    f"{path} has KernelSight schema version {row}, this version needs "
+                    f"{schema.SCHEMA_VERSION}; report on it with the version that wrote it")
+            missing = [t for t in schema.TABLES if t not in names]
+            if missing:
+                raise DatabaseError(f"{path} lacks the tables {', '.join(missing)}; it is not "
+                                    "a complete KernelSight database")
+    except DatabaseError:
+        eng.dispose()
+        raise
+    except (OperationalError, sqlite3.Error, SADatabaseError) as e:
+        eng.dispose()
+        msg = getattr(e, "orig", None) or e
+        raise DatabaseError(f"cannot read database {path}: {msg}") from None
     return eng
 
 

@@ -8,7 +8,7 @@ from rich.text import Text
 from sqlalchemy import text
 
 from kernelsight import schema
-from kernelsight.db import open_db, table_counts
+from kernelsight.db import open_readonly, table_counts
 from kernelsight.report import printable
 
 SLOWEST = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, comm, pid, syscall_name,
@@ -36,7 +36,7 @@ def _table(console: Console, title: str, conn, sql: str, n: int) -> None:
 
 
 def demo(db_path: str, limit: int = 10) -> None:
-    eng = open_db(db_path, create=False)
+    eng = open_readonly(db_path)
     console = Console()
     counts = table_counts(eng)
     t = Table(title=f"Rows per table in {db_path}", title_justify="left")

@@ -21,7 +21,7 @@ from rich.text import Text
 from sqlalchemy import Engine, text
 
 from kernelsight import collectors, schema
-from kernelsight.db import open_db, table_counts
+from kernelsight.db import open_readonly, table_counts
 
 EVENTS_PER_60S = 2000
 EBPF_TYPES = ("syscall_events", "page_fault_events", "io_latency_stats", "sched_events")
@@ -254,7 +254,7 @@ def printable(v: object) -> str:
 def report_job(db_path: str, duration_s: float | None = None,
                expected: list[str] | None = None) -> dict[str, Any]:
     """The rq job: render the table as plain text (no colour codes) and return the verdict."""
-    eng = open_db(db_path, create=False)
+    eng = open_readonly(db_path)
     try:
         rep = build(eng, db_path, duration_s, expected)
     finally:
@@ -280,7 +280,7 @@ def command(db_path: str, duration: float | None, expect: str, as_json: bool) ->
       kernelsight report --db data/stress_test.db
       kernelsight report --db data/stress_test.db --json | jq .event_types
     """
-    eng = open_db(db_path, create=False)
+    eng = open_readonly(db_path)
     rep = build(eng, db_path, duration, collectors.parse_list(expect))
     eng.dispose()
     if as_json:
