@@ -1,0 +1,1 @@
+"""One module per stress workload (see kernelsight.stress.registry)."""
