@@ -24,7 +24,7 @@ from itertools import islice
 import orjson
 import redis
 
-from kernelsight import defaults, schema
+from kernelsight import defaults, resp, schema
 from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
 from kernelsight.exceptions import RedisUnavailable
@@ -218,18 +218,13 @@ class Publisher:
         stream's top) is either our own entry already there (a re-send: fine) or a stream
         another producer wrote to with a later clock: then it is added with a fresh id.
 
-        The commands are packed here (RESP is simple) rather than by redis-py's pipeline,
+        The commands are packed by kernelsight.resp rather than by redis-py's pipeline,
         whose per-command packing and parsing cost more than Redis's own work."""
-        parts = [b"*1\r\n$5\r\nMULTI\r\n"]
+        parts = [resp.MULTI]
         for stream, payload, _, eid in chunk:
-            sb = stream.encode()
-            parts.append(b"*5\r\n$4\r\nXADD\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\nd\r\n"
-                         b"$%d\r\n%b\r\n" % (len(sb), sb, len(eid), eid, len(payload),
-                                                 payload))
-        for st in streams:
-            sb = st.encode()
-            parts.append(b"*2\r\n$4\r\nXLEN\r\n$%d\r\n%b\r\n" % (len(sb), sb))
-        parts.append(b"*1\r\n$4\r\nEXEC\r\n")
+            parts.append(resp.xadd(stream.encode(), eid, FIELD, payload))
+        parts += [resp.command(b"XLEN", st) for st in streams]
+        parts.append(resp.EXEC)
         pool = self._r.connection_pool
         conn = pool.get_connection()
         try:

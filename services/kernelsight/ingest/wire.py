@@ -6,7 +6,7 @@ from collections import deque
 
 import redis
 
-from kernelsight import schema
+from kernelsight import resp, schema
 
 ALL_STREAMS: list[bytes] = [et.stream.encode() for et in schema.EVENT_TYPES] + [
     schema.ACCOUNTING_STREAM.encode()]
@@ -50,13 +50,9 @@ class Wire:
         self.tags.append(tag)
 
     def send_xack(self, stream: bytes, group: bytes, ids: list[bytes]) -> None:
-        """XACK of a whole batch, RESP-encoded here: redis-py's generic packing of a thousand
-        ids costs more than the rest of the acknowledgement."""
-        head = b"*%d\r\n$4\r\nXACK\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            len(ids) + 3, len(stream), stream, len(group), group)
-        self._conn().send_packed_command(
-            [head + b"".join([b"$%d\r\n%b\r\n" % (len(i), i) for i in ids])],
-            check_health=False)
+        """XACK of a whole batch, RESP-encoded by kernelsight.resp: redis-py's generic packing
+        of a thousand ids costs more than the rest of the acknowledgement."""
+        self._conn().send_packed_command([resp.xack(stream, group, ids)], check_health=False)
         self.tags.append("xack")
 
     def recv(self) -> tuple[str, object]:
