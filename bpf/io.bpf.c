@@ -17,6 +17,7 @@
  */
 #include <uapi/linux/ptrace.h>
 #include "ks_hist.h"
+#include "ks_io.h" /* DROP_* slots */
 
 #ifndef KS_MAP_ENTRIES
 #define KS_MAP_ENTRIES 65536
@@ -25,9 +26,6 @@
 #define OP_READ 0
 #define OP_WRITE 1
 
-#define DROP_MAP_FULL 0   /* a completion not counted: stats/hist map full */
-#define DROP_UNMATCHED 1  /* a completion with no issue seen (issued before we started) */
-#define DROP_SLOTS 2
 
 struct start_key {
     u32 dev;

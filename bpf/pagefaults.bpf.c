@@ -34,6 +34,7 @@
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
 #include <linux/sched.h>
+#include "ks_pagefaults.h" /* DROP_* slots */
 
 #ifndef KS_MAP_ENTRIES
 #define KS_MAP_ENTRIES 65536
@@ -52,11 +53,6 @@
 #define KS_WAKEUP_EVERY 64
 #endif
 
-#define DROP_RINGBUF_FULL 0
-#define DROP_MINOR_SAMPLED 1
-#define DROP_MAP_FULL 2
-#define DROP_NO_ENTRY 3 /* completion without a matching entry: latency unknown (0) */
-#define DROP_SLOTS 4
 
 #define ACCESS_READ 0
 #define ACCESS_WRITE 1

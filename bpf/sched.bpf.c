@@ -35,6 +35,7 @@
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
 #include "ks_hist.h"
+#include "ks_sched.h" /* CNT_* counter slots */
 
 #ifndef MAP_ENTRIES
 #define MAP_ENTRIES 65536
@@ -46,8 +47,6 @@
 #define KS_DEAD 0x30 /* EXIT_DEAD "X" | EXIT_ZOMBIE "Z": the last switch of a thread */
 #endif
 
-#define CNT_MAP_FULL 0
-#define CNT_MAX 1
 #define E_EXIST 17 /* an insert that lost a race to another CPU is not a full map */
 
 struct thread_t {

@@ -47,10 +47,8 @@
 #define SKIP_JIFFIES -1
 #endif
 
-/* Drop/loss counters, per CPU so the hot path never contends. */
-#define CNT_RINGBUF_FULL 0
-#define CNT_START_MAP_FULL 1
-#define CNT_MAX 2
+/* Drop/loss counters (CNT_*), per CPU so the hot path never contends. */
+#include "ks_syscalls.h"
 
 struct start_t {
     u64 ts;   /* bpf_ktime_get_ns() at sys_enter; 0 = no syscall in flight */

@@ -115,6 +115,32 @@ def bpf_source(settings: Settings, name: str) -> str:
         raise CollectorError(f"{name}: cannot read {path}: {e.strerror}; set KS_BPF_DIR") from None
 
 
+_DEFINE = re.compile(r"#\s*define\s+(\w+)\s+\(?\s*(0[xX][0-9a-fA-F]+|\d+)[uUlL]*\s*\)?"
+                     r"\s*(?:/\*.*\*/)?\s*(?://.*)?")
+
+
+def header_slots(settings: Settings, name: str, names: tuple[str, ...]) -> dict[str, int]:
+    """The integer ``#define``s ``names`` of ``bpf/ks_<name>.h``: numbers both the BPF program
+    and user space use (counter slots), so they are written down once, in the header the C
+    includes (the libbpf-tools <tool>.h pattern). One CollectorError line when one is missing."""
+    path = settings.bpf_path / f"ks_{name}.h"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise CollectorError(f"{name}: cannot read {path}: {e.strerror}; set KS_BPF_DIR") from None
+    found = {}
+    for line in text.splitlines():
+        m = _DEFINE.fullmatch(line.strip())
+        if m:
+            found[m.group(1)] = int(m.group(2), 0)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise CollectorError(f"{name}: {path} does not define {', '.join(missing)} as an "
+                             "integer; its BPF program and this KernelSight do not match "
+                             "(reinstall, or set KS_BPF_DIR to this version's bpf/)")
+    return {n: found[n] for n in names}
+
+
 def load(settings: Settings, name: str, cflags: list[str] | None = None):
     """Compile ``bpf/<name>.bpf.c`` with BCC. Returns the ``bcc.BPF`` object."""
     if os.geteuid() != 0:

@@ -22,10 +22,8 @@ STATS = "io_latency_stats"
 # under their own name so that table's produced/stored stay row counts.
 REQUESTS = "block_requests"
 
-# Slots of the per-CPU `drops` array in bpf/io.bpf.c.
-DROP_MAP_FULL = 0
-DROP_UNMATCHED = 1
-DROP_SLOTS = 2
+# Slots of the per-CPU `drops` array, defined in bpf/ks_io.h (read from there at start).
+SLOTS = ("DROP_MAP_FULL", "DROP_UNMATCHED", "DROP_SLOTS")
 
 MINORBITS = 20  # the kernel's dev_t: MKDEV(ma, mi) = ma << 20 | mi
 
@@ -145,6 +143,7 @@ class IoLatency(Collector):
 
     def start(self) -> None:
         s = self.settings
+        self.slots = bpfsupport.header_slots(s, "io", SLOTS)
         self.bpf = bpfsupport.load(s, "io", [f"-DKS_MAP_ENTRIES={s.map_entries}",
                                              f"-I{s.bpf_path}"])
         self.stats = self.bpf["stats"]
@@ -157,7 +156,7 @@ class IoLatency(Collector):
         self.names: dict[int, str] = {}
         self.cumulative: CumulativeMap[tuple[int, int], OpSnapshot] = CumulativeMap(
             OpSnapshot.counters, owner=lambda key: key[0])
-        self.drops_seen = [0] * DROP_SLOTS
+        self.drops_seen = [0] * self.slots["DROP_SLOTS"]
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
         self.ticker = Ticker(s.interval)
@@ -232,9 +231,10 @@ class IoLatency(Collector):
         if rows:
             self.pub.publish(STATS, rows)
         self._expire()
-        now = [bpfsupport.read_percpu_sum(self.drops_tbl, i) for i in range(DROP_SLOTS)]
-        self.pub.lost(REQUESTS, "map_full",
-                      now[DROP_MAP_FULL] - self.drops_seen[DROP_MAP_FULL])
+        now = [bpfsupport.read_percpu_sum(self.drops_tbl, i)
+               for i in range(self.slots["DROP_SLOTS"])]
+        full = self.slots["DROP_MAP_FULL"]
+        self.pub.lost(REQUESTS, "map_full", now[full] - self.drops_seen[full])
         self.drops_seen = now
         misses = self._misses()
         self.pub.lost(REQUESTS, "bpf_recursion", misses - self.misses_seen)
@@ -254,7 +254,7 @@ class IoLatency(Collector):
         try:
             self._interval()
             log.info("io: %d completions had no matching issue (issued before start or "
-                     "completed in parts)", self.drops_seen[DROP_UNMATCHED])
+                     "completed in parts)", self.drops_seen[self.slots["DROP_UNMATCHED"]])
         finally:
             bpf.cleanup()
 

@@ -19,12 +19,10 @@ log = logging.getLogger(__name__)
 EVENTS = "page_fault_events"
 TOTALS = "page_fault_totals"
 
-# Slots of cpu_t.drops (per-CPU `cpu_state` array) in bpf/pagefaults.bpf.c.
-DROP_RINGBUF_FULL = 0
-DROP_MINOR_SAMPLED = 1
-DROP_MAP_FULL = 2
-DROP_NO_ENTRY = 3
-DROP_SLOTS = 4
+# Slots of cpu_t.drops (per-CPU `cpu_state` array), defined in bpf/ks_pagefaults.h (read from
+# there at start).
+SLOTS = ("DROP_RINGBUF_FULL", "DROP_MINOR_SAMPLED", "DROP_MAP_FULL", "DROP_NO_ENTRY",
+         "DROP_SLOTS")
 
 FAULT_TYPE = ("minor", "major")
 ACCESS = ("read", "write", "exec")
@@ -180,6 +178,7 @@ class PageFaults(Collector):
 
     def start(self) -> None:
         s = self.settings
+        self.slots = bpfsupport.header_slots(s, "pagefaults", SLOTS)
         ncpu = max(1, os.cpu_count() or 1)
         cflags = [f"-DKS_MAP_ENTRIES={s.map_entries}", f"-DKS_RINGBUF_PAGES={s.ringbuf_pages}",
                   f"-DKS_MINOR_RATE={max(0, int(s.minor_fault_rate))}", f"-DKS_NCPU={ncpu}",
@@ -217,7 +216,7 @@ class PageFaults(Collector):
         self.cumulative: CumulativeMap[tuple[int, int], Totals] = CumulativeMap(
             Totals.counters, owner=lambda key: key[0])
         self.alive = proc_alive(s.procfs)
-        self.drops_seen = [0] * DROP_SLOTS
+        self.drops_seen = [0] * self.slots["DROP_SLOTS"]
         self.pending: list[dict] = []
         self.bpf[b"events"].open_ring_buffer(self._on_event)
         self.procfs = Path(s.procfs)
@@ -305,12 +304,12 @@ class PageFaults(Collector):
 
     def _account_drops(self) -> None:
         per_cpu = self.cpu_state[ctypes.c_int(0)]
-        now = [sum(int(c.drops[i]) for c in per_cpu) for i in range(DROP_SLOTS)]
+        now = [sum(int(c.drops[i]) for c in per_cpu) for i in range(self.slots["DROP_SLOTS"])]
         d = [a - b for a, b in zip(now, self.drops_seen, strict=True)]
         self.drops_seen = now
-        self.pub.lost(EVENTS, "ringbuf_full", d[DROP_RINGBUF_FULL])
-        self.pub.lost(EVENTS, "minor_sampled", d[DROP_MINOR_SAMPLED])
-        self.pub.lost(TOTALS, "map_full", d[DROP_MAP_FULL])
+        self.pub.lost(EVENTS, "ringbuf_full", d[self.slots["DROP_RINGBUF_FULL"]])
+        self.pub.lost(EVENTS, "minor_sampled", d[self.slots["DROP_MINOR_SAMPLED"]])
+        self.pub.lost(TOTALS, "map_full", d[self.slots["DROP_MAP_FULL"]])
 
     # -- lifecycle ------------------------------------------------------------------------
     def poll(self) -> None:
@@ -334,7 +333,7 @@ class PageFaults(Collector):
             self._publish_events()
             self._interval()
             log.info("pagefaults: %d completions had no matching entry (latency 0)",
-                     self.drops_seen[DROP_NO_ENTRY])
+                     self.drops_seen[self.slots["DROP_NO_ENTRY"]])
         finally:
             bpf.cleanup()
 

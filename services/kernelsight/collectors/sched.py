@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 EVENT = "sched_events"
 TRACEPOINTS = (b"sched:sched_switch", b"sched:sched_wakeup", b"sched:sched_wakeup_new",
                b"sched:sched_process_exit")
-CNT_MAP_FULL = 0  # slot of the per-CPU `counters` array in bpf/sched.bpf.c
+# Slots of the per-CPU `counters` array, defined in bpf/ks_sched.h (read from there at start).
+SLOTS = ("CNT_MAP_FULL",)
 # Fallbacks when the sched_switch print fmt cannot be parsed (kernel >= 4.14 values).
 PREEMPT_MASK = 0x100  # TASK_REPORT_MAX: "R+"
 DEAD_MASK = 0x30  # "X" (EXIT_DEAD) | "Z" (EXIT_ZOMBIE)
@@ -310,6 +311,7 @@ class SchedTracer(Collector):
     def start(self) -> None:
         s = self.settings
         bpfsupport.ensure_tracefs()
+        self.slots = bpfsupport.header_slots(s, self.name, SLOTS)
         base = [f"-I{s.bpf_path}", f"-DMAP_ENTRIES={s.map_entries}"]
         self.bpf = None
         if self.use_raw:
@@ -414,7 +416,7 @@ class SchedTracer(Collector):
         return sum(bpfsupport.prog_recursion_misses(fd) for fd in self.prog_fds)
 
     def _count_losses(self) -> None:
-        full = bpfsupport.read_percpu_sum(self.counters, CNT_MAP_FULL)
+        full = bpfsupport.read_percpu_sum(self.counters, self.slots["CNT_MAP_FULL"])
         self.pub.lost(EVENT, "map_full", full - self.map_full_seen)
         self.map_full_seen = full
         misses = self._misses()

@@ -24,9 +24,8 @@ POLL_MS = 100
 # Slots of the per-thread start array: pid_max, capped (24 bytes each, so 6 MiB at the cap).
 # Threads whose tid is beyond it use a hash map of --map-entries entries instead.
 TID_SLOTS_MAX = 262_144
-# Indexes of the per-CPU counters in bpf/syscalls.bpf.c.
-CNT_RINGBUF_FULL = 0
-CNT_START_MAP_FULL = 1
+# Slots of the per-CPU counters, defined in bpf/ks_syscalls.h (read from there at start).
+SLOTS = ("CNT_RINGBUF_FULL", "CNT_START_MAP_FULL")
 
 # bcc's syscall table (from strace) stops at 334 on x86_64; these are the newer ones, so that
 # common slow syscalls (io_uring_enter, futex_waitv, epoll_pwait2) get a name.
@@ -181,11 +180,13 @@ class SyscallTracer(Collector):
             f"-DTID_SLOTS={tid_slots(s.procfs)}",
             f"-DHASH_ENTRIES={s.map_entries}",
             f"-DRINGBUF_PAGES={s.ringbuf_pages}",
+            f"-I{s.bpf_path}",
         ]
 
     def start(self) -> None:
         # RAW_TRACEPOINT_PROBE programs attach while loading (a failure there is a load
         # error with its own message); make sure both really are attached.
+        self.slots = bpfsupport.header_slots(self.settings, self.name, SLOTS)
         self.bpf = bpfsupport.load(self.settings, self.name, self.cflags())
         missing = [tp for tp in (b"sys_enter", b"sys_exit")
                    if tp not in self.bpf.raw_tracepoint_fds]
@@ -235,11 +236,11 @@ class SyscallTracer(Collector):
         self._count_losses()
 
     def _count_losses(self) -> None:
-        lost = bpfsupport.read_percpu_sum(self._counters, CNT_RINGBUF_FULL)
+        lost = bpfsupport.read_percpu_sum(self._counters, self.slots["CNT_RINGBUF_FULL"])
         if lost > self._lost_seen:
             self.pub.lost(EVENT, "ringbuf_full", lost - self._lost_seen)
             self._lost_seen = lost
-        full = bpfsupport.read_percpu_sum(self._counters, CNT_START_MAP_FULL)
+        full = bpfsupport.read_percpu_sum(self._counters, self.slots["CNT_START_MAP_FULL"])
         if full > self._map_full_seen:
             # Not lost events (those syscalls were just not timed), so not in the accounting.
             log.warning("syscalls: %d syscalls untimed: start hash full (raise --map-entries)",

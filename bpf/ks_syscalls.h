@@ -1,0 +1,11 @@
+/* Slots of the per-CPU `counters` array of syscalls.bpf.c. The only definition: the Python
+ * side (collectors/syscalls.py) reads these numbers from this file (bpfsupport.header_slots).
+ * Keep each on one line: #define NAME integer. */
+#ifndef KS_SYSCALLS_H
+#define KS_SYSCALLS_H
+
+#define CNT_RINGBUF_FULL 0   /* a slow syscall's event did not fit in the ring buffer */
+#define CNT_START_MAP_FULL 1 /* a syscall not timed: the start hash (tids > slots) was full */
+#define CNT_MAX 2
+
+#endif
