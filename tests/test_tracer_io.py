@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kernelsight import histogram
+from kernelsight import histogram, schema
 from kernelsight.collectors.io import OpInterval, make_row
 from kernelsight.config import Settings
 
@@ -210,3 +210,74 @@ def test_percentiles_within_10_percent_of_exact() -> None:
         # A max that raced the interval switch is replaced by the top bucket's bound.
         stale = make_row(1, "h", "vda", OpInterval(len(lat), 0, lat[0], hist), OpInterval())
         assert stale["read_max_us"] == histogram.max_value(hist) / 1000
+
+
+LOOP_CTL_REMOVE = 0x4C81  # linux/loop.h: remove a (detached) loop device
+
+
+def test_removed_device_is_published_then_forgotten(settings: Settings) -> None:
+    """A device that goes away (a loop device detached and removed) keeps its kernel entries
+    until its final counts were read, then they are deleted (the shared cumulative-map rule):
+    every write it completed is published once, and nothing of it stays in the maps."""
+    need_root()
+    import fcntl
+
+    from kernelsight.collectors.io import STATS, IoLatency
+    from kernelsight.streams import Publisher
+
+    published: list[dict] = []
+
+    class Recording(Publisher):
+        def publish(self, event_type: str, rows) -> None:  # type: ignore[no-untyped-def]
+            rows = list(rows)
+            if event_type == STATS:
+                published.extend(rows)
+            super().publish(event_type, rows)
+
+    backing = Path("/dev/shm") / f"ks-io-gone-{os.getpid()}.img"
+    backing.write_bytes(b"")
+    os.truncate(backing, 8 << 20)
+    pub = Recording(settings, "io")
+    col = IoLatency(settings, pub)
+    col.start()
+    writes = 16
+    try:
+        with loop_device(backing, direct_io=False) as loop:
+            rdev = os.stat(f"/dev/{loop}").st_rdev
+            dev = (os.major(rdev) << 20) | os.minor(rdev)  # the kernel's dev_t, as traced
+            buf = mmap.mmap(-1, BLOCK)
+            buf.write(os.urandom(BLOCK))
+            fd = os.open(f"/dev/{loop}", os.O_WRONLY | os.O_DIRECT)
+            try:
+                for i in range(writes):
+                    assert os.pwritev(fd, [buf], i * BLOCK) == BLOCK
+            finally:
+                os.close(fd)
+            col._interval()
+            assert (dev, 1) in col.cumulative
+        # Detached; now remove it so it leaves /sys/dev/block.
+        ctl = os.open("/dev/loop-control", os.O_RDWR)
+        try:
+            fcntl.ioctl(ctl, LOOP_CTL_REMOVE, os.minor(rdev))
+        finally:
+            os.close(ctl)
+        assert not Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}").exists()
+        keys = lambda: {(int(k.dev), int(k.op)) for k in col.stats}  # noqa: E731
+        col._interval()  # no change, gone once: kept
+        assert (dev, 1) in keys()
+        col._interval()  # no change, gone twice: deleted
+        assert (dev, 1) not in keys() and (dev, 1) not in col.cumulative
+        assert not {int(k.dev) for k in col.hist} & {dev}
+    finally:
+        col.stop()
+        pub.close()
+        backing.unlink()
+    mine = [r for r in published if r["device"] == loop]
+    lost = declared_losses_of(pub)
+    assert writes - lost <= sum(r["write_count"] for r in mine) <= writes, (mine, lost)
+
+
+def declared_losses_of(pub) -> int:  # type: ignore[no-untyped-def]
+    """Block requests this publisher declared lost (BPF recursion, map full)."""
+    return sum(n for (event_type, metric, _reason), n in pub.counters.items()
+               if event_type == "block_requests" and metric == schema.DROPPED)
