@@ -25,6 +25,7 @@ import click
 
 from kernelsight import collectors
 from kernelsight.config import redact
+from kernelsight.safetext import printable, printable_block
 
 QUEUE = "kernelsight"
 REPORT_JOB = "kernelsight.report.report_job"
@@ -36,7 +37,8 @@ class StepFailed(Exception):
 
 
 def _say(msg: str) -> None:
-    click.echo(f"compose-stress: {msg}", err=False)
+    """One line; details from Redis (collector failures) are shown escaped."""
+    click.echo(f"compose-stress: {printable(msg, 2000)}", err=False)
     sys.stdout.flush()
 
 
@@ -169,7 +171,7 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
                          "drain the streams (is the ingest service running?)")
 
     out = run_report(url, db_path, float(duration), names, report_timeout)
-    click.echo(out["text"].rstrip("\n"))
+    click.echo(printable_block(str(out["text"]).rstrip("\n")))  # the result is in Redis
     sys.stdout.flush()
     return int(out["exit_code"])
 
@@ -222,7 +224,7 @@ def command(duration: float, redis_url: str, db_path: str, collector_list: str,
         rc = compose_stress(redis_url, db_path, duration, names, workdir, mem_mib,
                             start_timeout, stop_timeout, drain_timeout, report_timeout)
     except StepFailed as e:
-        click.echo(f"compose-stress: error: {e}", err=True)
+        click.echo(f"compose-stress: error: {printable(e, 2000)}", err=True)
         sys.exit(EXIT_TIMEOUT)
     sys.exit(rc)
 

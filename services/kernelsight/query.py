@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from kernelsight import schema
 from kernelsight.db import open_readonly, table_counts
-from kernelsight.report import printable
+from kernelsight.safetext import printable
 
 SLOWEST = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, comm, pid, syscall_name,
  latency_ns / 1000000.0 AS latency_ms, ret_value FROM syscall_events
@@ -39,7 +39,7 @@ def demo(db_path: str, limit: int = 10) -> None:
     eng = open_readonly(db_path)
     console = Console()
     counts = table_counts(eng)
-    t = Table(title=f"Rows per table in {db_path}", title_justify="left")
+    t = Table(title=Text(f"Rows per table in {printable(db_path, 4096)}"), title_justify="left")
     t.add_column("table")
     t.add_column("rows", justify="right")
     for name in schema.TABLES:

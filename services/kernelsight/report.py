@@ -22,6 +22,7 @@ from sqlalchemy import Engine, text
 
 from kernelsight import collectors, schema
 from kernelsight.db import open_readonly, table_counts
+from kernelsight.safetext import printable
 
 EVENTS_PER_60S = 2000
 EBPF_TYPES = ("syscall_events", "page_fault_events", "io_latency_stats", "sched_events")
@@ -193,7 +194,7 @@ def render(rep: Report, console: Console) -> None:
     console.print(Text(f"{'✓' if rep.verdict == 'SUCCESS' else '✗'} {rep.verdict}", style=style))
     for name, good, detail in rep.criteria:
         console.print(Text("  ").append(ok if good else bad).append(
-            f" {name}" + (f" — {detail}" if detail else "")))
+            printable(f" {name}" + (f" — {detail}" if detail else ""), 2000)))
     if rep.slow:
         s = Table(title="Sample Slow Syscalls", title_justify="left")
         s.add_column("comm")
@@ -227,28 +228,23 @@ def render(rep: Report, console: Console) -> None:
         a.add_row(name, f"{rep.produced.get(name, 0):,}", f"{rep.counts[name]:,}",
                   f"{sum(drops.values()):,}", f"{sum(dead.values()):,}",
                   ok if bal == 0 else Text(f"✗ {bal:+,}", style="bold red"))
-        reasons += [f"{name}: {r} {v:,}" for r, v in sorted(drops.items()) if v]
-        reasons += [f"{name}: dead letter {r} {v:,}" for r, v in sorted(dead.items())]
+        reasons += [f"{name}: {printable(r)} {v:,}" for r, v in sorted(drops.items()) if v]
+        reasons += [f"{name}: dead letter {printable(r)} {v:,}"
+                    for r, v in sorted(dead.items())]
     for name, drops in sorted(rep.dropped.items()):  # kernel events that are not rows
         if name not in schema.TABLES:
-            reasons += [f"{name or 'pipeline'}: {r} {v:,}" for r, v in sorted(drops.items())
-                        if v]
+            reasons += [f"{printable(name or 'pipeline')}: {printable(r)} {v:,}"
+                        for r, v in sorted(drops.items()) if v]
     console.print(a)
     if reasons:
         console.print("Dropped by reason (counted, by design or by loss):")
-        for line in reasons:
-            console.print(f"  {line}")
+        for line in reasons:  # every part from the database is already printable()
+            console.print(Text(f"  {line}"))
     if rep.ingest:
-        console.print("Pipeline counters: " + ", ".join(
-            f"{k}={v:,}" for k, v in sorted(rep.ingest.items())))
+        console.print(Text("Pipeline counters: " + ", ".join(
+            f"{printable(k)}={v:,}" for k, v in sorted(rep.ingest.items()))))
     console.rule()
-    console.print(f"Database: {rep.db_path}")
-
-
-def printable(v: object) -> str:
-    """Traced processes choose their own comm: never let it carry terminal escapes or markup
-    into a report (cells are rendered as plain Text, and control characters are escaped)."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(v))
+    console.print(Text(f"Database: {printable(rep.db_path, 4096)}"))
 
 
 def report_job(db_path: str, duration_s: float | None = None,

@@ -104,8 +104,22 @@ def request_stop(redis_url: str) -> None:
 def collector_states(redis_url: str, names: list[str]) -> dict[str, dict]:
     r = connect(redis_url)
     raw = r.mget([STATUS_KEY.format(name=n) for n in names])
-    return {n: (orjson.loads(v) if v else {"state": "unknown"}) for n, v in zip(names, raw,
-                                                                               strict=True)}
+    return {n: _status(v) for n, v in zip(names, raw, strict=True)}
+
+
+def _status(raw: bytes | None) -> dict:
+    """A collector's status as written to Redis; anything unreadable is state "unknown"
+    (a Redis client can write any value there)."""
+    if not raw:
+        return {"state": "unknown"}
+    try:
+        st = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"state": "unknown", "detail": "unreadable status in Redis"}
+    if not isinstance(st, dict) or not isinstance(st.get("state"), str):
+        return {"state": "unknown", "detail": "unreadable status in Redis"}
+    st["detail"] = str(st.get("detail", ""))
+    return st
 
 
 def wait_states(redis_url: str, names: list[str], states: set[str], timeout: float) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from kernelsight import collectors
 from kernelsight.config import Settings, check_db_path
@@ -21,6 +22,7 @@ from kernelsight.doctor import run_checks
 from kernelsight.exceptions import ConfigError
 from kernelsight.report import build, render
 from kernelsight.runner import Proc, Stack
+from kernelsight.safetext import printable
 
 STEPS = 6
 
@@ -30,7 +32,7 @@ def _step(con: Console, n: int, title: str) -> None:
 
 
 def _ok(con: Console, msg: str) -> None:
-    con.print(f"[green]✓[/green] {msg}")
+    con.print(Text("✓", style="green").append(f" {printable(msg, 1000)}"))
 
 
 def _fresh_db(path: str) -> None:
@@ -55,7 +57,7 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
     for c in checks:
         if not c.ok and c.required:
             raise ConfigError(f"{c.name}: {c.detail} — fix: {c.fix}")
-        con.print(f"  {'✓' if c.ok else '–'} {c.name}: {c.detail}")
+        con.print(Text(f"  {'✓' if c.ok else '–'} {c.name}: {printable(c.detail, 1000)}"))
     if not shutil.which("redis-server") and not settings.redis_url:
         raise ConfigError("redis-server is missing: apt-get install redis-server (or make setup)")
     sng = shutil.which("stress-ng")
@@ -88,7 +90,8 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
             if p.state == "started":
                 con.print(f"  [green]✓[/green] {p.name} ({kind}) started, PID {p.popen.pid}")
             else:
-                con.print(f"  [red]✗[/red] {p.name} ({kind}) FAILED: {p.detail}")
+                con.print(Text("  ").append("✗", style="red").append(  # detail: from Redis
+                    f" {p.name} ({kind}) FAILED: {printable(p.detail, 1000)}"))
 
         con.print(f"  Starting {', '.join(names)} (compiling {len(tracers)} BPF programs)...")
         procs = stack.start_collectors(names, on_status=show)
@@ -168,7 +171,7 @@ def _drive(con: Console, duration: int, settings: Settings, log_dir: Path,
             err.append(e)
         progress.update(task, completed=duration if not interrupted.is_set() else None)
     if err:
-        con.print(f"[red]✗ stress driver failed: {err[0]}[/red]")
+        con.print(Text(f"✗ stress driver failed: {printable(err[0], 1000)}", style="red"))
     return result
 
 
