@@ -23,7 +23,8 @@ def _opt(*decls: str, field: str, **kw: Any) -> Callable:
 
 
 REDIS = _opt("--redis-url", field="redis_url",
-             help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0.")
+             help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0; prefer KS_REDIS_URL "
+                  "(a flag's value is visible to every local user in ps).")
 DB = _opt("--db", "--db-path", field="db_path", help=f"SQLite file [default: {defaults.DB_PATH}].")
 PROCFS = _opt("--procfs", field="procfs", help="procfs root, e.g. /host/proc [default: /proc].")
 HOST = _opt("--host", field="host", help="Host name stored with each event [default: hostname].")
@@ -115,7 +116,7 @@ def collect(duration: float | None, **kw: Any) -> None:
     \b
     Examples:
       KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight collect --interval 1
-      kernelsight collect --procfs /host/proc --redis-url redis://:pw@redis:6379/0
+      KS_REDIS_URL=redis://:pw@redis:6379/0 kernelsight collect --procfs /host/proc
     """
     from kernelsight.runner import run_collector
 
@@ -173,7 +174,7 @@ def ingest(drain: bool, **kw: Any) -> None:
 
     \b
     Examples:
-      kernelsight ingest --redis-url redis://:pw@127.0.0.1:6379/0 --db data/ks.db
+      KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight ingest --db data/ks.db
       kernelsight ingest --drain --db data/ks.db
       kernelsight ingest --workers 2   # two processes: more throughput, more CPU
     """

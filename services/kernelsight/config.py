@@ -4,6 +4,7 @@ flag wins); validation gives one clear line per mistake."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -84,20 +85,38 @@ def setting_names() -> list[str]:
 
 
 def check_redis_url(url: str) -> str:
-    p = urlparse(url)
-    if p.scheme not in ("redis", "rediss", "unix") or (p.scheme != "unix" and not p.hostname):
+    try:
+        p = urlparse(url)
+        ok = p.scheme in ("redis", "rediss", "unix") and (p.scheme == "unix" or bool(p.hostname))
+        if ok and p.scheme != "unix":
+            _ = p.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
         raise ConfigError(
             f"redis URL {redact(url)!r} is not valid; use redis://[:password@]host:port/0")
     return url
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?(.*)$", re.S)
+_SECRET_PARAM = re.compile(r"([?&;](?:password|pass|pwd|auth|requirepass)=)[^&;#]*", re.I)
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    p = urlparse(url)
-    if p.password:
-        netloc = p.netloc.replace(f":{p.password}@", ":***@")
-        return p._replace(netloc=netloc).geturl()
-    return url
+    """The URL without its password, for logs and errors: the userinfo's password (everything
+    between the first ':' and the last '@' before the path, so an unencoded '@', '/' or '#'
+    in it is masked too) and any password=/auth= query parameter. Works on strings that are
+    not valid URLs, since it is used in the message saying so."""
+    m = _SCHEME.match(url)
+    scheme, rest = (m.group(1) or "", m.group(2)) if m else ("", url)
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo = rest[:at]
+        if ":" in userinfo:  # user:password
+            rest = userinfo.split(":", 1)[0] + ":***" + rest[at:]
+        elif "/" in userinfo or "?" in userinfo:  # '@' inside the path or query: mask all
+            rest = "***" + rest[at:]
+    return scheme + _SECRET_PARAM.sub(r"\1***", rest)
 
 
 def check_db_path(path: str) -> Path:

@@ -111,7 +111,7 @@ def command(rate: float, duration: float, redis_url: str, host: str | None) -> N
 
     \b
     Examples:
-      kernelsight loadgen --rate 10000 --duration 60 --redis-url redis://:pw@127.0.0.1:6379/0
+      KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight loadgen --rate 10000 --duration 60
     """
     s = Settings().with_(redis_url=redis_url, host=host or socket.gethostname())
     pub = generate(s, rate, duration)
