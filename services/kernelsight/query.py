@@ -7,13 +7,15 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import text
 
-from kernelsight import schema
+from kernelsight import schema, waits
+from kernelsight.analysis.own import not_own_sql
 from kernelsight.db import open_readonly, table_counts
 from kernelsight.safetext import printable
 
+# Service-time syscalls only, without KernelSight's own processes (kernelsight.waits, .own).
 SLOWEST = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, comm, pid, syscall_name,
- latency_ns / 1000000.0 AS latency_ms, ret_value FROM syscall_events
- ORDER BY latency_ns DESC LIMIT :n"""
+ 'service' AS class, latency_ns / 1000000.0 AS latency_ms, ret_value FROM syscall_events
+ WHERE {service} AND {not_own} ORDER BY latency_ns DESC LIMIT :n"""
 MEMORY = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, mem_total_kb,
  mem_available_kb, cached_kb, dirty_kb FROM memory_metrics ORDER BY timestamp DESC LIMIT :n"""
 IO = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, device, read_count,
@@ -46,7 +48,9 @@ def demo(db_path: str, limit: int = 10) -> None:
         t.add_row(name, f"{counts[name]:,}")
     console.print(t)
     with eng.connect() as conn:
-        _table(console, "Slowest syscalls", conn, SLOWEST, limit)
+        slowest = SLOWEST.format(service=waits.service_sql(), not_own=not_own_sql(conn))
+        _table(console, "Slowest syscalls (service time; waits such as futex/wait4 and "
+               "KernelSight's own processes left out)", conn, slowest, limit)
         _table(console, "Recent memory", conn, MEMORY, min(limit, 5))
         _table(console, "Recent I/O latency", conn, IO, limit)
     eng.dispose()

@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine, text
 
-from kernelsight import collectors, schema
+from kernelsight import collectors, schema, waits
+from kernelsight.analysis.own import not_own_sql
 from kernelsight.db import open_readonly, table_counts
 from kernelsight.safetext import printable
 
@@ -36,8 +37,10 @@ STATUS_SQL = """
 SELECT source, metric, MAX(value), MAX(detail) FROM pipeline_accounting
 WHERE event_type = '' AND metric IN ('started', 'failed') GROUP BY source, metric"""
 DEAD_SQL = """SELECT event_type, reason, COUNT(*) FROM dead_letters GROUP BY 1, 2"""
+# Service-time syscalls only (waits such as futex/wait4 are idle by design), without our own
+# processes: kernelsight.waits and kernelsight.analysis.own say what is left out.
 SLOW_SQL = """SELECT comm, syscall_name, latency_ns / 1000000.0 FROM syscall_events
-ORDER BY latency_ns DESC LIMIT :n"""
+WHERE {service} AND {not_own} ORDER BY latency_ns DESC LIMIT :n"""
 PF_TOTALS_SQL = """SELECT fault_type, SUM(fault_count), SUM(latency_sum_ns), SUM(sampled_events)
 FROM page_fault_totals GROUP BY fault_type"""
 PF_EVENTS_SQL = """SELECT fault_type, COUNT(*), AVG(latency_ns) FROM page_fault_events
@@ -98,7 +101,8 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
                 rep.failed[source] = detail or "failed"
         for et, reason, n in c.execute(text(DEAD_SQL)):
             rep.dead.setdefault(et, {})[reason.split(":")[0]] = n
-        rep.slow = [(r[0], r[1], float(r[2])) for r in c.execute(text(SLOW_SQL), {"n": 5})]
+        slow_sql = SLOW_SQL.format(service=waits.service_sql(), not_own=not_own_sql(c))
+        rep.slow = [(r[0], r[1], float(r[2])) for r in c.execute(text(slow_sql), {"n": 5})]
         for ft, n, lat, sampled in c.execute(text(PF_TOTALS_SQL)):
             rep.faults[ft] = {"count": int(n or 0), "avg_us": (lat or 0) / max(n or 0, 1) / 1000,
                               "sampled_events": int(sampled or 0), "exact": True}
@@ -166,7 +170,8 @@ def to_json(rep: Report) -> dict[str, Any]:
         "collectors": {"started": sorted(rep.started), "failed": rep.failed},
         "ingest": rep.ingest,
         "criteria": [{"name": n, "ok": ok, "detail": d} for n, ok, d in rep.criteria],
-        "slow_syscalls": [{"comm": c, "syscall": s, "latency_ms": ms} for c, s, ms in rep.slow],
+        "slow_syscalls": [{"comm": c, "syscall": s, "latency_ms": ms, "class": waits.SERVICE}
+                          for c, s, ms in rep.slow],
         "page_faults": rep.faults,
     }
 
@@ -196,12 +201,14 @@ def render(rep: Report, console: Console) -> None:
         console.print(Text("  ").append(ok if good else bad).append(
             printable(f" {name}" + (f" — {detail}" if detail else ""), 2000)))
     if rep.slow:
-        s = Table(title="Sample Slow Syscalls", title_justify="left")
+        s = Table(title="Sample Slow Syscalls (service time; waits and KernelSight's own "
+                  "processes left out)", title_justify="left")
         s.add_column("comm")
         s.add_column("syscall")
+        s.add_column("class")
         s.add_column("latency", justify="right")
         for comm, name, ms in rep.slow:
-            s.add_row(Text(printable(comm)), Text(printable(name)), f"{ms:.2f}ms")
+            s.add_row(Text(printable(comm)), Text(printable(name)), waits.SERVICE, f"{ms:.2f}ms")
         console.print(s)
     if rep.faults:
         exact = all(f["exact"] for f in rep.faults.values())
