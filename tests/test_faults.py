@@ -20,7 +20,7 @@ from kernelsight.config import Settings
 from kernelsight.db import open_db, table_counts
 from kernelsight.ingest import backlog
 from kernelsight.loadgen import generate, make_event
-from kernelsight.redis_server import PrivateRedis, free_port
+from kernelsight.redis_server import PrivateRedis
 from kernelsight.report import build
 from kernelsight.streams import FIELD, Publisher, connect
 
@@ -67,8 +67,7 @@ def distinct_ok(db: str) -> None:
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["no-persistence", "aof-always"])
 def test_redis_restart_while_publishing(tmp_path, persistent):
-    port = free_port()
-    rs = PrivateRedis(port=port, persist_dir=str(tmp_path / "redis")).start(persistent)
+    rs = PrivateRedis(persist_dir=str(tmp_path / "redis")).start(persistent)
     s = Settings(redis_url=rs.url, db_path=str(tmp_path / "ks.db"), host="t")
     ing = start_ingest(s, tmp_path / "ingest.log")
     pubs = []
@@ -78,7 +77,8 @@ def test_redis_restart_while_publishing(tmp_path, persistent):
         time.sleep(3)
         rs.stop()
         time.sleep(1.5)
-        rs2 = PrivateRedis(port=port, password=rs.password, persist_dir=rs.dir).start(persistent)
+        rs2 = PrivateRedis(password=rs.password, persist_dir=rs.dir,
+                           socket_dir=rs.socket_dir).start(persistent)
         t_up = time.monotonic()
         th.join(60)
         pub = pubs[0]
@@ -105,8 +105,7 @@ def test_redis_restart_while_publishing(tmp_path, persistent):
 
 
 def test_redis_down_when_collectors_start(tmp_path):
-    port = free_port()
-    rs = PrivateRedis(port=port)
+    rs = PrivateRedis()
     s = Settings(redis_url=rs.url, db_path=str(tmp_path / "ks.db"), host="t")
     pubs = []
     th = threading.Thread(target=lambda: pubs.append(generate(s, 2000, 6)))
