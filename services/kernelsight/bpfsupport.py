@@ -28,13 +28,17 @@ def _mounted(path: Path) -> bool:
         return False
 
 
+def tracefs_missing() -> list[tuple[Path, str]]:
+    """(mount point, fstype) that ensure_tracefs() would mount; changes nothing."""
+    return [(path, fstype) for path, fstype in ((TRACEFS, "tracefs"), (DEBUGFS, "debugfs"))
+            if not (_mounted(path) or (path == TRACEFS and (path / "events").is_dir()))]
+
+
 def ensure_tracefs() -> list[str]:
     """Mount tracefs (and debugfs, whose tracing/ dir older tools use) when missing.
     Returns what was done; raises CollectorError when it is missing and cannot be mounted."""
     done = []
-    for path, fstype in ((TRACEFS, "tracefs"), (DEBUGFS, "debugfs")):
-        if _mounted(path) or (path == TRACEFS and (path / "events").is_dir()):
-            continue
+    for path, fstype in tracefs_missing():
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -72,6 +76,17 @@ def _debian_fallback() -> tuple[Path, Path] | None:
 
 def _vkey(name: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", name))
+
+
+def headers_missing() -> tuple[Path, Path, Path, Path] | None:
+    """When the running kernel has no headers: (build link, its target, source link, its
+    target) that ensure_headers() would create; None when headers are in place or no fallback
+    exists (ensure_headers() then says what to install). Changes nothing."""
+    mod = Path("/lib/modules") / platform.release()
+    if (mod / "build").is_dir() and (mod / "build" / "include").exists():
+        return None
+    fb = _debian_fallback()
+    return (mod / "build", fb[0], mod / "source", fb[1]) if fb else None
 
 
 def ensure_headers() -> Headers:

@@ -53,7 +53,7 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
     if os.geteuid() != 0:
         raise ConfigError("the stress test loads eBPF programs: run it as root (sudo make stress)")
     tracers = tuple(n for n in names if n in collectors.TRACERS)
-    checks = run_checks(settings, tracers=())
+    checks = run_checks(settings, tracers=(), fix=True)  # mounts tracefs, links headers
     for c in checks:
         if not c.ok and c.required:
             raise ConfigError(f"{c.name}: {c.detail} — fix: {c.fix}")
