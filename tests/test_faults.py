@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from kernelsight import schema
+from kernelsight import schema, streamid
 from kernelsight.config import Settings
 from kernelsight.db import open_db, table_counts
-from kernelsight.ingest import backlog
+from kernelsight.ingest import backlog, drained_until
 from kernelsight.loadgen import generate, make_event
 from kernelsight.redis_server import PrivateRedis
 from kernelsight.report import build
-from kernelsight.streams import FIELD, Publisher, connect
+from kernelsight.streams import FIELD, HEALTH_KEY, Publisher, connect
 
 
 def start_ingest(settings: Settings, log: Path, consumer: str = "ingest-1",
@@ -33,15 +33,27 @@ def start_ingest(settings: Settings, log: Path, consumer: str = "ingest-1",
                             stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
+def wait_ingest_up(url: str, timeout: float = 60) -> None:
+    """Until the ingester's heartbeat is in Redis: started, groups made (a loaded CI machine
+    can take seconds to start Python)."""
+    r = connect(url)
+    deadline = time.monotonic() + timeout
+    while not r.exists(HEALTH_KEY.format(source="ingest")):
+        assert time.monotonic() < deadline, "the ingester did not start"
+        time.sleep(0.1)
+
+
 def stop_ingest(p: subprocess.Popen, timeout: float = 60) -> int:
     p.send_signal(signal.SIGTERM)
     return p.wait(timeout)
 
 
 def wait_stored(url: str, timeout: float = 30) -> None:
-    """Until the ingester has stored everything in Redis (bounded)."""
+    """Until the ingester has stored everything in Redis (bounded). drained_until also waits
+    for an ingester that has not created its group yet (backlog() counts 0 then)."""
     deadline = time.monotonic() + timeout
-    while backlog(connect(url)) and time.monotonic() < deadline:
+    r = connect(url)
+    while not drained_until(r, streamid.PACKED_MAX) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -73,6 +85,7 @@ def test_redis_restart_while_publishing(tmp_path, persistent):
     pubs = []
     th = threading.Thread(target=lambda: pubs.append(generate(s, 4000, 10)))
     try:
+        wait_ingest_up(s.redis_url)
         th.start()
         time.sleep(3)
         rs.stop()
@@ -127,6 +140,7 @@ def test_redis_down_when_collectors_start(tmp_path):
 def test_sqlite_shell_holds_write_lock(settings, tmp_path):
     open_db(settings.db_path).dispose()
     ing = start_ingest(settings, tmp_path / "ingest.log")
+    wait_ingest_up(settings.redis_url)
     pubs = []
     th = threading.Thread(target=lambda: pubs.append(generate(settings, 3000, 9)))
     th.start()

@@ -28,3 +28,10 @@ class CollectorError(KernelSightError):
     """A collector cannot start on this host; the message says why and the fix."""
 
     exit_code = 5
+
+
+class RedisRefused(KernelSightError):
+    """Redis answers but refuses what the pipeline needs (no permission, read-only replica,
+    a key of the wrong type): retrying cannot help, so the command stops."""
+
+    exit_code = 6

@@ -20,14 +20,26 @@ def discover(r: redis.Redis, group: str) -> list[bytes]:
     rather than sitting unseen. Creates the group on the extra ones."""
     found = set(r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000,
                             _type="stream"))
-    extra = sorted(found - set(ALL_STREAMS))
-    for s in extra:
+    extra = []
+    for s in sorted(found - set(ALL_STREAMS)):
         try:
             r.xgroup_create(s, group, id="0")
+        except redis.exceptions.OutOfMemoryError:
+            if not has_group(r, s, group):
+                continue  # Redis is full: read it at a later discover
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+        extra.append(s)
     return ALL_STREAMS + extra
+
+
+def has_group(r: redis.Redis, stream: bytes, group: str) -> bool:
+    try:
+        groups = r.xinfo_groups(stream)
+    except redis.ResponseError:
+        return False  # no such stream
+    return any(g["name"] in (group, group.encode()) for g in groups)
 
 
 def own_pending(ing: Ingester) -> None:

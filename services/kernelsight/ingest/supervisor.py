@@ -8,7 +8,8 @@ import logging
 import multiprocessing
 import os
 import signal
-from dataclasses import replace
+from collections import Counter
+from dataclasses import fields, replace
 from multiprocessing.connection import wait as wait_any
 
 from kernelsight.config import Settings
@@ -162,7 +163,9 @@ def _result(rx) -> tuple | None:
 
 
 def _add(total: IngestStats, st: IngestStats) -> None:
-    for name in ("stored", "duplicates", "dead"):
-        getattr(total, name).update(getattr(st, name))
-    for name in ("batches", "lock_retries", "db_errors", "reclaimed", "redis_errors"):
-        setattr(total, name, getattr(total, name) + getattr(st, name))
+    for f in fields(IngestStats):
+        a, b = getattr(total, f.name), getattr(st, f.name)
+        if isinstance(a, Counter):
+            a.update(b)
+        else:
+            setattr(total, f.name, a + b)

@@ -72,3 +72,44 @@ class Wire:
             self.r.connection_pool.release(self.conn)
             self.conn = None
         self.tags.clear()
+
+
+# Replies that say "not now" rather than "never": retried with backoff.
+_TRANSIENT_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED",
+                       "NOREPLICAS")
+
+
+def classify(e: redis.RedisError) -> str:
+    """``transient`` (connection lost, timeout, server loading...: retry), ``oom`` (Redis at
+    maxmemory: back-pressure), ``nogroup`` (the group vanished: recreate it) or ``fatal``
+    (no permission, read-only replica, wrong type, bad password...: stop with the reason)."""
+    if isinstance(e, redis.AuthenticationError):
+        return "fatal"
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)):
+        return "transient"
+    if isinstance(e, redis.exceptions.OutOfMemoryError):
+        return "oom"
+    msg = str(e)
+    if msg.startswith("NOGROUP"):
+        return "nogroup"
+    if msg.startswith(_TRANSIENT_PREFIXES):
+        return "transient"
+    return "fatal"
+
+
+def refusal(e: redis.RedisError, url: str) -> str:
+    """One line for a fatal refusal: what Redis said and what to do."""
+    said = f"{e.__class__.__name__}: {str(e).strip()}"
+    if isinstance(e, redis.exceptions.ReadOnlyError):
+        hint = "it is a read-only replica now; point KS_REDIS_URL / --redis-url at the primary"
+    elif isinstance(e, redis.exceptions.NoPermissionError):
+        hint = ("the Redis user lacks a permission the ingester needs; grant it (ACL SETUSER "
+                "<user> +@stream +@connection +set +scan +info) or use another user")
+    elif isinstance(e, redis.AuthenticationError):
+        hint = "set the right password in KS_REDIS_URL"
+    elif str(e).startswith("WRONGTYPE"):
+        hint = "a key under kernelsight: is not a stream; rename or delete it"
+    else:
+        hint = "fix the Redis server's state or configuration, then start the ingester again"
+    return (f"redis at {url} refused the ingester ({said}); {hint}. Entries not yet "
+            "acknowledged stay in Redis and are stored at the next start")

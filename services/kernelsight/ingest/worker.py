@@ -24,7 +24,7 @@ from kernelsight import defaults, schema
 from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
 from kernelsight.db import Checkpointer
-from kernelsight.exceptions import RedisUnavailable
+from kernelsight.exceptions import RedisRefused, RedisUnavailable
 from kernelsight.ingest import reclaim
 from kernelsight.ingest.retention import trim_acknowledged
 from kernelsight.ingest.validate import (
@@ -35,7 +35,7 @@ from kernelsight.ingest.validate import (
     dead_letter_row,
     validate_entry,
 )
-from kernelsight.ingest.wire import ALL_STREAMS, Wire, xreadgroup_args
+from kernelsight.ingest.wire import ALL_STREAMS, Wire, classify, refusal, xreadgroup_args
 from kernelsight.ingest.wire import entries as read_entries
 from kernelsight.ingest.writer import IngestStats, Writer
 from kernelsight.streams import FIELD, HEALTH_KEY, connect
@@ -61,7 +61,9 @@ class Ingester:
         self._last_accounting = 0.0
         self.streams: list[bytes] = list(ALL_STREAMS)
         self.wire = Wire(self.r)
-        self._recover_pending = False
+        self._recover_pending = True
+        self._need_groups = True
+        self._started = False
         # Keep XREADGROUP's reply raw (nested lists): redis-py's conversion of every entry's
         # fields into a dict is pure overhead here.
         self.r.set_response_callback("XREADGROUP", lambda resp, **_: resp)
@@ -72,6 +74,13 @@ class Ingester:
             try:
                 # From 0, so events published before the group existed are not skipped.
                 self.r.xgroup_create(s, self.group, id="0", mkstream=True)
+            except redis.exceptions.OutOfMemoryError:
+                # XGROUP CREATE is refused at maxmemory even when the group exists.
+                if not reclaim.has_group(self.r, s, self.group):
+                    raise RedisRefused(
+                        f"redis at {redact(self.s.redis_url)} is at maxmemory, so the consumer "
+                        f"group cannot be created on {s.decode()}; raise maxmemory (CONFIG SET "
+                        "maxmemory) or free memory, then start the ingester again") from None
             except redis.ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
@@ -174,7 +183,8 @@ class Ingester:
         st = self.stats
         out = [{**base, "event_type": "", "metric": m, "reason": "", "value": v}
                for m, v in (("lock_retries", st.lock_retries), ("db_errors", st.db_errors),
-                            ("reclaimed", st.reclaimed), ("redis_errors", st.redis_errors))]
+                            ("reclaimed", st.reclaimed), ("redis_errors", st.redis_errors),
+                            ("redis_oom", st.redis_oom))]
         return out
 
 
@@ -190,18 +200,21 @@ class Ingester:
 
     def run(self, idle_exit_s: float | None = None) -> IngestStats:
         """Loop until stopped. On a drain stop, keep going until every stream is empty and
-        nothing is pending, then return."""
+        nothing is pending, then return.
+
+        Lost connections, timeouts and a Redis at maxmemory are retried with backoff and
+        counted; a refusal retrying cannot fix (NOPERM, READONLY, WRONGTYPE...) raises
+        RedisRefused, so the process exits non-zero, its entries still pending in Redis."""
         self.check_redis()
-        self.ensure_groups()
-        self.discover()
-        self._own_pending()
-        self._autoclaim()
-        self._last_reclaim = time.monotonic()
         self.checkpointer = Checkpointer(self.s.db_path).start()
         try:
             self._loop(idle_exit_s)
             self._settle()
-        except redis.RedisError as e:  # stopping anyway: what was in flight stays pending
+        except redis.RedisError as e:
+            if classify(e) == "fatal":
+                raise RedisRefused(refusal(e, redact(self.s.redis_url))) from None
+            # Stopping now (a second signal) while Redis is unreachable: what was in flight
+            # stays pending and is read at the next start.
             log.warning("redis unavailable at stop (%s); undelivered entries stay pending", e)
         finally:
             self.wire.reset()
@@ -214,58 +227,75 @@ class Ingester:
                 self.checkpointer.stop()
         return self.stats
 
+    def _recover(self) -> None:
+        """Start-up, and after any Redis error: groups (if they may be missing), then what
+        was delivered to this consumer but not acknowledged."""
+        if self._need_groups:
+            self.ensure_groups()
+            self.discover()
+            self._need_groups = False
+        self._settle()
+        self._own_pending()
+        if not self._started:
+            self._autoclaim()
+            self._last_reclaim = time.monotonic()
+            self._started = True
+        self._recover_pending = False
+
     def _loop(self, idle_exit_s: float | None) -> None:
         idle_since = time.monotonic()
         backoff = 0.0
+        self._recover_pending = True
         while True:
             try:
                 if self._recover_pending:
-                    self._settle()
-                    self._own_pending()
-                    self._recover_pending = False
+                    self._recover()
                 n = self._batch()
+                now = time.monotonic()
+                if self._stop and not self._draining:
+                    break
+                if n:
+                    idle_since = now
+                elif self._stop:
+                    self._settle()
+                    if self._pending_total() == 0:
+                        break
+                elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
+                    break
+                self._maintain(now)
                 backoff = 0.0
-            except redis.ResponseError as e:
-                self.wire.reset()
-                self._recover_pending = True
-                if "NOGROUP" in str(e):
-                    log.warning("consumer group missing (Redis restarted?); recreating it")
-                    self.ensure_groups()
-                    continue
-                raise
             except redis.RedisError as e:
+                # Every Redis call of the loop, maintenance included, lands here.
                 self.wire.reset()
                 self._recover_pending = True
-                self.stats.redis_errors += 1
+                kind = classify(e)
+                if kind == "fatal":
+                    raise
+                self._need_groups = True
+                if kind == "nogroup":
+                    log.warning("consumer group missing (Redis restarted?); recreating it")
+                    continue
+                if kind == "oom":
+                    self.stats.redis_oom += 1
+                else:
+                    self.stats.redis_errors += 1
                 backoff = min(max(backoff * 2, 0.2), 5.0)
-                log.warning("redis unavailable (%s); retrying in %.1fs", e, backoff)
+                log.warning("redis %s (%s); retrying in %.1fs",
+                            "at maxmemory" if kind == "oom" else "unavailable", e, backoff)
                 time.sleep(backoff)
                 if self._stop and not self._draining:
                     break
-                try:
-                    self.ensure_groups()
-                except redis.RedisError:
-                    pass
-                continue
-            now = time.monotonic()
-            if self._stop and not self._draining:
-                break
-            if n:
-                idle_since = now
-            elif self._stop:
-                self._settle()
-                if self._pending_total() == 0:
-                    break
-            elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
-                break
-            if now - self._last_trim > 1.0:
-                self._last_trim = now
-                self.trim()
-                self._heartbeat()
-            if now - self._last_reclaim > 10.0:
-                self._last_reclaim = now
-                self._autoclaim()
-                self.discover()
+
+    def _maintain(self, now: float) -> None:
+        """About once a second: trim and heartbeat; every 10 s: reclaim and discover."""
+        if now - self._last_trim > 1.0:
+            self._last_trim = now
+            self.trim()
+            self._heartbeat()
+        if now - self._last_reclaim > 10.0:
+            self._last_reclaim = now
+            self._autoclaim()
+            self.discover()
 
     def _send_read(self, block: int | None) -> None:
         self.wire.send("read", *self._xreadgroup(">", block, self.s.batch_size))
@@ -273,7 +303,7 @@ class Ingester:
     def _recv_read(self) -> list:
         """Read replies up to the outstanding XREADGROUP's, and return its entries."""
         while True:
-            tag, res = self.wire.recv()
+            tag, res = self._recv()
             if tag == "read":
                 return read_entries(res)
 
@@ -285,7 +315,17 @@ class Ingester:
                 if got:
                     self._process(got)
             else:
-                self.wire.recv()
+                self._recv()
+
+    def _recv(self) -> tuple[str, object]:
+        """The next pipelined reply. Only the dead-letter mirror XADD can meet maxmemory
+        here (XREADGROUP and XACK are allowed when Redis is full): its row is already in the
+        dead_letters table, so the refusal is counted and the loop goes on."""
+        try:
+            return self.wire.recv()
+        except redis.exceptions.OutOfMemoryError:
+            self.stats.redis_oom += 1
+            return "xadd", None
 
     def _batch(self) -> int:
         """Store one batch: the entries of the read sent last time (or of a read that waits
@@ -299,9 +339,13 @@ class Ingester:
         return self._process(got)
 
     def _heartbeat(self) -> None:
-        """For `kernelsight health ingest` (compose healthchecks)."""
-        self.r.set(HEALTH_KEY.format(source="ingest"), orjson.dumps(
-            {"instance": self.instance, "timestamp": now_ns()}), ex=defaults.HEALTH_TTL_S)
+        """For `kernelsight health ingest` (compose healthchecks). Skipped (counted) while
+        Redis is at maxmemory: the ingester must go on freeing memory."""
+        try:
+            self.r.set(HEALTH_KEY.format(source="ingest"), orjson.dumps(
+                {"instance": self.instance, "timestamp": now_ns()}), ex=defaults.HEALTH_TTL_S)
+        except redis.exceptions.OutOfMemoryError:
+            self.stats.redis_oom += 1
 
     def _pending_total(self) -> int:
         pipe = self.r.pipeline(transaction=False)

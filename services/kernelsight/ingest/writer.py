@@ -32,6 +32,7 @@ class IngestStats:
     db_errors: int = 0
     reclaimed: int = 0
     redis_errors: int = 0
+    redis_oom: int = 0  # refusals at maxmemory (heartbeat, dead-letter mirror, backoffs)
 
 
 class WriteLock:
