@@ -63,10 +63,12 @@ def publish_hostile(r: redis.Redis) -> None:
             [s[:64], "dropped", f"r{i}", 1, s],
             ["", s[:64], "", 1, ""],
         ]
-    counters.append(["", "failed", "", 1, "\n".join(HOSTILE) + BIG])
-    r.xadd(schema.ACCOUNTING_STREAM, {b"d": payload({
-        "timestamp": ts, "host": "h", "instance": "evil-1", "source": "scraper",
-        "counters": counters})})
+    counters.append(["", "failed", "", 1, "\n".join(HOSTILE)])
+    counters.append(["", "failed", "", 1, BIG])
+    for i, c in enumerate(counters):  # one entry each: the ingester refuses some, stores others
+        r.xadd(schema.ACCOUNTING_STREAM, {b"d": payload({
+            "timestamp": ts, "host": "h", "instance": f"evil-{i}", "source": "scraper",
+            "counters": [c]})})
     for name in ("syscall_events", "io_latency_stats", "block_stats", "page_fault_events"):
         et = schema.BY_NAME[name]
         for i, s in enumerate(HOSTILE):

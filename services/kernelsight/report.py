@@ -242,6 +242,10 @@ def render(rep: Report, console: Console) -> None:
         if name not in schema.TABLES:
             reasons += [f"{printable(name or 'pipeline')}: {printable(r)} {v:,}"
                         for r, v in sorted(drops.items()) if v]
+    for name, dead in sorted(rep.dead.items()):  # e.g. refused accounting entries
+        if name not in schema.TABLES:
+            reasons += [f"{printable(name)}: dead letter {printable(r)} {v:,}"
+                        for r, v in sorted(dead.items())]
     console.print(a)
     if reasons:
         console.print("Dropped by reason (counted, by design or by loss):")

@@ -7,6 +7,8 @@ event on the ingest hot path.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from kernelsight import schema
@@ -122,24 +124,86 @@ def validate_entry(validate, fields: dict | list, sid: int) -> tuple:
     return validate(obj, sid)
 
 
+ACC_KEYS = frozenset(("timestamp", "host", "instance", "source", "counters"))
+ACC_MAX_COUNTERS = 4096
+INSTANCE_MAXLEN = 200
+NAME_MAXLEN = 64  # source, event_type, metric
+REASON_MAXLEN = 200
+DETAIL_MAXLEN = 500  # the Publisher cuts details there
+_NAME = re.compile(r"[A-Za-z0-9_.:-]*")  # names our code chooses: identifiers
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _name(v: object, what: str, empty_ok: bool = True) -> str:
+    if type(v) is not str:
+        raise BadEntry("wrong_type", f"accounting {what} must be a string")
+    if len(v) > NAME_MAXLEN or not _NAME.fullmatch(v) or (not v and not empty_ok):
+        raise BadEntry("out_of_range", f"accounting {what} must be an identifier of at most "
+                       f"{NAME_MAXLEN} characters [A-Za-z0-9_.:-]")
+    return v
+
+
+def _text(v: object, what: str, maxlen: int, controls_ok: bool = False) -> str:
+    if type(v) is not str:
+        raise BadEntry("wrong_type", f"accounting {what} must be a string")
+    if len(v) > maxlen:
+        raise BadEntry("out_of_range", f"accounting {what} longer than {maxlen}")
+    if not controls_ok and _CONTROL.search(v):
+        raise BadEntry("out_of_range", f"accounting {what} has control characters")
+    return v
+
+
 def accounting_rows(fields: dict | list) -> list[dict]:
+    """One accounting entry (a producer's cumulative counters) -> pipeline_accounting rows,
+    with the same type and range checks as events: an exact key set, an integer epoch-ns
+    timestamp in range, strings of bounded length (names are identifiers, reasons have no
+    control characters), counters as [event_type, metric, reason, value, detail] with a
+    non-negative int64 value. Anything else raises BadEntry (the entry is dead-lettered)."""
     raw = payload_of(fields)
-    o = orjson.loads(raw) if raw else None
-    if not isinstance(o, dict):
-        raise BadEntry("not_an_object", "accounting")
+    if raw is None:
+        raise BadEntry("missing_field", "d (the JSON payload)")
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise BadEntry("too_large", f"{len(raw)} bytes")
     try:
-        base = {"timestamp": int(o["timestamp"]), "host": str(o["host"])[:HOST_MAXLEN],
-                "instance": str(o["instance"])[:200], "source": str(o["source"])[:64]}
-        rows = []
-        for et, metric, reason, value, detail in o["counters"]:
-            if type(value) is not int or not 0 <= value <= schema.INT64_MAX:
-                raise BadEntry("out_of_range", f"accounting value {value!r}")
-            rows.append({**base, "event_type": str(et)[:64], "metric": str(metric)[:64],
-                         "reason": str(reason)[:200], "value": value,
-                         "detail": (str(detail)[:500] or None)})
-        return rows
-    except (KeyError, TypeError, ValueError) as e:
-        raise BadEntry("wrong_type", f"accounting entry: {e}") from None
+        o = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise BadEntry("decode_error", str(e)[:200]) from None
+    if type(o) is not dict:
+        raise BadEntry("not_an_object", "accounting")
+    if o.keys() != ACC_KEYS:
+        _keys_error(o, ACC_KEYS)
+    ts, counters = o["timestamp"], o["counters"]
+    if type(ts) is not int:
+        raise BadEntry("wrong_type", "timestamp must be an integer")
+    if ts < TS_MIN or ts > TS_MAX:
+        raise BadEntry("out_of_range", f"timestamp={ts} (want epoch nanoseconds)")
+    host = _text(o["host"], "host", HOST_MAXLEN)
+    if not host:
+        raise BadEntry("wrong_type", "host must be a non-empty string")
+    instance = _text(o["instance"], "instance", INSTANCE_MAXLEN)
+    if not instance:
+        raise BadEntry("wrong_type", "accounting instance must be a non-empty string")
+    base = {"timestamp": ts, "host": host, "instance": instance,
+            "source": _name(o["source"], "source", empty_ok=False)}
+    if type(counters) is not list:
+        raise BadEntry("wrong_type", "accounting counters must be a list")
+    if len(counters) > ACC_MAX_COUNTERS:
+        raise BadEntry("out_of_range", f"more than {ACC_MAX_COUNTERS} accounting counters")
+    rows = []
+    for c in counters:
+        if type(c) is not list or len(c) != 5:
+            raise BadEntry("wrong_type", "an accounting counter must be [event_type, metric, "
+                           "reason, value, detail]")
+        et, metric, reason, value, detail = c
+        if type(value) is not int:
+            raise BadEntry("wrong_type", "accounting value must be an integer")
+        if not 0 <= value <= schema.INT64_MAX:
+            raise BadEntry("out_of_range", f"accounting value {value}")
+        rows.append({**base, "event_type": _name(et, "event_type"),
+                     "metric": _name(metric, "metric", empty_ok=False),
+                     "reason": _text(reason, "reason", REASON_MAXLEN), "value": value,
+                     "detail": _text(detail, "detail", DETAIL_MAXLEN, controls_ok=True) or None})
+    return rows
 
 
 def dead_letter_row(stream: bytes, eid: bytes, fields: object, e: Exception) -> dict:
