@@ -11,7 +11,7 @@ import re
 
 import orjson
 
-from kernelsight import schema
+from kernelsight import schema, streamid
 from kernelsight.clock import now_ns
 from kernelsight.streams import FIELD, payload_of_fields
 
@@ -107,6 +107,15 @@ def payload_of(fields: dict | list | None) -> bytes | None:
     if type(fields) is list and len(fields) == 2 and fields[0] == FIELD:
         return fields[1]
     return payload_of_fields(fields)
+
+
+def bad_stream_id(eid: bytes) -> str:
+    """Why an entry id cannot be the row's stream_id (see kernelsight.streamid)."""
+    try:
+        streamid.pack(eid)
+    except ValueError as e:
+        return f"{e}; producers must use ids below {streamid.MS_MAX}-{streamid.SEQ_MAX}"
+    return eid.decode(errors="replace")
 
 
 def validate_entry(validate, fields: dict | list, sid: int) -> tuple:

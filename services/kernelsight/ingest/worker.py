@@ -32,12 +32,14 @@ from kernelsight.ingest.validate import (
     VALIDATORS,
     BadEntry,
     accounting_rows,
+    bad_stream_id,
     dead_letter_row,
     validate_entry,
 )
 from kernelsight.ingest.wire import ALL_STREAMS, Wire, classify, refusal, xreadgroup_args
 from kernelsight.ingest.wire import entries as read_entries
 from kernelsight.ingest.writer import IngestStats, Writer
+from kernelsight.streamid import PACKED_MAX, SEQ_BITS, SEQ_MAX
 from kernelsight.streams import FIELD, HEALTH_KEY, connect
 
 log = logging.getLogger(__name__)
@@ -158,7 +160,10 @@ class Ingester:
             for eid, fields in entries:
                 try:
                     ms, _, seq = eid.partition(b"-")
-                    sid = int(ms) << 19 | int(seq)
+                    sq = int(seq)
+                    sid = int(ms) << SEQ_BITS | sq
+                    if sq > SEQ_MAX or sid > PACKED_MAX:  # would collide or overflow
+                        raise BadEntry("bad_stream_id", bad_stream_id(eid))
                     if type(fields) is list and len(fields) == 2 and fields[0] == FIELD \
                             and len(fields[1]) <= MAX_ENTRY_BYTES:
                         out.append(validate(loads(fields[1]), sid))
