@@ -49,5 +49,11 @@ clean:
 bench: setup
 	$(VENV)/bin/kernelsight bench $(if $(QUICK),--quick,)
 
+# `make soak SOAK_DURATION=7200`: loadgen + ingest with retention and a size cap (see README).
+SOAK_DURATION ?= 600
+SOAK_RATE ?= 10000
+SOAK_RETENTION ?= 10m
+SOAK_SIZE ?= 256MiB
 soak: setup
-	$(VENV)/bin/kernelsight soak --rate 10000 --duration 600 --db data/soak.db
+	$(KS) soak --rate $(SOAK_RATE) --duration $(SOAK_DURATION) --retention $(SOAK_RETENTION) \
+		--retention-size $(SOAK_SIZE) --db data/soak.db

@@ -19,12 +19,12 @@ def ks(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,env,needle", [
-    (["ingest", "--db", "/tmp/x.db"], {"KS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+    (["ingest", "--db", "TMP/x.db"], {"KS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
      "cannot reach Redis"),
-    (["ingest", "--db", "/tmp/x.db"], {"KS_REDIS_URL": "http://nope"}, "is not valid"),
+    (["ingest", "--db", "TMP/x.db"], {"KS_REDIS_URL": "http://nope"}, "is not valid"),
     (["run", "--duration", "5", "--db", "/proc/ks.db"], {}, "--db /proc/ks.db"),
     (["run", "--duration", "5", "--db", "/tmp"], {}, "is a directory"),
-    (["run", "--duration", "0", "--db", "/tmp/x.db"], {}, "Invalid value for '--duration'"),
+    (["run", "--duration", "0", "--db", "TMP/x.db"], {}, "Invalid value for '--duration'"),
     (["run", "--duration", "5", "--collectors", "scraper,nope"], {}, "unknown collector 'nope'"),
     (["collect", "--interval", "-1"], {"KS_REDIS_URL": "redis://127.0.0.1:1/0"},
      "--interval must be"),
@@ -32,8 +32,18 @@ def ks(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
      "not a procfs mount"),
     (["collect"], {}, "needs Redis"),
     (["report", "--db", "/nonexistent/ks.db"], {}, "no database at"),
+    (["ingest", "--retention", "7x"], {"KS_REDIS_URL": "redis://127.0.0.1:1/0"},
+     "--retention '7x' is not a duration"),
+    (["ingest"], {"KS_REDIS_URL": "redis://127.0.0.1:1/0", "KS_RETENTION": "20s"},
+     "shorter than one minute"),
+    (["run", "--duration", "5", "--retention-size", "2 gigs"], {},
+     "--retention-size '2 gigs' is not a size"),
+    (["run", "--duration", "5", "--retention", "30d", "--rollup-retention", "7d"], {},
+     "rollups must outlive raw rows"),
 ])
-def test_bad_input_one_line(args, env, needle):
+def test_bad_input_one_line(args, env, needle, tmp_path):
+    # a fresh path each time (a /tmp/x.db left by another version would fail differently)
+    args = [a.replace("TMP", str(tmp_path)) for a in args]
     p = ks(*args, env=env)
     assert p.returncode != 0
     assert "Traceback" not in p.stderr

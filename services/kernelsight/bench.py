@@ -38,6 +38,7 @@ FIGURES = (
     "syscall_tracer_overhead_ratio", "pagefault_tracer_overhead_ratio",
     "sched_tracer_overhead_ratio", "scraper_cpu_percent", "stack_cpu_percent_under_stress",
     "max_lossless_events_per_s", "report_seconds_1m_rows",
+    "ingest_while_pruning_events_per_s", "ingest_while_pruning_ratio",
 )
 
 
@@ -140,6 +141,71 @@ class Bench:
         self.put("ingest_two_workers_events_per_s", two, "--workers 2, including forking "
                  "the workers (which dominates a quick run)")
         self.put("ingest_two_workers_ratio", two / f)
+
+    def _old_rows(self, db: Path, n: int) -> None:
+        """``n`` realistic rows of every type from three hours ago (10 minutes of them),
+        written straight into a new database: what retention has to delete."""
+        from kernelsight.db import open_db
+
+        open_db(db).dispose()
+        con = sqlite3.connect(db)
+        events = pool("benchhost", seed=9, size=1000)
+        t0 = time.time_ns() - 3 * 3600 * 10**9
+        by: dict[str, list[tuple]] = {}
+        for i in range(n):
+            name, row = events[i % len(events)]
+            et = schema.BY_NAME[name]
+            by.setdefault(name, []).append((i + 1, t0 + i * (600 * 10**9 // n), row["host"],
+                                            *(row[c] for c in et.column_names)))
+        for name, rows in by.items():
+            et = schema.BY_NAME[name]
+            cols = ("stream_id", "timestamp", "host", *et.column_names)
+            con.executemany(f"INSERT INTO {name} ({', '.join(cols)}) VALUES "
+                            f"({', '.join('?' * len(cols))})", rows)
+        # Their minutes count as rolled up already: in steady state a pass rolls up one new
+        # minute, so deleting is what the maintenance thread spends its time on.
+        con.executemany("INSERT INTO rollup_state (table_name, done_until_ns) VALUES (?, ?)",
+                        [(t, t0 + 660 * 10**9) for t in by])
+        con.commit()
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+
+    def pruning(self, url: str) -> None:
+        """Ingest into a database holding as many rows past retention as it ingests, with
+        --retention 1h (the maintenance thread deletes them meanwhile: steady state, one row
+        out per row in) against the default 7d (no deletes), same database, same entries.
+        The maintenance thread runs in both (the old minutes' rollups are written in both)."""
+        n = 30_000 if self.quick else 200_000
+        rounds = 1 if self.quick else 3
+        runs: dict[str, list[float]] = {"keep": [], "prune": []}
+        deleted: list[int] = []
+        r = redis.Redis.from_url(url)
+        for i in range(rounds):
+            for which in (("keep", "prune") if i % 2 == 0 else ("prune", "keep")):
+                db = self.dir / f"prune-{which}-{i}.db"
+                self._old_rows(db, n)
+                self._fill(r, n)
+                s = Settings(redis_url=url, db_path=str(db), host="bench",
+                             retention="1h" if which == "prune" else "7d")
+                t0 = time.perf_counter()
+                st = run_ingest(s, defaults.INGEST_WORKERS, drain=True)
+                dt = time.perf_counter() - t0
+                runs[which].append(sum(st.stored.values()) / dt)
+                if which == "prune":
+                    con = sqlite3.connect(db)
+                    deleted.append(con.execute(
+                        "SELECT COALESCE(SUM(value), 0) FROM pipeline_accounting WHERE "
+                        "metric = 'retention_deleted'").fetchone()[0])
+                    con.close()
+                for p in self.dir.glob(db.name + "*"):
+                    p.unlink()
+        keep, prune = (statistics.median(runs[k]) for k in ("keep", "prune"))
+        self.put("ingest_while_pruning_events_per_s", prune,
+                 f"{n:,} events into a database holding {n:,} rows past --retention 1h; "
+                 f"deleted during the run: {statistics.median(deleted):,.0f}, median of "
+                 f"{rounds}")
+        self.put("ingest_while_pruning_ratio", prune / keep,
+                 f"against {keep:,.0f}/s with the default 7d (nothing to delete), same run")
 
     def publish(self, url: str) -> None:
         n = 50_000 if self.quick else 300_000
@@ -264,7 +330,7 @@ class Bench:
                  "% of one core")
 
     def max_lossless(self) -> None:
-        from kernelsight.loadgen import soak
+        from kernelsight.soak import soak
 
         secs = 5 if self.quick else 60
         rates = [5_000, 20_000] if self.quick else [10_000, 20_000, 40_000, 60_000, 80_000,
@@ -424,6 +490,7 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
               f"count={1_000_000 if quick else 3_000_000}"]
         steps: dict[str, Callable[[], None]] = {
             "ingest": lambda: b.ingest(rs.url),
+            "pruning": lambda: b.pruning(rs.url),
             "publish": lambda: b.publish(rs.url),
             "syscalls": lambda: b.overhead("syscall_tracer_overhead_ratio", "syscalls", dd,
                                            EMPTY["syscalls"], rs.url),
@@ -455,8 +522,8 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
 @click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, envvar="QUICK", help="Short runs (for CI).")
 @click.option("--out", default="bench/results.json", show_default=True, type=click.Path())
-@click.option("--only", default=None, help="Comma list of steps: ingest, publish, syscalls, "
-              "pagefaults, sched, scraper, stack, lossless, report.")
+@click.option("--only", default=None, help="Comma list of steps: ingest, pruning, publish, "
+              "syscalls, pagefaults, sched, scraper, stack, lossless, report.")
 def command(quick: bool, out: str, only: str | None) -> None:
     """Measure throughput and overhead against bare floors (root for the tracer figures).
 

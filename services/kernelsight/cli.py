@@ -36,6 +36,16 @@ MAXLEN = _opt("--stream-maxlen", field="stream_maxlen", type=int,
               help="Unread entries per stream above which producers hold back "
                    f"[default: {defaults.STREAM_MAXLEN}].")
 
+RETENTION = _opt("--retention", field="retention",
+                 help="Delete raw rows older than this (rolled up per minute first), e.g. 30m, "
+                      f"12h, 7d [default: {defaults.RETENTION}].")
+RETENTION_SIZE = _opt("--retention-size", field="retention_size",
+                      help="Also delete the oldest raw rows when the database's data passes "
+                           "this size, e.g. 64MiB, 2GiB [default: no size cap].")
+ROLLUP_RETENTION = _opt("--rollup-retention", field="rollup_retention",
+                        help="Keep the per-minute rollups (<table>_1m) this long "
+                             f"[default: {defaults.ROLLUP_RETENTION}].")
+
 
 def settings_from(kw: dict[str, Any]) -> Settings:
     known = {k: kw.pop(k) for k in list(kw) if k in Settings.__dataclass_fields__}
@@ -79,7 +89,8 @@ def cli(log_level: str) -> None:
               show_envvar=True, help=f"Comma list of {', '.join(collectors.ALL)} or 'all'.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               envvar="KS_LOG_DIR", help="Write each component's log to DIR/<name>.log.")
-@common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, MAXLEN)
+@common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, MAXLEN, RETENTION, RETENTION_SIZE,
+        ROLLUP_RETENTION)
 def run(duration: float, collector_list: str, log_dir: str | None, **kw: Any) -> None:
     """Run collectors and the ingester natively for DURATION seconds, then drain and exit.
 
@@ -90,6 +101,7 @@ def run(duration: float, collector_list: str, log_dir: str | None, **kw: Any) ->
     Examples:
       kernelsight run --duration 10 --db /tmp/ks.db --collectors scraper
       sudo kernelsight run --duration 60 --db data/ks.db --collectors all
+      sudo kernelsight run --duration 600 --retention 2m --retention-size 64MiB
     """
     from kernelsight import runner
     from kernelsight.config import check_db_path
@@ -156,7 +168,7 @@ def trace(tracer: str, duration: float | None, **kw: Any) -> None:
 
 
 @cli.command(context_settings=CTX)
-@common(REDIS, DB, HOST)
+@common(REDIS, DB, HOST, RETENTION, RETENTION_SIZE, ROLLUP_RETENTION)
 @_opt("--batch-size", field="batch_size", type=int,
       help=f"Max entries per transaction [default: {defaults.BATCH_SIZE}].")
 @_opt("--batch-ms", field="batch_ms", type=int,
@@ -177,6 +189,7 @@ def ingest(drain: bool, **kw: Any) -> None:
       KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight ingest --db data/ks.db
       kernelsight ingest --drain --db data/ks.db
       kernelsight ingest --workers 2   # two processes: more throughput, more CPU
+      kernelsight ingest --retention 30d --retention-size 10GiB --rollup-retention 52w
     """
     from kernelsight.ingest import run_ingest
 
@@ -240,7 +253,7 @@ def _register_optional() -> None:
     """Commands that live in their own modules (added as they land)."""
     import importlib
 
-    for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "bench", "rqjobs",
+    for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "soak", "bench", "rqjobs",
                 "compose_stress"):
         try:
             m = importlib.import_module(f"kernelsight.{mod}")

@@ -34,6 +34,9 @@ class Settings:
     map_entries: int = defaults.MAP_ENTRIES
     minor_fault_rate: int = defaults.PAGEFAULT_MINOR_RATE
     ignored_devices: str = defaults.IGNORED_DEVICES
+    retention: str = defaults.RETENTION
+    retention_size: str = defaults.RETENTION_SIZE
+    rollup_retention: str = defaults.ROLLUP_RETENTION
     bpf_dir: str = ""  # where bpf/*.bpf.c live; empty: the repository's bpf/ directory
 
     def with_(self, **kw: object) -> Settings:
@@ -57,11 +60,30 @@ class Settings:
             raise ConfigError("--workers must be between 0 (one per CPU, at most 2) and 64")
         if self.min_latency_ms < 0:
             raise ConfigError("--min-latency-ms must be >= 0")
+        if parse_duration(self.rollup_retention, "--rollup-retention") < parse_duration(
+                self.retention, "--retention"):
+            raise ConfigError(f"--rollup-retention {self.rollup_retention} is shorter than "
+                              f"--retention {self.retention}; rollups must outlive raw rows")
+        if self.retention_size:
+            parse_size(self.retention_size, "--retention-size")
         if not Path(self.procfs).is_dir() or not Path(self.procfs, "meminfo").exists():
             raise ConfigError(
                 f"--procfs {self.procfs}: not a procfs mount (no meminfo there); "
                 "point it at /proc or the host's /proc mounted in the container")
         return self
+
+    @property
+    def retention_s(self) -> float:
+        return parse_duration(self.retention, "--retention")
+
+    @property
+    def rollup_retention_s(self) -> float:
+        return parse_duration(self.rollup_retention, "--rollup-retention")
+
+    @property
+    def retention_size_bytes(self) -> int | None:
+        return parse_size(self.retention_size, "--retention-size") if self.retention_size \
+            else None
 
     @property
     def bpf_path(self) -> Path:
@@ -82,6 +104,41 @@ def env_name(field_name: str) -> str:
 
 def setting_names() -> list[str]:
     return [f.name for f in fields(Settings)]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+              "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+RETENTION_MIN_S = 60.0  # below one minute no minute could be rolled up before it ages out
+SIZE_MIN_BYTES = 1 << 20
+
+
+def parse_duration(value: str, flag: str = "--retention") -> float:
+    """``30m``, ``12h``, ``7d``, ``2w`` (or ``90s``) in seconds; one-line ConfigError else."""
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ConfigError(f"{flag} {value!r} is not a duration; use a number and a unit "
+                          "s, m, h, d or w, e.g. 30m, 12h, 7d")
+    secs = float(m.group(1)) * _DURATION_S[m.group(2)]
+    if secs < RETENTION_MIN_S:
+        raise ConfigError(f"{flag} {value} is shorter than one minute (rows are rolled up per "
+                          "minute before they age out); use at least 1m")
+    return secs
+
+
+def parse_size(value: str, flag: str = "--retention-size") -> int:
+    """``64MiB``, ``2GiB``, ``500MB`` or a byte count; one-line ConfigError else."""
+    m = _SIZE.match(str(value))
+    if not m:
+        raise ConfigError(f"{flag} {value!r} is not a size; use a number and a unit such as "
+                          "512MiB, 2GiB or 10GB")
+    n = int(float(m.group(1)) * _SIZE_UNIT[(m.group(2) or "b").lower()])
+    if n < SIZE_MIN_BYTES:
+        raise ConfigError(f"{flag} {value} is below 1MiB; a SQLite database with its schema "
+                          "alone needs more, use e.g. 64MiB")
+    return n
 
 
 def check_redis_url(url: str) -> str:

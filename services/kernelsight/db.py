@@ -132,6 +132,9 @@ def open_db(path: str | Path, create: bool = True, checkpoint_thread: bool = Fal
 
 def _create_schema(eng: Engine, path: str) -> None:
     with eng.begin() as conn:
+        # Before the first table exists (later it is a no-op): retention's deletes leave free
+        # pages that `PRAGMA incremental_vacuum` can then give back, so the file can shrink.
+        conn.exec_driver_sql("PRAGMA auto_vacuum=INCREMENTAL")
         mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
         if mode != "wal":
             raise DatabaseError(f"{path}: cannot switch SQLite to WAL mode (got {mode})")

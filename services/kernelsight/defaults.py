@@ -24,6 +24,17 @@ STREAM_RETAIN = 10_000  # the ingester trims acknowledged entries beyond this ma
 ACCOUNTING_INTERVAL_S = 1.0
 HEALTH_TTL_S = 15
 
+# Retention and rollups (the maintenance thread of the ingest process).
+RETENTION = "7d"  # raw rows (and dead letters, old accounting snapshots) older than this go
+RETENTION_SIZE = ""  # empty: no size cap; e.g. "2GiB" deletes the oldest raw rows above it
+ROLLUP_RETENTION = "90d"  # per-minute rollups (<table>_1m) are kept this long
+MAINTENANCE_INTERVAL_S = 10.0  # rollups + time retention at least this often
+SIZE_CHECK_INTERVAL_S = 1.0  # the size cap is checked this often (two cheap PRAGMAs)
+ROLLUP_GRACE_S = 15.0  # a minute is rolled up once data 15 s past its end has been stored
+PRUNE_CHUNK_ROWS = 2000  # rows per delete transaction (the ingest write lock is held this long)
+PRUNE_YIELD = 0.25  # after each chunk, leave the lock free for this x the time it was held
+SIZE_LOW_WATER = 0.95  # above the cap, delete down to this fraction of it
+
 # Tracers.
 SYSCALL_MIN_LATENCY_MS = 10.0
 RINGBUF_PAGES = 256

@@ -1,23 +1,19 @@
 """`kernelsight loadgen`: realistic synthetic events of every type through the real pipeline,
-at a fixed rate, for soak tests and benchmarks. `kernelsight soak` runs it against a private
-Redis and a real ingester and checks conservation and flat memory."""
+at a fixed rate, for soak tests and benchmarks. `kernelsight soak` (soak.py) runs it against a
+private Redis and a real ingester and checks conservation and flat memory."""
 
 from __future__ import annotations
 
 import random
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
 import click
 import orjson
-import psutil
 
 from kernelsight import schema
 from kernelsight.config import Settings
-from kernelsight.exceptions import ConfigError
 from kernelsight.streams import Publisher
 
 SYSCALLS = ("read", "write", "futex", "epoll_wait", "fsync", "openat", "nanosleep", "poll")
@@ -119,105 +115,3 @@ def command(rate: float, duration: float, redis_url: str, host: str | None) -> N
     dropped = sum(v for (et, m, _), v in pub.counters.items() if m == schema.DROPPED)
     click.echo(orjson.dumps({"produced": produced, "dropped": dropped,
                              "rate_achieved": produced / duration}).decode())
-
-
-def soak(rate: float, duration: float, db_path: str, log_dir: Path,
-         echo=print) -> dict:
-    """Private Redis + real ingester + loadgen, as processes; RSS sampled every 5 s."""
-    from kernelsight.db import open_db, table_counts
-    from kernelsight.redis_server import PrivateRedis
-    from kernelsight.runner import Stack
-
-    stack = Stack(Settings().with_(db_path=db_path), log_dir)
-    samples: dict[str, list[int]] = {"ingest": [], "loadgen": [], "redis": []}
-    wal = Path(db_path + "-wal")
-    wal_max = 0
-    try:
-        stack.start_redis()
-        assert isinstance(stack.redis, PrivateRedis)
-        ing = stack.start_ingest()
-        gen = stack._spawn("loadgen", ["loadgen", "--rate", str(rate), "--duration",
-                                       str(duration)])
-        procs = {"ingest": ing.popen.pid, "loadgen": gen.popen.pid,
-                 "redis": stack.redis.proc.pid if stack.redis.proc else 0}
-        t0 = time.monotonic()
-        while gen.popen.poll() is None:
-            time.sleep(5)
-            for name, pid in procs.items():
-                try:
-                    samples[name].append(psutil.Process(pid).memory_info().rss)
-                except psutil.NoSuchProcess:
-                    pass
-            wal_now = wal.stat().st_size if wal.exists() else 0
-            wal_max = max(wal_max, wal_now)
-            echo(f"  soak {time.monotonic() - t0:5.0f}s: rss MiB " + ", ".join(
-                f"{k}={v[-1] / 2**20:.0f}" for k, v in samples.items() if v) +
-                f"; WAL {wal_now / 2**20:.0f} MiB")
-        if gen.popen.returncode != 0:
-            raise ConfigError(f"loadgen exited with {gen.popen.returncode}; see {log_dir}")
-        from kernelsight.ingest import backlog
-        from kernelsight.streams import connect
-
-        behind = backlog(connect(stack.settings.redis_url))  # not yet stored when load ends
-        rc = stack.drain_ingest(timeout=600)
-        eng = open_db(db_path, create=False)
-        counts = table_counts(eng)
-        from kernelsight.report import build
-
-        rep = build(eng, db_path, duration, ["loadgen"])
-        eng.dispose()
-    finally:
-        stack.close()
-    produced = sum(rep.produced.values())
-    dropped = sum(sum(d.values()) for d in rep.dropped.values())
-    stored = sum(counts.values())
-    out = {"rate": rate, "duration_s": duration, "produced": produced, "stored": stored,
-           "dropped": dropped, "ingest_exit": rc, "backlog_at_end": behind,
-           "wal_max_mib": round(wal_max / 2**20, 1),
-           "unaccounted": {t: rep.balance(t) for t in schema.TABLES if rep.balance(t)},
-           "rss_mib": {k: [round(x / 2**20, 1) for x in v] for k, v in samples.items()}}
-    out["rss_growth_mib"] = {k: _growth(v) for k, v in samples.items()}
-    return out
-
-
-def _growth(v: list[int]) -> float:
-    """RSS growth in MiB from the middle third of the run to the last third (medians).
-
-    Bounded buffers (the publisher's replay window, Redis's retained entries) fill during the
-    first third and then plateau; a leak keeps climbing and shows here."""
-    if len(v) < 6:
-        return 0.0
-    k = len(v) // 3
-    mid, last = sorted(v[k:2 * k]), sorted(v[2 * k:])
-    return round((last[len(last) // 2] - mid[len(mid) // 2]) / 2**20, 1)
-
-
-@click.command("soak", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--rate", type=click.FloatRange(1, 1_000_000), default=10_000, show_default=True)
-@click.option("--duration", type=click.FloatRange(10, 7 * 86400), default=600,
-              show_default=True)
-@click.option("--db", "db_path", default="data/soak.db", show_default=True)
-@click.option("--max-rss-growth-mib", type=float, default=32.0, show_default=True,
-              help="Fail if any process grows more than this after warm-up.")
-@click.option("--max-wal-mib", type=float, default=256.0, show_default=True,
-              help="Fail if the SQLite WAL grows past this (checkpoints not keeping up).")
-def soak_command(rate: float, duration: float, db_path: str, max_rss_growth_mib: float,
-                 max_wal_mib: float) -> None:
-    """Sustained load through the real pipeline; checks produced = stored and flat memory.
-
-    \b
-    Examples:
-      kernelsight soak --rate 10000 --duration 600      # what `make soak` runs
-    """
-    p = Path(db_path)
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(p) + suffix).unlink(missing_ok=True)
-    res = soak(rate, duration, db_path, Path("logs/soak"), echo=click.echo)
-    click.echo(orjson.dumps({k: v for k, v in res.items() if k != "rss_mib"}).decode())
-    ok = (res["produced"] == res["stored"] and not res["unaccounted"] and res["ingest_exit"] == 0
-          and all(g <= max_rss_growth_mib for g in res["rss_growth_mib"].values())
-          and res["wal_max_mib"] <= max_wal_mib)
-    click.echo(f"soak: {'PASS' if ok else 'FAIL'}: produced {res['produced']:,}, stored "
-               f"{res['stored']:,}, dropped {res['dropped']:,}, rss growth "
-               f"{res['rss_growth_mib']} MiB, largest WAL {res['wal_max_mib']} MiB")
-    sys.exit(0 if ok else 1)

@@ -55,6 +55,9 @@ class Report:
     produced: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
     dead: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Rows removed by retention (reason time|size) and dead letters that aged out: not loss.
+    retention: dict[str, dict[str, int]] = field(default_factory=dict)
+    dead_deleted: dict[str, int] = field(default_factory=dict)
     started: dict[str, bool] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     ingest: dict[str, int] = field(default_factory=dict)
@@ -72,11 +75,16 @@ class Report:
     def captured(self) -> list[str]:
         return [e.name for e in schema.CORE_EVENT_TYPES if self.counts[e.name] > 0]
 
+    def dead_total(self, name: str) -> int:
+        """Dead letters ever recorded: those in the table plus those retention deleted."""
+        return sum(self.dead.get(name, {}).values()) + self.dead_deleted.get(name, 0)
+
     def balance(self, name: str) -> int:
-        """produced - stored - dropped - dead letters: 0 when nothing was lost silently."""
+        """produced - stored - dropped - dead letters - retention: 0 when nothing was lost
+        silently."""
         return (self.produced.get(name, 0) - self.counts.get(name, 0)
-                - sum(self.dropped.get(name, {}).values())
-                - sum(self.dead.get(name, {}).values()))
+                - sum(self.dropped.get(name, {}).values()) - self.dead_total(name)
+                - sum(self.retention.get(name, {}).values()))
 
     @property
     def exit_code(self) -> int:
@@ -92,6 +100,10 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
                 rep.produced[et] = rep.produced.get(et, 0) + v
             elif metric == schema.DROPPED:
                 rep.dropped.setdefault(et, {})[reason] = v
+            elif metric == schema.RETENTION_DELETED:
+                rep.retention.setdefault(et, {})[reason] = v
+            elif metric == schema.DEAD_LETTERS_DELETED:
+                rep.dead_deleted[et] = rep.dead_deleted.get(et, 0) + v
             elif et == "" and metric not in (schema.STARTED, schema.FAILED):
                 rep.ingest[metric] = rep.ingest.get(metric, 0) + v
         for source, metric, v, detail in c.execute(text(STATUS_SQL)):
@@ -163,6 +175,8 @@ def to_json(rep: Report) -> dict[str, Any]:
             t: {"rows": rep.counts[t], "source": schema.BY_NAME[t].source,
                 "produced": rep.produced.get(t, 0), "stored": rep.counts[t],
                 "dropped": rep.dropped.get(t, {}), "dead_letters": rep.dead.get(t, {}),
+                "dead_letters_deleted": rep.dead_deleted.get(t, 0),
+                "retention_deleted": rep.retention.get(t, {}),
                 "unaccounted": rep.balance(t)}
             for t in schema.TABLES},
         "other_drops": {k or "pipeline": v for k, v in rep.dropped.items()
@@ -222,10 +236,10 @@ def render(rep: Report, console: Console) -> None:
             f = rep.faults.get(ft, {"count": 0, "avg_us": 0.0, "sampled_events": 0})
             p.add_row(ft, f"{f['count']:,}", f"{f['avg_us']:.2f}μs", f"{f['sampled_events']:,}")
         console.print(p)
-    a = Table(title="Pipeline Accounting (produced = stored + dropped + dead letters)",
-              title_justify="left")
+    a = Table(title="Pipeline Accounting (produced = stored + dropped + dead letters + "
+              "retention)", title_justify="left")
     a.add_column("event type", no_wrap=True, min_width=23)
-    for col in ("produced", "stored", "dropped", "dead letters", ""):
+    for col in ("produced", "stored", "dropped", "dead letters", "retention", ""):
         a.add_column(col, justify="right", no_wrap=True)
     reasons: list[str] = []
     for name in schema.TABLES:
@@ -233,7 +247,8 @@ def render(rep: Report, console: Console) -> None:
         dead = rep.dead.get(name, {})
         bal = rep.balance(name)
         a.add_row(name, f"{rep.produced.get(name, 0):,}", f"{rep.counts[name]:,}",
-                  f"{sum(drops.values()):,}", f"{sum(dead.values()):,}",
+                  f"{sum(drops.values()):,}", f"{rep.dead_total(name):,}",
+                  f"{sum(rep.retention.get(name, {}).values()):,}",
                   ok if bal == 0 else Text(f"✗ {bal:+,}", style="bold red"))
         reasons += [f"{name}: {printable(r)} {v:,}" for r, v in sorted(drops.items()) if v]
         reasons += [f"{name}: dead letter {printable(r)} {v:,}"
@@ -247,6 +262,12 @@ def render(rep: Report, console: Console) -> None:
             reasons += [f"{printable(name)}: dead letter {printable(r)} {v:,}"
                         for r, v in sorted(dead.items())]
     console.print(a)
+    aged = [f"{t}: {r} {v:,}" for t, by in sorted(rep.retention.items())
+            for r, v in sorted(by.items()) if v]
+    aged += [f"{t}: dead letters {v:,}" for t, v in sorted(rep.dead_deleted.items()) if v]
+    if aged:
+        console.print("Removed by retention (older than --retention, or over --retention-size; "
+                      "per-minute rollups keep their aggregates): " + ", ".join(aged))
     if reasons:
         console.print("Dropped by reason (counted, by design or by loss):")
         for line in reasons:  # every part from the database is already printable()

@@ -27,7 +27,7 @@ from sqlalchemy import (
 
 from kernelsight import streamid as _streamid
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -38,9 +38,21 @@ DEADLETTER_STREAM = "kernelsight:deadletter"
 INGEST_GROUP = "kernelsight-ingest"
 
 
+# How a column rolls up into its table's per-minute rollup (<table>_1m):
+KEY = "key"  # grouped by (with host and the minute)
+GAUGE = "gauge"  # a level: min, avg and max over the minute
+COUNTER = "counter"  # a cumulative kernel counter: its last value in the minute (never summed)
+SUM = "sum"  # a per-interval count or amount: summed
+MAX = "max"  # a per-interval percentile or maximum: the largest (an upper bound, not a merge)
+LATENCY = "latency"  # one value per event: exact p50, p95, p99 and max (nearest rank)
+SKIP = "skip"  # identifiers (pid, address...): not in the rollup
+ROLES = (KEY, GAUGE, COUNTER, SUM, MAX, LATENCY, SKIP)
+
+
 @dataclass(frozen=True)
 class Col:
-    """One event column: its SQL type and the range a valid value must lie in."""
+    """One event column: its SQL type, the range a valid value must lie in, and how it rolls
+    up per minute."""
 
     name: str
     kind: str  # "int" | "float" | "str"
@@ -48,18 +60,19 @@ class Col:
     hi: float | None = INT64_MAX
     maxlen: int = 256
     choices: tuple[str, ...] = ()
+    role: str = SKIP
 
 
-def I(name: str, lo: int | None = 0, hi: int = INT64_MAX) -> Col:
-    return Col(name, "int", lo, hi)
+def I(name: str, lo: int | None = 0, hi: int = INT64_MAX, role: str = SKIP) -> Col:
+    return Col(name, "int", lo, hi, role=role)
 
 
-def S(name: str, maxlen: int = 64, choices: tuple[str, ...] = ()) -> Col:
-    return Col(name, "str", None, None, maxlen, choices)
+def S(name: str, maxlen: int = 64, choices: tuple[str, ...] = (), role: str = SKIP) -> Col:
+    return Col(name, "str", None, None, maxlen, choices, role=role)
 
 
-def F(name: str, lo: float | None = 0.0) -> Col:
-    return Col(name, "float", lo, None)
+def F(name: str, lo: float | None = 0.0, role: str = SKIP) -> Col:
+    return Col(name, "float", lo, None, role=role)
 
 
 @dataclass(frozen=True)
@@ -81,82 +94,93 @@ class EventType:
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    @property
+    def rollup(self) -> str | None:
+        """The name of its per-minute rollup table, or None when no column rolls up."""
+        return f"{self.name}_1m" if any(c.role != SKIP for c in self.columns) else None
 
-COMM = S("comm", 16 * 4)  # TASK_COMM_LEN bytes, decoded; room for escapes
+
+COMM = S("comm", 16 * 4, role=KEY)  # TASK_COMM_LEN bytes, decoded; room for escapes
 
 EVENT_TYPES: tuple[EventType, ...] = (
     EventType(
         "syscall_events", "syscalls", "eBPF Syscall Tracer",
-        (I("pid"), I("tid"), I("cpu"), I("uid"), I("syscall_nr", -1), S("syscall_name", 64),
-         I("latency_ns"), I("ret_value", INT64_MIN), I("is_error", 0, 1),
-         I("arg0", INT64_MIN), COMM),
+        (I("pid"), I("tid"), I("cpu"), I("uid"), I("syscall_nr", -1),
+         S("syscall_name", 64, role=KEY), I("latency_ns", role=LATENCY),
+         I("ret_value", INT64_MIN), I("is_error", 0, 1, role=SUM), I("arg0", INT64_MIN), COMM),
         (("latency_ns",),),
     ),
     EventType(
         "page_fault_events", "pagefaults", "eBPF Page Fault Tracer",
-        (I("pid"), I("tid"), I("cpu"), I("address", INT64_MIN), I("latency_ns"),
-         S("fault_type", 8, ("major", "minor")), S("access_type", 8, ("read", "write", "exec")),
-         I("user_mode", 0, 1), COMM),
+        (I("pid"), I("tid"), I("cpu"), I("address", INT64_MIN), I("latency_ns", role=LATENCY),
+         S("fault_type", 8, ("major", "minor"), role=KEY),
+         S("access_type", 8, ("read", "write", "exec")), I("user_mode", 0, 1), COMM),
         (("latency_ns",),),
     ),
     EventType(
         "io_latency_stats", "io", "eBPF I/O Latency Tracer",
-        (S("device", 64), I("read_count"), I("write_count"), I("read_bytes"), I("write_bytes"),
-         F("read_p50_us"), F("read_p95_us"), F("read_p99_us"), F("read_max_us"),
-         F("write_p50_us"), F("write_p95_us"), F("write_p99_us"), F("write_max_us")),
+        (S("device", 64, role=KEY), I("read_count", role=SUM), I("write_count", role=SUM),
+         I("read_bytes", role=SUM), I("write_bytes", role=SUM),
+         *(F(f"{op}_{p}_us", role=MAX) for op in ("read", "write")
+           for p in ("p50", "p95", "p99", "max"))),
         (("device", "timestamp"),),
     ),
     EventType(
         "sched_events", "sched", "eBPF Scheduler Tracer",
-        (I("pid"), COMM, I("context_switches"), I("voluntary_switches"),
-         I("involuntary_switches"), I("wakeups"), F("cpu_time_ms"), F("avg_timeslice_us"),
-         F("runq_latency_p50_us"), F("runq_latency_p95_us"), F("runq_latency_max_us")),
+        (I("pid", role=KEY), COMM, I("context_switches", role=SUM),
+         I("voluntary_switches", role=SUM), I("involuntary_switches", role=SUM),
+         I("wakeups", role=SUM), F("cpu_time_ms", role=SUM), F("avg_timeslice_us", role=MAX),
+         F("runq_latency_p50_us", role=MAX), F("runq_latency_p95_us", role=MAX),
+         F("runq_latency_max_us", role=MAX)),
         (("pid", "timestamp"),),
     ),
     EventType(
         "memory_metrics", "scraper", "Scraper",
-        tuple(I(n) for n in (
+        tuple(I(n, role=GAUGE) for n in (
             "mem_total_kb", "mem_free_kb", "mem_available_kb", "buffers_kb", "cached_kb",
             "swap_total_kb", "swap_free_kb", "active_kb", "inactive_kb", "dirty_kb",
             "writeback_kb")),
     ),
     EventType(
         "load_metrics", "scraper", "Scraper",
-        (F("load_1min"), F("load_5min"), F("load_15min"), I("running_processes"),
-         I("total_processes"), I("last_pid")),
+        (F("load_1min", role=GAUGE), F("load_5min", role=GAUGE), F("load_15min", role=GAUGE),
+         I("running_processes", role=GAUGE), I("total_processes", role=GAUGE),
+         I("last_pid", role=GAUGE)),
     ),
     EventType(
         "block_stats", "scraper", "Scraper",
-        (S("device_name", 64),) + tuple(I(n) for n in (
-            "read_ios", "read_merges", "read_sectors", "read_ticks", "write_ios",
-            "write_merges", "write_sectors", "write_ticks", "in_flight", "io_ticks",
-            "time_in_queue")),
+        (S("device_name", 64, role=KEY),) + tuple(
+            I(n, role=GAUGE if n == "in_flight" else COUNTER) for n in (
+                "read_ios", "read_merges", "read_sectors", "read_ticks", "write_ios",
+                "write_merges", "write_sectors", "write_ticks", "in_flight", "io_ticks",
+                "time_in_queue")),
         (("device_name", "timestamp"),),
     ),
     EventType(
         "network_interface_stats", "scraper", "Scraper",
-        (S("interface_name", 64),) + tuple(I(n) for n in (
+        (S("interface_name", 64, role=KEY),) + tuple(I(n, role=COUNTER) for n in (
             "rx_bytes", "rx_packets", "rx_errors", "rx_drops", "tx_bytes", "tx_packets",
             "tx_errors", "tx_drops")),
         (("interface_name", "timestamp"),),
     ),
     EventType(
         "tcp_stats", "scraper", "Scraper",
-        tuple(I(n) for n in (
+        tuple(I(n, role=GAUGE) for n in (
             "established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait",
             "close", "close_wait", "last_ack", "listen", "closing")),
     ),
     EventType(
         "tcp_retransmit_stats", "scraper", "Scraper",
-        (I("retrans_segs"), I("out_segs")),
+        (I("retrans_segs", role=COUNTER), I("out_segs", role=COUNTER)),
     ),
     # Exact per-interval page-fault totals per process and fault type. page_fault_events
     # holds every major fault but only a rate-limited sample of minor faults; these rows carry
     # the true counts and latency sums, so averages computed from them are not sample figures.
     EventType(
         "page_fault_totals", "pagefaults", "eBPF Page Fault Tracer (exact totals)",
-        (I("pid"), COMM, S("fault_type", 8, ("major", "minor")), I("fault_count"),
-         I("latency_sum_ns"), I("latency_max_ns"), I("sampled_events"), I("interval_ns")),
+        (I("pid"), COMM, S("fault_type", 8, ("major", "minor"), role=KEY),
+         I("fault_count", role=SUM), I("latency_sum_ns", role=SUM),
+         I("latency_max_ns", role=MAX), I("sampled_events", role=SUM), I("interval_ns")),
         (("pid", "timestamp"),),
         core=False,
     ),
@@ -192,6 +216,60 @@ def _event_table(et: EventType) -> Table:
 
 TABLES: dict[str, Table] = {et.name: _event_table(et) for et in EVENT_TYPES}
 
+UNIT_SUFFIXES = ("_ns", "_us", "_ms", "_kb", "_bytes")
+
+
+def stat_name(col: str, stat: str) -> str:
+    """A rollup column's name: the statistic goes before the unit, which stays last
+    (latency_ns -> latency_p95_ns, mem_free_kb -> mem_free_min_kb, read_ios -> read_ios_last)."""
+    for u in UNIT_SUFFIXES:
+        if col.endswith(u):
+            return f"{col[:-len(u)]}_{stat}{u}"
+    return f"{col}_{stat}"
+
+
+ROLLUP_STATS = {GAUGE: ("min", "avg", "max"), COUNTER: ("last",), SUM: ("",), MAX: ("",),
+                LATENCY: ("p50", "p95", "p99", "max")}
+
+
+def rollup_columns(et: EventType) -> list[tuple[str, str, Col]]:
+    """(rollup column, statistic, raw column) for every rolled-up value of ``et``; the
+    statistic "" keeps the raw column's name (sums and maxima of per-interval values)."""
+    return [(stat_name(c.name, st) if st else c.name, st or c.role, c)
+            for c in et.columns if c.role in ROLLUP_STATS for st in ROLLUP_STATS[c.role]]
+
+
+def _rollup_table(et: EventType) -> Table:
+    """``<table>_1m``: one row per (host, minute, key columns); ``timestamp`` is the minute's
+    start in epoch ns and ``samples`` the raw rows it summarises."""
+    keys = [c for c in et.columns if c.role == KEY]
+    cols = [Column(name, Float if st == "avg" or c.kind == "float" else BigInteger)
+            for name, st, c in rollup_columns(et)]
+    table = Table(
+        et.rollup, metadata,
+        Column("id", Integer, primary_key=True),
+        Column("timestamp", BigInteger, nullable=False),
+        Column("host", Text, nullable=False),
+        *(Column(c.name, _SQL[c.kind], nullable=False) for c in keys),
+        Column("samples", BigInteger, nullable=False),
+        *cols,
+        UniqueConstraint("host", "timestamp", *(c.name for c in keys),
+                         name=f"uq_{et.rollup}_key"),
+    )
+    Index(f"ix_{et.rollup}_timestamp", table.c.timestamp)
+    return table
+
+
+ROLLUPS: dict[str, Table] = {et.name: _rollup_table(et) for et in EVENT_TYPES if et.rollup}
+
+# How far each table's rollup has got: every minute before done_until_ns is in <table>_1m.
+# The pruner never deletes a raw row at or after it.
+rollup_state = Table(
+    "rollup_state", metadata,
+    Column("table_name", String(64), primary_key=True),
+    Column("done_until_ns", BigInteger, nullable=False),
+)
+
 # Pipeline accounting: cumulative counters published by each component instance. The report
 # takes MAX(value) per (instance, event_type, metric, reason) and sums over instances, so
 # re-delivered or repeated snapshots never double count.
@@ -207,7 +285,10 @@ pipeline_accounting = Table(
     Column("reason", Text, nullable=False, default=""),
     Column("value", BigInteger, nullable=False),
     Column("detail", Text, nullable=True),
-    Index("ix_pipeline_accounting_key", "instance", "event_type", "metric", "reason"),
+    # With value last, MAX(value) per key is one index seek (the report, and retention, which
+    # keeps that row of every key); the timestamp index lets retention find old snapshots.
+    Index("ix_pipeline_accounting_key", "instance", "event_type", "metric", "reason", "value"),
+    Index("ix_pipeline_accounting_timestamp", "timestamp"),
 )
 
 # Entries the ingester could not store, with why. Also mirrored to the dead-letter stream.
@@ -221,6 +302,7 @@ dead_letters = Table(
     Column("reason", Text, nullable=False),
     Column("payload", LargeBinary, nullable=True),
     UniqueConstraint("stream", "entry_id"),
+    Index("ix_dead_letters_timestamp", "timestamp"),
 )
 
 schema_meta = Table(
@@ -234,6 +316,8 @@ PRODUCED = "produced"
 DROPPED = "dropped"
 STARTED = "started"
 FAILED = "failed"
+RETENTION_DELETED = "retention_deleted"  # raw rows removed by retention (reason time|size)
+DEAD_LETTERS_DELETED = "dead_letters_deleted"  # dead letters removed by time retention
 
 DEADLETTER_PAYLOAD_MAX = 4096
 

@@ -7,8 +7,6 @@ import os
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from kernelsight.collectors.cumulative import CumulativeMap, proc_alive
 
@@ -159,49 +157,3 @@ def test_proc_alive_on_the_real_procfs() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert not alive(pid)
-
-
-# One step of a simulated host between two tracer intervals: for each owner, (faults before
-# the map read, faults after the read but before the liveness check, dies at that point).
-Step = list[tuple[int, int, bool]]
-
-
-@given(st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.booleans()),
-                         min_size=4, max_size=4), min_size=1, max_size=12))
-@settings(max_examples=300, deadline=None)
-def test_nothing_lost_and_every_dead_key_deleted(steps: list[Step]) -> None:
-    """Owners write to a kernel map at any point of the tracer's cycle, including between its
-    read and its liveness check, and die at any point (here: right after such writes, the
-    window the page-fault defect was about). Whatever the interleaving, the deltas published
-    for a key add up to everything it wrote, and its entry is deleted within a few intervals
-    of its death."""
-    kernel: dict[int, dict[str, int]] = {}
-    written = dict.fromkeys(range(4), 0)
-    published = dict.fromkeys(range(4), 0)
-    dead_since: dict[int, int] = {}
-    m: CumulativeMap = CumulativeMap(counters)
-
-    def write(owner: int, n: int) -> None:
-        if n and owner not in dead_since:
-            kernel.setdefault(owner, {"n": 0})["n"] += n
-            written[owner] += n
-
-    def interval(i: int, step: Step | None) -> None:
-        for owner, (before, _, _) in enumerate(step or []):
-            write(owner, before)
-        for ch in m.diff({k: dict(v) for k, v in kernel.items()}):
-            published[ch.key] += ch.now["n"] - (ch.before or {}).get("n", 0)
-        for owner, (_, after, dies) in enumerate(step or []):
-            write(owner, after)
-            if dies:
-                dead_since.setdefault(owner, i)
-        for key, _last in m.expire(lambda o: o not in dead_since):
-            assert key in dead_since, "deleted while its owner lives"
-            del kernel[key]
-
-    for i, step in enumerate(steps):
-        interval(i, step)
-    for i in range(len(steps), len(steps) + 4):  # everyone dies; the tracer keeps running
-        interval(i, [(0, 0, True)] * 4)
-    assert published == written
-    assert kernel == {} and len(m) == 0

@@ -57,7 +57,8 @@ def die_with_parent() -> None:
 _EARLY_SIGNALS: list[int] = []  # SIGTERMs a worker got before its Ingester existed
 
 
-def worker_main(s: Settings, conn, drain: bool, idle_exit_s: float | None) -> None:
+def worker_main(s: Settings, conn, drain: bool, idle_exit_s: float | None,
+                maintain: bool = True) -> None:
     die_with_parent()
     # Ctrl-C reaches the whole process group; the supervisor forwards it as SIGTERM, so a
     # worker taking both would count two signals and stop without draining.
@@ -65,6 +66,7 @@ def worker_main(s: Settings, conn, drain: bool, idle_exit_s: float | None) -> No
     signal.signal(signal.SIGTERM, lambda signum, _f: _EARLY_SIGNALS.append(signum))
     try:
         ing = Ingester(s)
+        ing.maintain = maintain
         install_signal_handlers(ing, sigint=False)
         if drain or _EARLY_SIGNALS:
             ing.request_stop(drain=True)
@@ -97,7 +99,7 @@ class Supervisor:
         rx, tx = self.ctx.Pipe(duplex=False)
         p = self.ctx.Process(target=worker_main, name=f"ingest-{self._name(i)}",
                              args=(replace(self.s, consumer=self._name(i)), tx, self.drain,
-                                   self.idle_exit_s))
+                                   self.idle_exit_s, i == 0))
         p.start()
         tx.close()
         self.procs[i] = (p, rx)

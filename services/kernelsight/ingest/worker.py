@@ -38,7 +38,8 @@ from kernelsight.ingest.validate import (
 )
 from kernelsight.ingest.wire import ALL_STREAMS, Wire, classify, refusal, xreadgroup_args
 from kernelsight.ingest.wire import entries as read_entries
-from kernelsight.ingest.writer import IngestStats, Writer
+from kernelsight.ingest.writer import IngestStats, WriteLock, Writer
+from kernelsight.maintenance import Maintenance
 from kernelsight.streamid import PACKED_MAX, SEQ_BITS, SEQ_MAX
 from kernelsight.streams import FIELD, HEALTH_KEY, connect
 
@@ -52,6 +53,10 @@ class Ingester:
         self.writer = Writer(settings.db_path, self.stats)
         self.engine = self.writer.engine
         self.checkpointer: Checkpointer | None = None
+        # Rollups and retention run in one process per database: the single ingester, or
+        # worker 1 of a pool (the supervisor turns it off in the others).
+        self.maintain = True
+        self.maintenance: Maintenance | None = None
         self.r = connect(settings.redis_url)
         self.group = schema.INGEST_GROUP
         self.consumer = settings.consumer
@@ -212,6 +217,9 @@ class Ingester:
         RedisRefused, so the process exits non-zero, its entries still pending in Redis."""
         self.check_redis()
         self.checkpointer = Checkpointer(self.s.db_path).start()
+        if self.maintain:
+            self.maintenance = Maintenance.for_settings(
+                self.s, lambda: WriteLock(self.s.db_path)).start()
         try:
             self._loop(idle_exit_s)
             self._settle()
@@ -229,6 +237,8 @@ class Ingester:
                 self._draining = True
                 self._commit({}, [], [])
             finally:
+                if self.maintenance:
+                    self.maintenance.stop()
                 self.checkpointer.stop()
         return self.stats
 

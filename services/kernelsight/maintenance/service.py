@@ -1,0 +1,241 @@
+"""The maintenance thread of an ingest process: rollups, then retention, then vacuum.
+
+Scheduled like db.Checkpointer (its own thread and SQLite connection, never inside the ingest
+commit), as tsdb runs retention from its background loop next to compaction. A full pass
+(rollups of newly closed minutes, time retention, dead letters, old accounting snapshots,
+incremental vacuum) runs every ``interval_s``; with a size cap, the size is checked every
+``size_interval_s`` (two PRAGMAs) in between. Deleted rows are counted in
+pipeline_accounting, in the same transaction as each delete, as ``retention_deleted``
+(reason ``time`` or ``size``) per event type: the report's conservation stays exact."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from kernelsight import defaults, schema
+from kernelsight.config import Settings
+from kernelsight.maintenance.policy import (
+    RetentionPolicy,
+    TableStats,
+    beyond_size,
+    beyond_time,
+    closed_until,
+    floor_minute,
+)
+from kernelsight.maintenance.prune import Executor, event_tables, span, used_bytes
+from kernelsight.maintenance.rollup import ROLLUPS, state, steps
+
+log = logging.getLogger(__name__)
+
+SOURCE = "maintenance"
+TIME, SIZE = "time", "size"
+
+
+class Maintenance:
+    def __init__(self, db_path: str | Path, policy: RetentionPolicy,
+                 lock_factory: Callable[[], AbstractContextManager], host: str,
+                 interval_s: float = defaults.MAINTENANCE_INTERVAL_S,
+                 size_interval_s: float = defaults.SIZE_CHECK_INTERVAL_S,
+                 chunk: int = defaults.PRUNE_CHUNK_ROWS,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.path = str(db_path)
+        self.policy = policy
+        self.host = host
+        self.interval_s = interval_s
+        self.size_interval_s = size_interval_s
+        self.clock = clock
+        self.instance = f"{SOURCE}@{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
+        self.con = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
+                                   check_same_thread=False)
+        self.con.execute("PRAGMA busy_timeout=5000")
+        # A lock of its own (a separate open file): flock excludes the ingest worker's.
+        self.ex = Executor(self.con, lock_factory(), chunk, self._stop.is_set)
+        self.counters: dict[tuple[str, str, str], int] = {}
+        self._acc_ids: dict[tuple[str, str, str], int] = {}
+        self.errors = 0
+        self.passes = 0
+        self._size_warned = 0.0
+
+    @classmethod
+    def for_settings(cls, s: Settings,
+                     lock_factory: Callable[[], AbstractContextManager]) -> Maintenance:
+        return cls(s.db_path, RetentionPolicy.from_settings(s), lock_factory, s.host)
+
+    # -- accounting -----------------------------------------------------------------------
+    def _count(self, con: sqlite3.Connection, event_type: str, metric: str, reason: str,
+               n: int) -> None:
+        """Inside the delete's transaction: this instance's cumulative counter, one row per
+        key updated in place (MAX per instance, SUM over instances, as the report reads)."""
+        key = (event_type, metric, reason)
+        v = self.counters.get(key, 0) + n
+        rid = self._acc_ids.get(key)
+        ts = self.clock()
+        if rid is None:
+            rid = con.execute(
+                "INSERT INTO pipeline_accounting (timestamp, host, instance, source, "
+                "event_type, metric, reason, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ts, self.host, self.instance, SOURCE, event_type, metric, reason, v)).lastrowid
+        else:
+            con.execute("UPDATE pipeline_accounting SET value = ?, timestamp = ? WHERE id = ?",
+                        (v, ts, rid))
+        self.counters[key] = v
+        self._acc_ids[key] = rid  # type: ignore[assignment]
+
+    def _resync(self) -> None:
+        """After a failed transaction: the counters as committed."""
+        for key, rid in list(self._acc_ids.items()):
+            row = self.con.execute("SELECT value FROM pipeline_accounting WHERE id = ?",
+                                   (rid,)).fetchone()
+            if row is None:
+                del self._acc_ids[key]
+                self.counters.pop(key, None)
+            else:
+                self.counters[key] = row[0]
+
+    @property
+    def deleted(self) -> dict[str, int]:
+        """Raw rows deleted so far, per event type (time + size)."""
+        out: dict[str, int] = {}
+        for (et, metric, _r), v in self.counters.items():
+            if metric == schema.RETENTION_DELETED:
+                out[et] = out.get(et, 0) + v
+        return out
+
+    # -- passes ---------------------------------------------------------------------------
+    def _stats(self) -> dict[str, TableStats]:
+        done = state(self.con)
+        out = {}
+        for t in event_tables():
+            lo, hi = span(self.con, t)
+            out[t] = TableStats(lo, hi, done.get(t))
+        return out
+
+    def rollup(self, now_ns: int | None = None) -> int:
+        """Roll up every closed minute not rolled up yet; returns rollup rows written."""
+        now_ns = self.clock() if now_ns is None else now_ns
+        stats = self._stats()
+        newest = max((st.newest_ns for st in stats.values() if st.newest_ns is not None),
+                     default=None)
+        end = closed_until(now_ns, newest, self.policy.grace_s)
+        if end is None:
+            return 0
+        written = 0
+        for name, ru in ROLLUPS.items():
+            st = stats[name]
+            start = st.rolled_until_ns
+            if start is None:
+                if st.oldest_ns is None:
+                    continue
+                start = floor_minute(st.oldest_ns)
+            for lo, hi in steps(start, end):
+                if self._stop.is_set():
+                    return written
+                self.con.execute("BEGIN")  # one snapshot for the rollup's queries
+                try:
+                    rows = ru.compute(self.con, lo, hi)
+                finally:
+                    self.con.execute("COMMIT")
+                with self.ex.txn() as con:
+                    con.executemany(ru.upsert_sql, rows)
+                    con.execute("INSERT INTO rollup_state (table_name, done_until_ns) "
+                                "VALUES (?, ?) ON CONFLICT(table_name) DO UPDATE SET "
+                                "done_until_ns = excluded.done_until_ns", (name, hi))
+                written += len(rows)
+        return written
+
+    def prune_time(self, now_ns: int | None = None) -> int:
+        now_ns = self.clock() if now_ns is None else now_ns
+        total = 0
+        for t, cut in beyond_time(now_ns, self.policy, self._stats()).items():
+            total += self.ex.delete_before(t, cut, lambda con, n, t=t: self._count(
+                con, t, schema.RETENTION_DELETED, TIME, n))
+        keep_rollups = now_ns - int(self.policy.rollup_retention_s * 1e9)
+        for ru in ROLLUPS.values():
+            self.ex.delete_before(ru.table, keep_rollups)
+        cutoff = now_ns - int(self.policy.retention_s * 1e9)
+
+        def dead(con: sqlite3.Connection, by_type: dict[str, int]) -> None:
+            for et, n in by_type.items():
+                self._count(con, et, schema.DEAD_LETTERS_DELETED, TIME, n)
+
+        self.ex.delete_dead_letters(cutoff, dead)
+        self.ex.delete_accounting(cutoff)
+        return total
+
+    def enforce_size(self) -> int:
+        """Above the cap: delete the oldest raw rows down to low_water x the cap."""
+        cap = self.policy.size_bytes
+        if cap is None or used_bytes(self.con) <= cap:
+            return 0
+        total = 0
+        while not self._stop.is_set():
+            plan = beyond_size(used_bytes(self.con), self.policy, self._stats())
+            n = sum(self.ex.delete_before(t, cut, lambda con, n, t=t: self._count(
+                con, t, schema.RETENTION_DELETED, SIZE, n)) for t, cut in plan.items())
+            total += n
+            if not n:
+                break
+        used = used_bytes(self.con)
+        if used > cap and time.monotonic() - self._size_warned > 300:
+            self._size_warned = time.monotonic()
+            log.warning("database %s uses %.1f MiB, above --retention-size %.1f MiB: what is "
+                        "left is rollups, accounting and raw rows of minutes not rolled up yet "
+                        "(the last %.0f s); raise the cap or lower --rollup-retention",
+                        self.path, used / 2**20, cap / 2**20, 60 + self.policy.grace_s)
+        return total
+
+    def run_once(self, now_ns: int | None = None) -> dict[str, int]:
+        """One full pass; returns what it did (for tests and logs)."""
+        out = {"rollup_rows": self.rollup(now_ns), "deleted_time": self.prune_time(now_ns),
+               "deleted_size": self.enforce_size()}
+        out["vacuumed_pages"] = self.ex.vacuum()
+        self.passes += 1
+        return out
+
+    # -- the thread -----------------------------------------------------------------------
+    def start(self) -> Maintenance:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        next_full = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if time.monotonic() >= next_full:
+                        done = self.run_once()
+                        next_full = time.monotonic() + self.interval_s
+                        if any(done.values()):
+                            log.debug("maintenance pass: %s", done)
+                    elif self.enforce_size():
+                        self.ex.vacuum()
+                except sqlite3.Error as e:  # busy, disk full: retried at the next pass
+                    self.errors += 1
+                    if self.errors == 1 or self.errors % 100 == 0:
+                        log.warning("maintenance of %s failed (%s); will retry", self.path, e)
+                    with contextlib.suppress(sqlite3.Error):
+                        self.con.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        self._resync()
+                tick = self.size_interval_s if self.policy.size_bytes else self.interval_s
+                self._stop.wait(max(0.05, min(tick, next_full - time.monotonic())))
+        finally:
+            self.con.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(60)
+        elif self._thread.ident is None:
+            self.con.close()
