@@ -212,7 +212,33 @@ def test_percentiles_within_10_percent_of_exact() -> None:
         assert stale["read_max_us"] == histogram.max_value(hist) / 1000
 
 
-LOOP_CTL_REMOVE = 0x4C81  # linux/loop.h: remove a (detached) loop device
+LOOP_CTL_ADD, LOOP_CTL_REMOVE = 0x4C80, 0x4C81  # linux/loop.h
+
+
+@contextlib.contextmanager
+def own_loop_number() -> Iterator[int]:
+    """A new, high-numbered loop device that this test alone uses: `losetup -f` elsewhere
+    (other tests running meanwhile) picks the lowest free one, never this. Removed at exit
+    (it may be removed already)."""
+    import errno
+    import fcntl
+
+    ctl = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        for n in range(1000 + os.getpid() % 1000, 3000):
+            try:
+                fcntl.ioctl(ctl, LOOP_CTL_ADD, n)
+                break
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+        try:
+            yield n
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(ctl, LOOP_CTL_REMOVE, n)
+    finally:
+        os.close(ctl)
 
 
 def test_removed_device_is_published_then_forgotten(settings: Settings) -> None:
@@ -242,32 +268,38 @@ def test_removed_device_is_published_then_forgotten(settings: Settings) -> None:
     col.start()
     writes = 16
     try:
-        with loop_device(backing, direct_io=False) as loop:
-            rdev = os.stat(f"/dev/{loop}").st_rdev
-            dev = (os.major(rdev) << 20) | os.minor(rdev)  # the kernel's dev_t, as traced
-            buf = mmap.mmap(-1, BLOCK)
-            buf.write(os.urandom(BLOCK))
-            fd = os.open(f"/dev/{loop}", os.O_WRONLY | os.O_DIRECT)
+        with own_loop_number() as n:
+            loop = f"loop{n}"
+            subprocess.run(["losetup", f"/dev/{loop}", str(backing)], check=True)
             try:
-                for i in range(writes):
-                    assert os.pwritev(fd, [buf], i * BLOCK) == BLOCK
+                rdev = os.stat(f"/dev/{loop}").st_rdev
+                dev = (os.major(rdev) << 20) | os.minor(rdev)  # the kernel's dev_t, as traced
+                before = disk_stat(loop)
+                buf = mmap.mmap(-1, BLOCK)
+                buf.write(os.urandom(BLOCK))
+                fd = os.open(f"/dev/{loop}", os.O_WRONLY | os.O_DIRECT)
+                try:
+                    for i in range(writes):
+                        assert os.pwritev(fd, [buf], i * BLOCK) == BLOCK
+                finally:
+                    os.close(fd)
+                assert disk_stat(loop)[4] - before[4] == writes
+                col._interval()
+                assert (dev, 1) in col.cumulative
             finally:
-                os.close(fd)
-            col._interval()
-            assert (dev, 1) in col.cumulative
-        # Detached; now remove it so it leaves /sys/dev/block.
-        ctl = os.open("/dev/loop-control", os.O_RDWR)
-        try:
-            fcntl.ioctl(ctl, LOOP_CTL_REMOVE, os.minor(rdev))
-        finally:
-            os.close(ctl)
-        assert not Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}").exists()
+                subprocess.run(["losetup", "-d", f"/dev/{loop}"], check=False)
+            ctl = os.open("/dev/loop-control", os.O_RDWR)
+            try:
+                fcntl.ioctl(ctl, LOOP_CTL_REMOVE, n)
+            finally:
+                os.close(ctl)
+            assert not Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}").exists()
         keys = lambda: {(int(k.dev), int(k.op)) for k in col.stats}  # noqa: E731
         col._interval()  # no change, gone once: kept
         assert (dev, 1) in keys()
         col._interval()  # no change, gone twice: deleted
         assert (dev, 1) not in keys() and (dev, 1) not in col.cumulative
-        assert not {int(k.dev) for k in col.hist} & {dev}
+        assert dev not in {int(k.dev) for k in col.hist}
     finally:
         col.stop()
         pub.close()
