@@ -145,3 +145,27 @@ def test_rerun_changes_nothing_and_open_minutes_wait(tmp_path):
     assert rows(db, "SELECT done_until_ns FROM rollup_state WHERE table_name = "
                     "'sched_events'") == [(NOW,)]
     mt.stop()
+
+
+def test_window_counts_reach_past_raw_retention(tmp_path):
+    from kernelsight.db import open_db
+    from kernelsight.maintenance import rollup_counts
+
+    db = new_db(tmp_path / "ks.db")
+    ts = [NOW - 20 * MIN + i * 7 * SEC for i in range(20 * 60 // 7)]  # every 7 s, 20 min
+    insert(db, "tcp_stats", events("tcp_stats", ts))
+    eng = open_db(db, create=False)
+    windows = [(NOW - 20 * MIN, NOW), (NOW - 15 * MIN, NOW - 2 * MIN),
+               (NOW - 30 * MIN, NOW - 10 * MIN), (NOW - 3 * MIN, NOW)]
+    want = {w: sum(w[0] <= t < w[1] for t in ts) for w in windows}
+    assert {w: rollup_counts(eng, *w)["tcp_stats"] for w in windows} == want  # all raw
+    # 20 s past the minute: the cutoff (5 minutes ago) falls inside a minute, which is left
+    # half deleted in the raw table and whole in the rollup
+    mt = maintenance(db, clock=NOW + 20 * SEC, retention_s=300.0)
+    mt.run_once()
+    oldest = rows(db, "SELECT MIN(timestamp) FROM tcp_stats")[0][0]
+    assert NOW - 5 * MIN + 20 * SEC <= oldest < NOW - 4 * MIN
+    # minute-aligned windows: the same counts as before retention
+    assert {w: rollup_counts(eng, *w)["tcp_stats"] for w in windows} == want
+    eng.dispose()
+    mt.stop()
