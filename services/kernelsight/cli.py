@@ -13,6 +13,7 @@ import click
 from kernelsight import collectors, defaults
 from kernelsight.config import Settings
 from kernelsight.exceptions import ConfigError, KernelSightError
+from kernelsight.window import options as window_options
 
 CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -83,25 +84,33 @@ def cli(log_level: str) -> None:
 
 
 @cli.command(context_settings=CTX)
-@click.option("--duration", type=click.FloatRange(min=1, max=7 * 86400), required=True,
-              envvar="KS_DURATION", show_envvar=True, help="Seconds to collect.")
+@click.option("--duration", type=click.FloatRange(min=1), default=None,
+              envvar="KS_DURATION", show_envvar=True,
+              help="Seconds to collect [default: until SIGTERM/SIGINT].")
 @click.option("--collectors", "collector_list", default="all", envvar="KS_COLLECTORS",
               show_envvar=True, help=f"Comma list of {', '.join(collectors.ALL)} or 'all'.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               envvar="KS_LOG_DIR", help="Write each component's log to DIR/<name>.log.")
 @common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, MAXLEN, RETENTION, RETENTION_SIZE,
         ROLLUP_RETENTION)
-def run(duration: float, collector_list: str, log_dir: str | None, **kw: Any) -> None:
-    """Run collectors and the ingester natively for DURATION seconds, then drain and exit.
+def run(duration: float | None, collector_list: str, log_dir: str | None, **kw: Any) -> None:
+    """Run collectors and the ingester natively until SIGTERM/SIGINT (or for DURATION
+    seconds), then drain every stream into the database and exit.
 
     Uses KS_REDIS_URL when set; otherwise starts a private redis-server on a free loopback
-    port (with a generated password) and stops it afterwards.
+    port (with a generated password) and stops it afterwards. The ingester is supervised: if
+    it exits, it is restarted (at most 5 times, with a growing pause) while Redis keeps the
+    unstored entries; anything still unstored at the end is counted as dropped
+    (unstored_at_exit) and the exit code is 1. The run is recorded in the `runs` table:
+    `kernelsight report --run latest` reports it. The database is never emptied: the rows
+    are added to what it holds (pass another --db for a separate file).
 
     \b
     Examples:
+      kernelsight run --collectors scraper            # until Ctrl-C, into data/kernelsight.db
       kernelsight run --duration 10 --db /tmp/ks.db --collectors scraper
-      sudo kernelsight run --duration 60 --db data/ks.db --collectors all
-      sudo kernelsight run --duration 600 --retention 2m --retention-size 64MiB
+      sudo kernelsight run --db data/ks.db --collectors all
+      sudo kernelsight run --retention 2m --retention-size 64MiB
     """
     from kernelsight import runner
     from kernelsight.config import check_db_path
@@ -204,20 +213,33 @@ def ingest(drain: bool, **kw: Any) -> None:
 @common(DB)
 @click.option("--demo", is_flag=True, help="Print the demo overview (counts, slowest syscalls, "
               "recent memory and I/O latency).")
+@click.option("--runs", "list_runs", is_flag=True, help="List the recorded runs, newest first.")
+@window_options
 @click.option("--limit", type=click.IntRange(1, 1000), default=10)
-def query(demo: bool, limit: int, **kw: Any) -> None:
-    """Explore a KernelSight database.
+def query(demo: bool, list_runs: bool, run: str | None, since: str | None,
+          until: str | None, limit: int, **kw: Any) -> None:
+    """Explore a KernelSight database: the whole of it, or one run (--run) or time window
+    (--since/--until): rows whose timestamp lies in it.
 
     \b
     Examples:
       kernelsight query --db-path data/stress_test.db --demo
+      kernelsight query --runs
+      kernelsight query --demo --run latest
+      kernelsight query --demo --since 15m
     """
-    from kernelsight.query import demo as run_demo
+    from kernelsight import query as q
+    from kernelsight.window import parse_selection
 
     s = settings_from(kw)
-    if not demo:
-        raise ConfigError("nothing to do; pass --demo (or use sqlite3 on the database)")
-    run_demo(s.db_path, limit)
+    sel = parse_selection(run, since, until)
+    if list_runs:
+        q.runs(s.db_path, limit)
+    if demo:
+        q.demo(s.db_path, limit, sel)
+    if not (demo or list_runs):
+        raise ConfigError("nothing to do; pass --demo or --runs (or use sqlite3 on the "
+                          "database)")
 
 
 @cli.command(context_settings=CTX)

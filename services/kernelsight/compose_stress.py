@@ -1,14 +1,19 @@
 """`kernelsight compose-stress`: the stress test's driver inside `docker compose` (the `stress`
-service). The collectors, tracers, ingester and reporter run in their own containers, so this
-job cannot signal them; it steers them through Redis:
+service), against the stack that is already running: collectors, tracers and the ingester
+keep collecting before, during and after it (continuous collection); this job only records its
+own run and judges that run. It steers nothing but its own workloads:
 
 1. wait until every collector has reported its start (started, or failed: the verdict names it)
-2. run the stress workloads for TEST_DURATION seconds, printing a progress line
-3. ``request_stop``: every collector flushes, publishes its final accounting and says stopped
-4. ``wait_drained``: the ingester has stored everything
-5. enqueue ``kernelsight.report.report_job`` on the rq queue "kernelsight" (the `reporter`
-   service runs `kernelsight report-worker`: JSON, report-only jobs), wait for it, print
-   its table and exit with its exit code (0 only for SUCCESS)
+   and an rq worker (the `reporter` service) is there
+2. record the run's start (a `runs` row, kind ``compose-stress``, through the pipeline)
+3. run the stress workloads for TEST_DURATION seconds, printing a progress line
+4. record the run's end; wait until every running collector has flushed past it (its
+   heartbeat, written after each complete flush, is newer than the end) and until the
+   ingester has stored every entry up to the end (``drained_until``; later entries keep
+   flowing)
+5. enqueue ``kernelsight.report.report_job`` for this run (``--run <id>``) on the rq queue
+   "kernelsight" (JSON, report-only jobs), wait for it, print its table, record the verdict
+   and exit with its exit code (0 only for SUCCESS)
 
 A step that times out prints one line saying which and exits 3 (Redis unreachable: 3 too).
 """
@@ -30,6 +35,7 @@ from kernelsight.safetext import printable, printable_block
 QUEUE = "kernelsight"
 REPORT_JOB = "kernelsight.report.report_job"
 EXIT_TIMEOUT = 3
+FLUSH_MARGIN_NS = 1_000_000_000  # a heartbeat this much after the end: its flush began after it
 
 
 class StepFailed(Exception):
@@ -93,14 +99,16 @@ def wait_worker(url: str, timeout: float) -> None:
     _wait(f"an rq worker on queue {QUEUE!r} (the reporter service)", has_worker, timeout)
 
 
-def run_report(url: str, db_path: str, duration_s: float, expected: list[str],
-               timeout: float) -> dict:
+def run_report(url: str, db_path: str, duration_s: float | None, expected: list[str],
+               timeout: float, run: str | None = None) -> dict:
     from rq.job import JobStatus
 
     from kernelsight.rqjobs import queue
 
     q = queue(url)  # JSON serializer and the report-only job class, as the worker expects
-    job = q.enqueue(REPORT_JOB, db_path, duration_s, expected, job_timeout=int(timeout),
+    # Job arguments are JSON-safe strings/numbers: report_job(db_path, duration_s, expected,
+    # run, since, until).
+    job = q.enqueue(REPORT_JOB, db_path, duration_s, expected, run, job_timeout=int(timeout),
                     result_ttl=3600, failure_ttl=3600, description="KernelSight stress report")
     _say(f"report job {job.id} enqueued on {QUEUE!r}; waiting for the reporter")
 
@@ -120,12 +128,34 @@ def run_report(url: str, db_path: str, duration_s: float, expected: list[str],
     return out
 
 
+def wait_flushed(url: str, names: list[str], after_ns: int, timeout: float) -> list[str]:
+    """Wait until each collector's heartbeat is newer than ``after_ns``: a Publisher writes it
+    only after a flush that emptied its buffer, so everything it produced before then is in
+    Redis. Returns the collectors that did not (they may have died: the report shows them)."""
+    import orjson
+
+    from kernelsight.streams import HEALTH_KEY, connect
+
+    r = connect(url)
+    end = time.monotonic() + timeout
+    late = list(names)
+    while late and time.monotonic() < end:
+        raw = r.mget([HEALTH_KEY.format(source=n) for n in late])
+        late = [n for n, v in zip(late, raw, strict=True)
+                if not v or orjson.loads(v).get("timestamp", 0) <= after_ns]
+        if late:
+            time.sleep(0.25)
+    r.close()
+    return late
+
+
 def compose_stress(url: str, db_path: str, duration: float, names: list[str],
                    workdir: str | None, mem_mib: int, start_timeout: float,
                    stop_timeout: float, drain_timeout: float, report_timeout: float) -> int:
-    from kernelsight.ingest import wait_drained
-    from kernelsight.runner import request_stop, wait_states
+    from kernelsight.config import Settings
+    from kernelsight.runs import RunRecorder, wait_drained_until
     from kernelsight.stress import run_stress
+    from kernelsight.window import ns_to_id
 
     _say(f"redis {redact(url)}, database {db_path}, {duration:g}s of stress")
     wait_redis(url, start_timeout)
@@ -141,39 +171,45 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
         _say("no collector started; the report will say why")
     wait_worker(url, start_timeout)
 
-    _say(f"running the stress workloads for {duration:g}s")
-    last = [0.0]
-    t0 = time.monotonic()
+    rec = RunRecorder(Settings(redis_url=url, db_path=db_path), "compose-stress").begin()
+    try:
+        _say(f"run {rec.run_id}: running the stress workloads for {duration:g}s")
+        last = [0.0]
+        t0 = time.monotonic()
 
-    def tick(elapsed: float) -> None:
-        shown = min(elapsed, duration)
-        if shown - last[0] >= 10 or (shown >= duration > last[0]):
-            last[0] = shown
-            _say(f"  progress: {shown:.0f}/{duration:g}s")
+        def tick(elapsed: float) -> None:
+            shown = min(elapsed, duration)
+            if shown - last[0] >= 10 or (shown >= duration > last[0]):
+                last[0] = shown
+                _say(f"  progress: {shown:.0f}/{duration:g}s")
 
-    summary = run_stress(duration, workdir=workdir, on_tick=tick, mem_mib=mem_mib)
-    ran = time.monotonic() - t0
-    _say(f"workloads done in {ran:.1f}s: " + "; ".join(
-        f"{k}: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items())
-        for k, v in (summary or {}).items() if isinstance(v, dict)))
+        summary = run_stress(duration, workdir=workdir, on_tick=tick, mem_mib=mem_mib)
+        ran = time.monotonic() - t0
+        _say(f"workloads done in {ran:.1f}s: " + "; ".join(
+            f"{k}: " + ", ".join(f"{kk}={vv}" for kk, vv in v.items())
+            for k, v in (summary or {}).items() if isinstance(v, dict)))
+        end_ns = rec.end()
 
-    _say("stopping collectors (flush + final accounting)")
-    request_stop(url)
-    st = wait_states(url, running, {"stopped", "failed"}, stop_timeout)
-    late = [n for n in running if st[n].get("state") not in ("stopped", "failed")]
-    if late:
-        raise StepFailed(f"timed out after {stop_timeout:.0f}s waiting for "
-                         f"{', '.join(late)} to stop")
+        _say("waiting for the collectors to flush past the run's end (they keep running)")
+        late = wait_flushed(url, running, end_ns + FLUSH_MARGIN_NS, stop_timeout)
+        if late:
+            _say(f"  no complete flush from {', '.join(late)} within {stop_timeout:.0f}s; "
+                 "the report shows what was stored")
+        _say("waiting for the ingester to store everything up to the run's end")
+        if not wait_drained_until(url, ns_to_id(end_ns), drain_timeout):
+            raise StepFailed(f"timed out after {drain_timeout:.0f}s waiting for the ingester "
+                             "to store the run (is the ingest service running?)")
 
-    _say("waiting for the ingester to store every event")
-    if not wait_drained(url, drain_timeout):
-        raise StepFailed(f"timed out after {drain_timeout:.0f}s waiting for the ingester to "
-                         "drain the streams (is the ingest service running?)")
-
-    out = run_report(url, db_path, float(duration), names, report_timeout)
-    click.echo(printable_block(str(out["text"]).rstrip("\n")))  # the result is in Redis
-    sys.stdout.flush()
-    return int(out["exit_code"])
+        out = run_report(url, db_path, None, names, report_timeout, run=rec.run_id)
+        click.echo(printable_block(str(out["text"]).rstrip("\n")))  # the result is in Redis
+        sys.stdout.flush()
+        verdict = str(out.get("json", {}).get("verdict", "")) or (
+            "SUCCESS" if int(out["exit_code"]) == 0 else "FAIL")
+        rec.verdict(verdict)
+        _say(f"run {rec.run_id}: {verdict} (kernelsight report --run {rec.run_id})")
+        return int(out["exit_code"])
+    finally:
+        rec.close()
 
 
 @click.command("compose-stress", context_settings={"help_option_names": ["-h", "--help"]})
@@ -183,7 +219,7 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
 @click.option("--redis-url", envvar="KS_REDIS_URL", required=True, show_envvar=True,
               help="The compose stack's Redis.")
 @click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
-              default="/data/stress_test.db", show_default=True,
+              default="/data/kernelsight.db", show_default=True,
               help="The database as the reporter sees it.")
 @click.option("--collectors", "collector_list", envvar="KS_COLLECTORS", show_envvar=True,
               default="all", show_default=True,
@@ -196,7 +232,8 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
 @click.option("--start-timeout", type=float, default=180.0, show_default=True,
               envvar="KS_START_TIMEOUT", help="Seconds to wait for collectors to start.")
 @click.option("--stop-timeout", type=float, default=60.0, show_default=True,
-              envvar="KS_STOP_TIMEOUT", help="Seconds to wait for collectors to stop.")
+              envvar="KS_STOP_TIMEOUT",
+              help="Seconds to wait for the collectors to flush past the run's end.")
 @click.option("--drain-timeout", type=float, default=180.0, show_default=True,
               envvar="KS_DRAIN_TIMEOUT", help="Seconds to wait for the ingester to drain.")
 @click.option("--report-timeout", type=float, default=300.0, show_default=True,
@@ -204,8 +241,9 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
 def command(duration: float, redis_url: str, db_path: str, collector_list: str,
             workdir: str | None, mem_mib: int, start_timeout: float, stop_timeout: float,
             drain_timeout: float, report_timeout: float) -> None:
-    """Stress test inside docker compose (the `stress` service): wait for the collectors,
-    run the workloads, stop and drain through Redis, then print the rq reporter's verdict.
+    """Stress test inside docker compose (the `stress` service) against the running stack:
+    record a run, run the workloads, wait until the run is stored (collection goes on), then
+    print the rq reporter's verdict for this run only.
 
     Exit code 0 only for SUCCESS; 3 if a step timed out.
 

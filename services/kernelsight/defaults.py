@@ -43,3 +43,9 @@ MAP_ENTRIES = 65536
 
 # Block devices ignored by the scraper, as node_exporter's diskstats collector does.
 IGNORED_DEVICES = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
+
+# `kernelsight run` supervising its ingester: restarts after an unexpected exit, with a pause
+# that doubles each time (capped at 30 s).
+INGEST_RESTARTS_MAX = 5
+INGEST_RESTART_BACKOFF_S = 1.0
+RUN_DRAIN_TIMEOUT_S = 600.0  # at the end of a run: what is still unstored after this is loss

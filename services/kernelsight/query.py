@@ -1,6 +1,10 @@
-"""`kernelsight query --demo`: a first look at a database (the original query_utils demo)."""
+"""`kernelsight query --demo`: a first look at a database (the original query_utils demo),
+for the whole database or a selected run/window (rows whose timestamp lies in it), and
+`kernelsight query --runs`: the runs recorded in it."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
@@ -9,22 +13,32 @@ from sqlalchemy import text
 
 from kernelsight import schema, waits
 from kernelsight.analysis.own import not_own_sql
-from kernelsight.db import open_readonly, table_counts
+from kernelsight.db import open_readonly
+from kernelsight.runs import list_runs, resolve
 from kernelsight.safetext import printable
+from kernelsight.window import Selection, Window
 
+_IN = "timestamp BETWEEN :since AND :until"
 # Service-time syscalls only, without KernelSight's own processes (kernelsight.waits, .own).
-SLOWEST = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, comm, pid, syscall_name,
- 'service' AS class, latency_ns / 1000000.0 AS latency_ms, ret_value FROM syscall_events
- WHERE {service} AND {not_own} ORDER BY latency_ns DESC LIMIT :n"""
-MEMORY = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, mem_total_kb,
- mem_available_kb, cached_kb, dirty_kb FROM memory_metrics ORDER BY timestamp DESC LIMIT :n"""
-IO = """SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, device, read_count,
- write_count, read_p50_us, read_p95_us, write_p50_us, write_p95_us FROM io_latency_stats
+SLOWEST = f"""SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, comm, pid,
+ syscall_name, 'service' AS class, latency_ns / 1000000.0 AS latency_ms, ret_value
+ FROM syscall_events WHERE {_IN} AND {{service}} AND {{not_own}}
+ ORDER BY latency_ns DESC LIMIT :n"""
+MEMORY = f"""SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, mem_total_kb,
+ mem_available_kb, cached_kb, dirty_kb FROM memory_metrics WHERE {_IN}
  ORDER BY timestamp DESC LIMIT :n"""
+IO = f"""SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, device, read_count,
+ write_count, read_p50_us, read_p95_us, write_p50_us, write_p95_us FROM io_latency_stats
+ WHERE {_IN} ORDER BY timestamp DESC LIMIT :n"""
 
 
-def _table(console: Console, title: str, conn, sql: str, n: int) -> None:
-    res = conn.execute(text(sql), {"n": n})
+def _bounds(w: Window) -> dict[str, int]:
+    return {"since": w.since_ns if w.since_ns is not None else 0,
+            "until": w.until_ns if w.until_ns is not None else schema.INT64_MAX}
+
+
+def _table(console: Console, title: str, conn, sql: str, n: int, w: Window) -> None:
+    res = conn.execute(text(sql), {"n": n, **_bounds(w)})
     t = Table(title=title, title_justify="left")
     for c in res.keys():  # noqa: SIM118 - a SQLAlchemy result, not a dict
         t.add_column(c, justify="left")
@@ -37,20 +51,46 @@ def _table(console: Console, title: str, conn, sql: str, n: int) -> None:
         console.print(t)
 
 
-def demo(db_path: str, limit: int = 10) -> None:
+def demo(db_path: str, limit: int = 10, sel: Selection | None = None) -> None:
     eng = open_readonly(db_path)
     console = Console()
-    counts = table_counts(eng)
-    t = Table(title=Text(f"Rows per table in {printable(db_path, 4096)}"), title_justify="left")
+    w = resolve(eng, sel)
+    b = _bounds(w)
+    t = Table(title=Text(f"Rows per table in {printable(db_path, 4096)} "
+                         f"({printable(w.describe(), 400)})"), title_justify="left")
     t.add_column("table")
     t.add_column("rows", justify="right")
-    for name in schema.TABLES:
-        t.add_row(name, f"{counts[name]:,}")
-    console.print(t)
     with eng.connect() as conn:
+        for name in schema.TABLES:
+            n = conn.execute(text(f'SELECT COUNT(*) FROM "{name}"' + (
+                "" if w.whole else f" WHERE {_IN}")), b).scalar_one()
+            t.add_row(name, f"{n:,}")
+        console.print(t)
         slowest = SLOWEST.format(service=waits.service_sql(), not_own=not_own_sql(conn))
         _table(console, "Slowest syscalls (service time; waits such as futex/wait4 and "
-               "KernelSight's own processes left out)", conn, slowest, limit)
-        _table(console, "Recent memory", conn, MEMORY, min(limit, 5))
-        _table(console, "Recent I/O latency", conn, IO, limit)
+               "KernelSight's own processes left out)", conn, slowest, limit, w)
+        _table(console, "Recent memory", conn, MEMORY, min(limit, 5), w)
+        _table(console, "Recent I/O latency", conn, IO, limit, w)
     eng.dispose()
+
+
+def runs(db_path: str, limit: int = 10) -> None:
+    """The newest ``limit`` runs, each as its latest record says."""
+    eng = open_readonly(db_path)
+    with eng.connect() as conn:
+        rows = list_runs(conn)[:limit]
+    eng.dispose()
+    console = Console()
+    if not rows:
+        console.print(Text(f"Runs in {printable(db_path, 4096)}: none recorded"))
+        return
+    t = Table(title=Text(f"Runs in {printable(db_path, 4096)} (newest first)"),
+              title_justify="left")
+    for col in ("run id", "kind", "host", "start (UTC)", "duration", "verdict"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        start = datetime.fromtimestamp(r["start_ns"] / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        dur = f"{(r['end_ns'] - r['start_ns']) / 1e9:,.1f}s" if r["end_ns"] else "running"
+        t.add_row(*(Text(printable(v)) for v in (r["run_id"], r["kind"], r["host"], start, dur,
+                                                   r["verdict"] or "-")))
+    console.print(t)

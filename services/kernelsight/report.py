@@ -4,12 +4,46 @@ Works on any KernelSight database. The verdict follows the success criteria our 
 from the original stress test guide, made strict: every collector started, all ten event
 types captured, zero parse/insert errors, at least 2000 events per 60 s, eBPF events present,
 and conservation — for every event type, produced = stored + counted drops.
+
+A report covers one window: a run (``--run ID|latest``, its start to its end), a time window
+(``--since``/``--until``), or, when nothing is selected, the latest run if the database has
+runs, else the whole file. Every figure is the window's own: row counts, duration (the run's
+start/end or the window's bounds), collectors started/failed, slow syscalls, page faults,
+drops, dead letters.
+
+Conservation per window is exact, however long the database has collected. The rule:
+
+* Positions. Each producer (one Publisher, ``instance``) takes every stream id from one
+  strictly increasing generator, and its accounting snapshots ride in the same ordered
+  buffer as its events. A snapshot records its position (``pipeline_accounting.stream_id``,
+  the packed id it took): the cumulative counts in it cover exactly that producer's events
+  with smaller ids. The window's bounds become positions too: ``lo`` = the last id of the
+  millisecond of ``since``, ``hi`` = that of ``until`` (window.ns_to_id).
+* Counted side, per instance and (event type, metric, reason): V(b) = the value of its last
+  snapshot at a position <= b (counters are cumulative, so that is MAX(value) over those
+  snapshots; 0 if none). produced/dropped in the window = sum over instances of
+  V(hi) - V(lo).
+* Stored side, per line = (host, source), the producers that follow each other on one host
+  (a restarted collector is a new instance of the same line): L = the position of the line's
+  last snapshot <= lo (-1 if none), H = that of its last snapshot <= hi. Stored in the window
+  = the rows of the line's event types, that host, with L < stream_id <= H; dead letters
+  likewise by their entry id. Earlier instances' rows lie below their final snapshot <= L;
+  rows after H are not yet counted on either side, so both sides cover the same events.
+* Open ends: no ``since``: L = -1; no ``until``: H = +infinity (the whole database is the
+  window with both open, the previous behaviour). The ingester's own counters have no
+  stream position; theirs is their timestamp.
+
+It is exact when (a) one producer per line is alive at a time (one collector per kind per
+host, the deployment model) and (b) everything in Redis up to the window's end has been
+stored (`runs.drained_until`; the stress tests wait for it). Retention that removed a
+window's rows or boundary snapshots makes a window that old approximate.
 """
 
 from __future__ import annotations
 
 import io
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +52,15 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
-from kernelsight import collectors, schema, waits
+from kernelsight import collectors, defaults, schema, waits
 from kernelsight.analysis.own import not_own_sql
-from kernelsight.db import open_readonly, table_counts
+from kernelsight.db import open_readonly
+from kernelsight.runs import resolve
 from kernelsight.safetext import printable
+from kernelsight.window import Window, parse_selection
+from kernelsight.window import options as window_options
 
 EVENTS_PER_60S = 2000
 EBPF_TYPES = ("syscall_events", "page_fault_events", "io_latency_stats", "sched_events")
@@ -33,19 +70,34 @@ SELECT event_type, metric, reason, SUM(v) FROM (
   SELECT instance, event_type, metric, reason, MAX(value) AS v FROM pipeline_accounting
   GROUP BY instance, event_type, metric, reason)
 GROUP BY event_type, metric, reason"""
-STATUS_SQL = """
-SELECT source, metric, MAX(value), MAX(detail) FROM pipeline_accounting
-WHERE event_type = '' AND metric IN ('started', 'failed') GROUP BY source, metric"""
-DEAD_SQL = """SELECT event_type, reason, COUNT(*) FROM dead_letters GROUP BY 1, 2"""
+# A snapshot's position: its stream_id, or (the ingester's own rows) its timestamp's ms.
+_POS = "COALESCE(stream_id, ((timestamp / 1000000) << 19) | 524287)"
+# Per instance and key: the value at the window's end and at its start (see the docstring).
+WINDOW_ACCOUNTING_SQL = f"""
+SELECT instance, host, source, event_type, metric, reason,
+  MAX(CASE WHEN pos <= :hi THEN value END), MAX(CASE WHEN pos <= :lo THEN value END),
+  MIN(pos), MAX(pos), MAX(CASE WHEN pos <= :hi THEN detail END)
+FROM (SELECT instance, host, source, event_type, metric, reason, value, detail,
+             {_POS} AS pos FROM pipeline_accounting)
+GROUP BY instance, event_type, metric, reason"""
+# Per line (host, source): the positions of its last snapshots at or before lo and hi.
+LINES_SQL = """
+SELECT host, source, MAX(CASE WHEN stream_id <= :lo THEN stream_id END),
+  MAX(CASE WHEN stream_id <= :hi THEN stream_id END)
+FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY host, source"""
+DEAD_SQL = """SELECT event_type, reason, entry_id FROM dead_letters WHERE timestamp >= :since"""
 # Service-time syscalls only (waits such as futex/wait4 are idle by design), without our own
 # processes: kernelsight.waits and kernelsight.analysis.own say what is left out.
 SLOW_SQL = """SELECT comm, syscall_name, latency_ns / 1000000.0 FROM syscall_events
-WHERE {service} AND {not_own} ORDER BY latency_ns DESC LIMIT :n"""
+WHERE timestamp BETWEEN :since AND :until AND {service} AND {not_own}
+ORDER BY latency_ns DESC LIMIT :n"""
 PF_TOTALS_SQL = """SELECT fault_type, SUM(fault_count), SUM(latency_sum_ns), SUM(sampled_events)
-FROM page_fault_totals GROUP BY fault_type"""
+FROM page_fault_totals WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
 PF_EVENTS_SQL = """SELECT fault_type, COUNT(*), AVG(latency_ns) FROM page_fault_events
-GROUP BY fault_type"""
-SPAN_SQL = """SELECT MIN(timestamp), MAX(timestamp) FROM memory_metrics"""
+WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
+SPAN_SQL = """SELECT MIN(timestamp), MAX(timestamp) FROM memory_metrics
+WHERE timestamp BETWEEN :since AND :until"""
+INT64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -66,6 +118,7 @@ class Report:
     duration_s: float = 0.0
     criteria: list[tuple[str, bool, str]] = field(default_factory=list)
     verdict: str = "FAIL"
+    window: Window = field(default_factory=Window)
 
     @property
     def total(self) -> int:
@@ -92,40 +145,149 @@ class Report:
 
 
 def build(eng: Engine, db_path: str, duration_s: float | None = None,
-          expected: list[str] | None = None) -> Report:
-    rep = Report(db_path, table_counts(eng))
+          expected: list[str] | None = None, window: Window | None = None) -> Report:
+    """The report for ``window`` (default: the whole database); rules in the docstring."""
+    w = window or Window()
+    lo, hi = w.lo_id, w.hi_id
+    since = w.since_ns if w.since_ns is not None else 0
+    until = w.until_ns if w.until_ns is not None else INT64_MAX
+    rep = Report(db_path, dict.fromkeys(schema.TABLES, 0), window=w)
     with eng.connect() as c:
-        for et, metric, reason, v in c.execute(text(ACCOUNTING_SQL)):
-            if metric == schema.PRODUCED:
-                rep.produced[et] = rep.produced.get(et, 0) + v
-            elif metric == schema.DROPPED:
-                rep.dropped.setdefault(et, {})[reason] = v
-            elif metric == schema.RETENTION_DELETED:
-                rep.retention.setdefault(et, {})[reason] = v
-            elif metric == schema.DEAD_LETTERS_DELETED:
-                rep.dead_deleted[et] = rep.dead_deleted.get(et, 0) + v
-            elif et == "" and metric not in (schema.STARTED, schema.FAILED):
-                rep.ingest[metric] = rep.ingest.get(metric, 0) + v
-        for source, metric, v, detail in c.execute(text(STATUS_SQL)):
-            if metric == schema.STARTED and v:
-                rep.started[source] = True
-            elif metric == schema.FAILED:
-                rep.failed[source] = detail or "failed"
-        for et, reason, n in c.execute(text(DEAD_SQL)):
-            rep.dead.setdefault(et, {})[reason.split(":")[0]] = n
+        lines = {(h, src): (lo_pos, hi_pos) for h, src, lo_pos, hi_pos in
+                 c.execute(text(LINES_SQL), {"lo": lo, "hi": hi})}
+        _accounting(rep, c, lo, hi)
+        rep.counts = _stored(c, w, lines)
+        _dead(rep, c, w, lines, since)
+        if not w.whole:
+            _retention_in_window(rep, c, since)
+        args = {"since": since, "until": until}
         slow_sql = SLOW_SQL.format(service=waits.service_sql(), not_own=not_own_sql(c))
-        rep.slow = [(r[0], r[1], float(r[2])) for r in c.execute(text(slow_sql), {"n": 5})]
-        for ft, n, lat, sampled in c.execute(text(PF_TOTALS_SQL)):
+        rep.slow = [(r[0], r[1], float(r[2]))
+                    for r in c.execute(text(slow_sql), {**args, "n": 5})]
+        for ft, n, lat, sampled in c.execute(text(PF_TOTALS_SQL), args):
             rep.faults[ft] = {"count": int(n or 0), "avg_us": (lat or 0) / max(n or 0, 1) / 1000,
                               "sampled_events": int(sampled or 0), "exact": True}
         if not rep.faults:  # older databases without totals: say these are sample figures
-            for ft, n, avg in c.execute(text(PF_EVENTS_SQL)):
+            for ft, n, avg in c.execute(text(PF_EVENTS_SQL), args):
                 rep.faults[ft] = {"count": int(n), "avg_us": (avg or 0) / 1000,
                                   "sampled_events": int(n), "exact": False}
-        lo, hi = c.execute(text(SPAN_SQL)).one()
-    rep.duration_s = duration_s if duration_s else ((hi - lo) / 1e9 + 1 if lo else 0.0)
+        span_lo, span_hi = c.execute(text(SPAN_SQL), args).one()
+    if duration_s:
+        rep.duration_s = duration_s
+    elif w.duration_s is not None:
+        rep.duration_s = w.duration_s
+    elif w.since_ns is not None:  # --since only: up to now
+        rep.duration_s = max(time.time_ns() - w.since_ns, 0) / 1e9
+    else:  # the whole file (or --until only): the span of the scraper's samples
+        rep.duration_s = (span_hi - span_lo) / 1e9 + 1 if span_lo else 0.0
     _judge(rep, expected)
     return rep
+
+
+def _accounting(rep: Report, c: Connection, lo: int, hi: int) -> None:
+    """Counted side: V(hi) - V(lo) per instance and key, summed; collector states from the
+    instances whose snapshots overlap the window."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    status: list[tuple[str, str, str, int, str | None]] = []
+    for inst, _h, src, et, metric, reason, v_hi, v_lo, p_min, p_max, detail in c.execute(
+            text(WINDOW_ACCOUNTING_SQL), {"lo": lo, "hi": hi}):
+        first[inst] = min(first.get(inst, p_min), p_min)
+        last[inst] = max(last.get(inst, p_max), p_max)
+        if et == "" and metric in (schema.STARTED, schema.FAILED):
+            status.append((inst, src, metric, v_hi or 0, detail))
+            continue
+        v = (v_hi or 0) - (v_lo or 0)
+        if metric == schema.PRODUCED:
+            rep.produced[et] = rep.produced.get(et, 0) + v
+        elif metric == schema.DROPPED:
+            d = rep.dropped.setdefault(et, {})
+            d[reason] = d.get(reason, 0) + v
+        elif metric in (schema.RETENTION_DELETED, schema.DEAD_LETTERS_DELETED):
+            # Counted when the rows are deleted, not when they were produced: only the whole
+            # database can take them as they are (a window: _retention_in_window).
+            if lo < 0 and hi == INT64_MAX:
+                if metric == schema.RETENTION_DELETED:
+                    d = rep.retention.setdefault(et, {})
+                    d[reason] = d.get(reason, 0) + v
+                else:
+                    rep.dead_deleted[et] = rep.dead_deleted.get(et, 0) + v
+        elif et == "":
+            rep.ingest[metric] = rep.ingest.get(metric, 0) + v
+    for inst, src, metric, v, detail in status:
+        if not v or first[inst] > hi or last[inst] <= lo:
+            continue  # not alive in the window as far as its snapshots tell
+        if metric == schema.STARTED:
+            rep.started[src] = True
+        else:
+            rep.failed[src] = detail or "failed"
+
+
+def _retention_in_window(rep: Report, c: Connection, since: int) -> None:
+    """Retention removes a table's oldest rows (by time or to fit the size cap), so it has
+    reached into a window only if the table's oldest surviving row is newer than the window's
+    start and retention ever deleted from that table. Then the window's missing rows are shown
+    as retention (reason ``window``: inferred, since deletions are counted when they happen,
+    not per window). Otherwise retention took nothing of the window and counts 0 here."""
+    deleted = {et: v for et, metric, _r, v in c.execute(text(ACCOUNTING_SQL))
+               if metric in (schema.RETENTION_DELETED, schema.DEAD_LETTERS_DELETED) and v}
+    for name in deleted:
+        if name not in schema.TABLES:
+            continue
+        oldest = c.execute(text(f'SELECT MIN(timestamp) FROM "{name}"')).scalar()
+        if oldest is not None and oldest <= since:
+            continue  # the window lies after what retention has reached
+        missing = rep.balance(name)
+        if missing > 0:
+            rep.retention.setdefault(name, {})["window"] = missing
+
+
+def _bounds(w: Window, lines: dict, host: str, source: str) -> tuple[int, int]:
+    lo_pos, hi_pos = lines.get((host, source), (None, None))
+    low = -1 if w.since_ns is None or lo_pos is None else lo_pos
+    high = INT64_MAX if w.until_ns is None else (-1 if hi_pos is None else hi_pos)
+    return low, high
+
+
+def _stored(c: Connection, w: Window, lines: dict) -> dict[str, int]:
+    """Stored side: rows of each line's event types between its boundary snapshots."""
+    if w.whole:
+        return {name: c.execute(text(f'SELECT COUNT(*) FROM "{name}"')).scalar_one()
+                for name in schema.TABLES}
+    out = dict.fromkeys(schema.TABLES, 0)
+    for et in schema.EVENT_TYPES:
+        for host, source in lines:
+            if source != et.source:
+                continue
+            low, high = _bounds(w, lines, host, source)
+            if high <= low:
+                continue
+            out[et.name] += c.execute(text(
+                f'SELECT COUNT(*) FROM "{et.name}" WHERE host = :h AND stream_id > :lo '
+                "AND stream_id <= :hi"), {"h": host, "lo": low, "hi": high}).scalar_one()
+    return out
+
+
+def _dead(rep: Report, c: Connection, w: Window, lines: dict, since: int) -> None:
+    """Dead letters whose entry id lies inside the bounds of their event type's line(s)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for et in schema.EVENT_TYPES:
+        spans[et.name] = [_bounds(w, lines, h, src) for h, src in lines if src == et.source]
+    # A dead letter was stored after its entry was produced: after the line's lower bound.
+    lows = [lo for v in spans.values() for lo, _ in v if lo >= 0]
+    floor = 0 if w.since_ns is None or not lows else ((min(lows) >> 19) * 1_000_000)
+    for et, reason, entry_id in c.execute(text(DEAD_SQL), {"since": min(floor, since)}):
+        if not w.whole:
+            try:
+                pos = schema.stream_id_to_int(entry_id)
+            except ValueError:
+                continue
+            bounds = spans.get(et) or [(w.lo_id, w.hi_id)]
+            if not any(lo < pos <= hi for lo, hi in bounds):
+                continue
+        d = rep.dead.setdefault(et, {})
+        key = reason.split(":")[0]
+        d[key] = d.get(key, 0) + 1
 
 
 def _judge(rep: Report, expected: list[str] | None) -> None:
@@ -165,6 +327,9 @@ def _judge(rep: Report, expected: list[str] | None) -> None:
 def to_json(rep: Report) -> dict[str, Any]:
     return {
         "database": rep.db_path,
+        "window": {"run_id": rep.window.run_id, "kind": rep.window.kind,
+                   "since_ns": rep.window.since_ns, "until_ns": rep.window.until_ns,
+                   "still_running": rep.window.open_end, "text": rep.window.describe()},
         "verdict": rep.verdict,
         "exit_code": rep.exit_code,
         "captured": len(rep.captured),
@@ -193,6 +358,7 @@ def to_json(rep: Report) -> dict[str, Any]:
 def render(rep: Report, console: Console) -> None:
     ok, bad = Text("✓", style="green"), Text("✗", style="bold red")
     console.rule("[bold]TEST RESULTS")
+    console.print(Text(f"Covers: {printable(rep.window.describe(), 400)}"))
     console.print(f"Total Events Collected: {rep.total:,}\n")
     t = Table(title="Event Types Captured", title_justify="left")
     for col, j in (("", "center"), ("event type", "left"), ("rows", "right"),
@@ -280,11 +446,14 @@ def render(rep: Report, console: Console) -> None:
 
 
 def report_job(db_path: str, duration_s: float | None = None,
-               expected: list[str] | None = None) -> dict[str, Any]:
-    """The rq job: render the table as plain text (no colour codes) and return the verdict."""
+               expected: list[str] | None = None, run: str | None = None,
+               since: str | None = None, until: str | None = None) -> dict[str, Any]:
+    """The rq job: render the table as plain text (no colour codes) and return the verdict.
+    ``run``/``since``/``until`` are strings as the flags take them (JSON-safe job args)."""
+    sel = parse_selection(run, since, until)
     eng = open_readonly(db_path)
     try:
-        rep = build(eng, db_path, duration_s, expected)
+        rep = build(eng, db_path, duration_s, expected, resolve(eng, sel, default_latest=True))
     finally:
         eng.dispose()
     buf = io.StringIO()
@@ -294,23 +463,33 @@ def report_job(db_path: str, duration_s: float | None = None,
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
-              default="data/stress_test.db", show_default=True, help="Database to report on.")
+              default=defaults.DB_PATH, show_default=True, help="Database to report on.")
+@window_options
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
-              help="Seconds the run lasted [default: the span of scraper samples].")
+              help="Seconds the run lasted [default: the run's or window's own span; the "
+                   "span of scraper samples for the whole database].")
 @click.option("--expect", default=",".join(collectors.ALL), show_default=True,
               help="Collectors that must have started.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def command(db_path: str, duration: float | None, expect: str, as_json: bool) -> None:
-    """Print the results table for a KernelSight database; exit 0 only on SUCCESS.
+def command(db_path: str, run: str | None, since: str | None, until: str | None,
+            duration: float | None, expect: str, as_json: bool) -> None:
+    """Print the results table for a run or window of a KernelSight database; exit 0 only
+    on SUCCESS. Every figure covers only the selected run or window.
 
     \b
     Examples:
-      kernelsight report --db data/stress_test.db
-      kernelsight report --db data/stress_test.db --json | jq .event_types
+      kernelsight report                                  # the latest run in data/kernelsight.db
+      kernelsight report --db data/stress_test.db --run stress-20261130T101500-1a2b3c
+      kernelsight report --since 2h --until 1h            # a window, whatever ran in it
+      kernelsight report --since 2026-11-30T10:00:00Z --json | jq .event_types
     """
+    sel = parse_selection(run, since, until)
+    names = collectors.parse_list(expect)
     eng = open_readonly(db_path)
-    rep = build(eng, db_path, duration, collectors.parse_list(expect))
-    eng.dispose()
+    try:
+        rep = build(eng, db_path, duration, names, resolve(eng, sel, default_latest=True))
+    finally:
+        eng.dispose()
     if as_json:
         sys.stdout.buffer.write(orjson.dumps(to_json(rep), option=orjson.OPT_INDENT_2) + b"\n")
     else:

@@ -25,12 +25,14 @@ from rq.utils import decode_redis_hash
 from rq.worker import WorkerStatus
 
 from kernelsight import collectors, defaults
+from kernelsight.exceptions import ConfigError
 from kernelsight.streams import ping
+from kernelsight.window import parse_selection
 
 QUEUE = "kernelsight"
 REPORT_FUNC = "kernelsight.report.report_job"
 ALLOWED = frozenset({REPORT_FUNC})
-PARAMS = ("db_path", "duration_s", "expected")
+PARAMS = ("db_path", "duration_s", "expected", "run", "since", "until")
 MAX_DURATION_S = 7 * 86400
 MAX_TIMEOUT_S = 86400
 # The fields rq 3.0 writes for a plain enqueue, and what each may hold. Callbacks, webhooks,
@@ -100,6 +102,15 @@ def check_arguments(func_name: object, instance: object, args: object,
     if e is not None and (not isinstance(e, list) or len(e) > len(collectors.ALL)
                           or any(x not in collectors.ALL for x in e)):
         raise Refused(f"expected must be a list of collector names from {collectors.ALL}")
+    # runs helper: the window, as the --run/--since/--until flags take it (strings).
+    for k in ("run", "since", "until"):
+        v = call.get(k)
+        if v is not None and (not isinstance(v, str) or len(v) > 64):
+            raise Refused(f"{k} must be a string of at most 64 characters")
+    try:
+        parse_selection(call.get("run"), call.get("since"), call.get("until"))
+    except ConfigError as e:
+        raise Refused(str(e)) from None
     return call
 
 

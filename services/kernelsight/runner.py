@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from kernelsight import collectors, schema
+from kernelsight import collectors, defaults, schema
 from kernelsight.config import Settings, env_name, redact
 from kernelsight.exceptions import CollectorError, KernelSightError
 from kernelsight.redis_server import PrivateRedis
@@ -41,18 +41,25 @@ def _set_status(settings: Settings, name: str, state: str, detail: str = "") -> 
         pass  # Redis down at start is allowed; the status still reaches the log
 
 
+EXIT_CRASHED = 1  # a collector that raised in poll(): a bug, recorded as failed
+
+
 def run_collector(name: str, settings: Settings, duration: float | None = None,
-                  stop: threading.Event | None = None) -> int:
+                  stop: threading.Event | None = None,
+                  cls: type[collectors.Collector] | None = None) -> int:
     """Run one collector until SIGTERM/SIGINT, ``stop`` or ``duration``; returns the exit code.
 
-    Redis may be down: the publisher buffers (bounded) and reconnects by itself."""
+    Redis may be down: the publisher buffers (bounded) and reconnects by itself. A collector
+    that raises in ``poll()`` is recorded as FAILED (accounting and status key) with the
+    exception, not as stopped: the report's "all collectors started" must not pass over it.
+    ``cls`` replaces the registry's class (tests)."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     pub = Publisher(settings, name)
     try:
-        col = collectors.get(name)(settings, pub)
+        col = (cls or collectors.get(name))(settings, pub)
         col.start()
     except (CollectorError, KernelSightError) as e:
         log.error("%s", e)
@@ -68,9 +75,16 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
     ctl = connect(settings.redis_url, 1)
     started_ns = time.time_ns()
     next_ctl = 0.0
+    crash = ""
     try:
         while not stop.is_set() and (end is None or time.monotonic() < end):
-            col.poll()
+            try:
+                col.poll()
+            except Exception as e:
+                log.exception("%s crashed in poll()", name)
+                crash = f"crashed in poll(): {e.__class__.__name__}: {e}"
+                pub.status(schema.FAILED, crash)
+                break
             pub.flush()
             if time.monotonic() >= next_ctl:
                 next_ctl = time.monotonic() + 0.5
@@ -80,11 +94,19 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
     finally:
         try:
             col.stop()
+        except Exception as e:
+            log.exception("%s: stop() failed", name)
+            crash = crash or f"crashed in stop(): {e.__class__.__name__}: {e}"
+            pub.status(schema.FAILED, crash)
         finally:
             pub.flush()
             pub.close()
-            _set_status(settings, name, "stopped")
-    log.info("%s stopped: %s", name, {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in pub.counters.items()})
+            _set_status(settings, name, "failed" if crash else "stopped", crash)
+    log.info("%s %s: %s", name, "FAILED" if crash else "stopped",
+             {f"{k[0]}/{k[1]}/{k[2]}": v for k, v in pub.counters.items()})
+    if crash:
+        print(f"kernelsight: {name}: {crash}", file=sys.stderr)
+        return EXIT_CRASHED
     return 0
 
 
@@ -255,37 +277,198 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
             p.wait()
 
 
-def run(settings: Settings, duration: float, names: list[str], log_dir: Path | None = None,
-        echo: Callable[[str], None] = print) -> int:
-    """`kernelsight run`: collectors + ingester for ``duration`` s, then drain and exit."""
+class IngestSupervisor:
+    """Keeps the ingester of a `run` alive: one that exits while we are not stopping (a crash,
+    a kill) is restarted after a growing pause, at most ``max_restarts`` times. The private
+    Redis holding the unstored entries stays up meanwhile; the new ingester picks up the
+    group's pending entries, so nothing is lost or stored twice."""
+
+    def __init__(self, stack: Stack, echo: Callable[[str], None],
+                 max_restarts: int = defaults.INGEST_RESTARTS_MAX,
+                 backoff_s: float = defaults.INGEST_RESTART_BACKOFF_S) -> None:
+        self.stack = stack
+        self.echo = echo
+        self.max_restarts = max_restarts
+        self.backoff_s = backoff_s
+        self.restarts = 0
+        self._restart_at: float | None = None
+
+    @property
+    def gave_up(self) -> bool:
+        return self.restarts >= self.max_restarts and self._restart_at is None and not \
+            self.alive
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.stack.ingest) and self.stack.ingest.popen.poll() is None  # type: ignore
+
+    def check(self) -> None:
+        """Call often: notices an exit, schedules and performs the restart."""
+        ing = self.stack.ingest
+        if ing is None or ing.popen.poll() is None:
+            return
+        now = time.monotonic()
+        if self._restart_at is None:
+            if self.restarts >= self.max_restarts:
+                return
+            pause = min(self.backoff_s * 2 ** self.restarts, 30.0)
+            self._restart_at = now + pause
+            where = f"; see {ing.log_path}" if ing.log_path else ""
+            self.echo(f"ingest exited with code {ing.popen.returncode}{where}; restarting in "
+                      f"{pause:.1f}s ({self.restarts + 1}/{self.max_restarts})")
+            log.warning("ingest pid %d exited with %s; restart %d/%d in %.1fs", ing.popen.pid,
+                        ing.popen.returncode, self.restarts + 1, self.max_restarts, pause)
+        elif now >= self._restart_at:
+            self._restart_at = None
+            self.restarts += 1
+            new = self.stack.start_ingest()
+            self.echo(f"ingest: restarted, pid {new.popen.pid}")
+
+    def ensure_running(self, timeout: float) -> bool:
+        """For the drain: wait out a scheduled restart (or give up after ``timeout``)."""
+        end = time.monotonic() + timeout
+        while not self.alive and time.monotonic() < end:
+            if self._restart_at is None and self.restarts >= self.max_restarts:
+                return False
+            self.check()
+            time.sleep(0.1)
+        return self.alive
+
+
+def backlog_by_stream(r: redis.Redis) -> dict[str, int]:
+    """Entries each KernelSight stream still holds that the ingest group has not stored
+    (undelivered + unacknowledged; a stream the group never read counts whole)."""
+    out: dict[str, int] = {}
+    for et_stream in [et.stream for et in schema.EVENT_TYPES] + [schema.ACCOUNTING_STREAM]:
+        n = int(r.xlen(et_stream))
+        if not n:
+            continue
+        try:
+            groups = r.xinfo_groups(et_stream)
+        except redis.ResponseError:
+            groups = []
+        g = next((g for g in groups if g["name"] in (schema.INGEST_GROUP,
+                                                      schema.INGEST_GROUP.encode())), None)
+        if g is None:
+            left = n
+        else:
+            last = g["last-delivered-id"]
+            last = last.decode() if isinstance(last, bytes) else last
+            left = len(r.xrange(et_stream, "(" + last, "+")) + int(g["pending"])
+        if left:
+            out[et_stream.removeprefix(schema.STREAM_PREFIX)] = left
+    return out
+
+
+def record_loss(settings: Settings, left: dict[str, int], reason: str) -> bool:
+    """Entries that could not be stored (the ingester gave up; Redis is about to go): counted
+    as dropped with ``reason`` straight into the database's accounting, since the pipeline
+    that would carry the count is the part that failed. False if even that failed."""
+    from sqlalchemy import insert
+
+    from kernelsight.clock import now_ns
+    from kernelsight.db import open_db
+
+    rows = [{"timestamp": now_ns(), "host": settings.host, "source": "runner",
+             "instance": f"runner@{settings.host}:{os.getpid()}", "event_type": et,
+             "metric": schema.DROPPED, "reason": reason, "value": n, "detail": None,
+             "stream_id": None} for et, n in left.items() if et != schema.ACCOUNTING_STREAM]
+    if not rows:
+        return True
+    try:
+        eng = open_db(settings.db_path)
+        with eng.begin() as c:
+            c.execute(insert(schema.pipeline_accounting), rows)
+        eng.dispose()
+        return True
+    except Exception as e:  # noqa: BLE001 - the message below is all we can still do
+        log.error("could not record the loss in %s: %s", settings.db_path, e)
+        return False
+
+
+R_UNSTORED = "unstored_at_exit"
+
+
+def run(settings: Settings, duration: float | None, names: list[str],
+        log_dir: Path | None = None, echo: Callable[[str], None] = print,
+        kind: str = "run") -> int:
+    """`kernelsight run`: collectors + ingester until SIGTERM/SIGINT (or ``duration`` s), then
+    drain and exit. The run is recorded (runs table) with its start, end and outcome."""
+    from kernelsight.runs import RunRecorder
+
     stack = Stack(settings, log_dir)
+    rec: RunRecorder | None = None
+    stopping = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stopping.set()) for s in
+           (signal.SIGINT, signal.SIGTERM)}
     try:
         url = stack.start_redis()
         echo(f"redis: {redact(url)}" + (" (private)" if stack.redis else ""))
         ing = stack.start_ingest()
         echo(f"ingest: pid {ing.popen.pid} -> {settings.db_path}")
+        sup = IngestSupervisor(stack, echo)
+        rec = RunRecorder(stack.settings, kind).begin()
+        echo(f"run: {rec.run_id}")
 
         def show(p: Proc) -> None:
             mark = "started" if p.state == "started" else f"FAILED: {p.detail}"
             echo(f"{p.name}: pid {p.popen.pid} {mark}")
 
         stack.start_collectors(names, on_status=show)
-        end = time.monotonic() + duration
-        stopping = threading.Event()
-        old = {s: signal.signal(s, lambda *_: stopping.set()) for s in
-               (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while time.monotonic() < end and not stopping.is_set():
-                if ing.popen.poll() is not None:
-                    echo(f"ingest exited early with code {ing.popen.returncode}")
-                    break
-                time.sleep(0.2)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        end = time.monotonic() + duration if duration else None
+        echo("collecting " + (f"for {duration:g}s" if duration else
+                              "until SIGTERM/SIGINT (Ctrl-C)"))
+        while (end is None or time.monotonic() < end) and not stopping.is_set():
+            sup.check()
+            if sup.gave_up:
+                echo(f"ingest failed {sup.restarts + 1} times; stopping the run")
+                break
+            time.sleep(0.2)
+        # Back to default handlers: a second Ctrl-C now interrupts the drain.
+        for s, h in old.items():
+            signal.signal(s, h)
+        old = {}
         stack.stop_collectors()
-        rc = stack.drain_ingest()
-        echo(f"drained; ingest exit code {rc}")
-        return 0 if rc == 0 else 1
+        rec.end()
+        rc = _drain(stack, sup, rec, echo)
+        return rc
     finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if rec is not None:
+            rec.close()
         stack.close()
+
+
+def _drain(stack: Stack, sup: IngestSupervisor, rec: object, echo: Callable[[str], None]
+           ) -> int:
+    """Store everything left, record the outcome, stop the ingester. Entries that cannot be
+    stored are counted as loss before the private Redis goes."""
+    from kernelsight.ingest import wait_drained
+
+    r = connect(stack.settings.redis_url)
+    drained = False
+    deadline = time.monotonic() + defaults.RUN_DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline and sup.ensure_running(60):
+        if wait_drained(stack.settings.redis_url, 5):
+            drained = True
+            break
+        sup.check()
+    left = {} if drained else backlog_by_stream(r)
+    verdict = "drained" if not left else "unstored-entries"
+    rec.verdict(verdict)  # type: ignore[attr-defined]
+    rc = stack.drain_ingest() if sup.alive else (stack.ingest.popen.returncode  # type: ignore
+                                                 if stack.ingest else 1)
+    left = backlog_by_stream(r)
+    r.close()
+    if left:
+        total = sum(left.values())
+        recorded = record_loss(stack.settings, left, R_UNSTORED)
+        echo(f"LOSS: {total:,} entries could not be stored ("
+             + ", ".join(f"{k} {v:,}" for k, v in sorted(left.items())) + ")"
+             + ("; counted as dropped, reason " + R_UNSTORED if recorded else
+                "; could NOT be recorded in the database"))
+        return 1
+    echo(f"drained; ingest exit code {rc}" + (f" (restarted {sup.restarts}x)"
+                                              if sup.restarts else ""))
+    return 0 if rc == 0 else 1

@@ -184,6 +184,16 @@ EVENT_TYPES: tuple[EventType, ...] = (
         (("pid", "timestamp"),),
         core=False,
     ),
+    # Run records (`kernelsight run`, the stress tests, the soak), written through the pipeline
+    # like any event. A run's later state (its end, its verdict) is a new row with the same
+    # run_id: readers take the newest row per run_id (highest stream_id). end_ns is 0 and
+    # verdict "" while the run is going.
+    EventType(
+        "runs", "runs", "Run records",
+        (S("run_id", 64), S("kind", 32), I("start_ns"), I("end_ns"), S("verdict", 32)),
+        (("run_id",),),
+        core=False,
+    ),
 )
 
 BY_NAME: dict[str, EventType] = {e.name: e for e in EVENT_TYPES}
@@ -285,10 +295,16 @@ pipeline_accounting = Table(
     Column("reason", Text, nullable=False, default=""),
     Column("value", BigInteger, nullable=False),
     Column("detail", Text, nullable=True),
+    # The producer's own packed stream id when it took this snapshot: every event the snapshot
+    # counts has a smaller id from the same producer, every later one a larger id. NULL for
+    # the ingester's and maintenance's own counters (their position is their timestamp).
+    # Reports of a window read the snapshots at its boundaries by this position (report.py).
+    Column("stream_id", BigInteger, nullable=True),
     # With value last, MAX(value) per key is one index seek (the report, and retention, which
     # keeps that row of every key); the timestamp index lets retention find old snapshots.
     Index("ix_pipeline_accounting_key", "instance", "event_type", "metric", "reason", "value"),
     Index("ix_pipeline_accounting_timestamp", "timestamp"),
+    Index("ix_pipeline_accounting_line", "host", "source", "stream_id"),
 )
 
 # Entries the ingester could not store, with why. Also mirrored to the dead-letter stream.

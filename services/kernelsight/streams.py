@@ -152,10 +152,12 @@ class Publisher:
                 self._buf.append((stream, encode(row), event_type, self._new_id()))
             self._count(event_type, schema.PRODUCED, n)
 
-    def _accounting_entry(self) -> bytes:
+    def _accounting_entry(self, mark: bytes) -> bytes:
+        """A cumulative snapshot. ``mark`` is the id it takes in this producer's sequence:
+        everything it counts has a smaller id, so windowed reports can bound by it."""
         return encode({
             "timestamp": now_ns(), "host": self.host, "instance": self.instance,
-            "source": self.source,
+            "source": self.source, "mark": schema.stream_id_to_int(mark),
             "counters": [[et, m, r, v, self._details.get((et, m, r), "")]
                          for (et, m, r), v in self.counters.items()],
         })
@@ -169,8 +171,9 @@ class Publisher:
             if self._dirty and (final or now >= self._next_accounting):
                 # Accounting rides in the same ordered buffer, so after a reconnect it is
                 # delivered too; it is cumulative, so repeats are harmless.
-                self._buf.append((schema.ACCOUNTING_STREAM, self._accounting_entry(), "",
-                                  self._new_id()))
+                eid = self._new_id()
+                self._buf.append((schema.ACCOUNTING_STREAM, self._accounting_entry(eid), "",
+                                  eid))
                 self._dirty = False
                 self._next_accounting = now + defaults.ACCOUNTING_INTERVAL_S
             idle = not self._buf
@@ -359,7 +362,8 @@ class Publisher:
                     self._buf.clear()
                 # One last try to deliver the accounting that says so.
                 try:
-                    self._r.xadd(schema.ACCOUNTING_STREAM, {FIELD: self._accounting_entry()})
+                    self._r.xadd(schema.ACCOUNTING_STREAM,
+                                 {FIELD: self._accounting_entry(self._new_id())})
                 except redis.RedisError:
                     log.error("could not deliver final accounting for %s", self.instance)
                 break

@@ -15,16 +15,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from kernelsight import collectors
+from kernelsight import collectors, defaults
 from kernelsight.config import Settings, check_db_path
 from kernelsight.db import open_db
 from kernelsight.doctor import run_checks
 from kernelsight.exceptions import ConfigError
 from kernelsight.report import build, render
 from kernelsight.runner import Proc, Stack
+from kernelsight.runs import RunRecorder, resolve, wait_drained_until
 from kernelsight.safetext import printable
+from kernelsight.window import Selection, ns_to_id
 
 STEPS = 6
+DRAIN_TIMEOUT_S = 300.0
 
 
 def _step(con: Console, n: int, title: str) -> None:
@@ -35,13 +38,13 @@ def _ok(con: Console, msg: str) -> None:
     con.print(Text("✓", style="green").append(f" {printable(msg, 1000)}"))
 
 
-def _fresh_db(path: str) -> None:
+def _open_db(path: str) -> str:
+    """Create the database if absent; an existing one is kept (this run's rows are added,
+    and the report covers this run only). Says which."""
     check_db_path(path)
-    for suffix in ("", "-wal", "-shm"):
-        p = Path(path + suffix)
-        if p.exists():
-            p.unlink()
+    existed = Path(path).exists()
     open_db(path).dispose()
+    return "kept, this run is added to it" if existed else "created"
 
 
 def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
@@ -66,11 +69,13 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
     _ok(con, "Prerequisites checked")
 
     _step(con, 2, "Initializing Database")
-    _fresh_db(settings.db_path)
-    _ok(con, f"Database initialized: {settings.db_path}")
+    how = _open_db(settings.db_path)
+    _ok(con, f"Database initialized: {settings.db_path} ({how})")
 
     stack = Stack(settings, log_dir)
     interrupted = threading.Event()
+    rec: RunRecorder | None = None
+    rep = None
 
     def on_signal(signum: int, _frame: object) -> None:
         interrupted.set()
@@ -82,6 +87,8 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
         ing = stack.start_ingest()
         con.print(f"  Ingestion daemon PID: {ing.popen.pid}")
         _ok(con, "Ingestion daemon started")
+        rec = RunRecorder(stack.settings, "stress").begin()
+        con.print(f"  Run: {rec.run_id}")
 
         _step(con, 4, "Starting All Collectors")
 
@@ -115,21 +122,34 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
 
         _step(con, 6, "Stopping Collectors & Analyzing Results")
         stack.stop_collectors()
-        con.print("  Collectors stopped; draining streams...")
+        end_ns = rec.end()
+        con.print("  Collectors stopped; waiting until everything up to the run's end is "
+                  "stored...")
+        if wait_drained_until(stack.settings.redis_url, ns_to_id(end_ns), DRAIN_TIMEOUT_S):
+            _ok(con, "Streams drained")
+        else:
+            con.print(f"[red]✗ the ingester did not store the run within {DRAIN_TIMEOUT_S:.0f}s"
+                      f"; see {log_dir}/ingest.log (the report counts what is missing)")
+        eng = open_db(settings.db_path, create=False)
+        try:
+            rep = build(eng, settings.db_path, None, names, resolve(
+                eng, Selection(run=rec.run_id)))
+        finally:
+            eng.dispose()
+        rec.verdict(rep.verdict)  # stored by the ingester's drain below
         rc = stack.drain_ingest()
         if rc != 0:
             con.print(f"[red]✗ ingestion daemon exited with {rc}; see {log_dir}/ingest.log")
-        else:
-            _ok(con, "Streams drained")
     finally:
+        if rec is not None:
+            rec.close()
         stack.close()
         for s, h in old.items():
             signal.signal(s, h)
 
-    eng = open_db(settings.db_path, create=False)
-    rep = build(eng, settings.db_path, float(duration), names)
-    eng.dispose()
     render(rep, con)
+    con.print(f"Run: {rec.run_id} (kernelsight report --db {settings.db_path} --run "
+              f"{rec.run_id})")
     con.print(f"Logs: {log_dir}/")
     return rep.exit_code
 
@@ -178,8 +198,9 @@ def _drive(con: Console, duration: int, settings: Settings, log_dir: Path,
 @click.command("stresstest", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--duration", type=click.IntRange(5, 86400), default=60, envvar="TEST_DURATION",
               show_envvar=True, show_default=True, help="Seconds of stress.")
-@click.option("--db", "--db-path", "db_path", default="data/stress_test.db", show_default=True,
-              envvar="KS_DB_PATH", show_envvar=True, help="Database, created fresh.")
+@click.option("--db", "--db-path", "db_path", default=defaults.DB_PATH, show_default=True,
+              envvar="KS_DB_PATH", show_envvar=True,
+              help="Database; created if absent, else this run is added to it (never emptied).")
 @click.option("--log-dir", default="logs/stress_test", show_default=True,
               help="Each component's log goes to DIR/<component>.log.")
 @click.option("--collectors", "collector_list", default="all", show_default=True,
@@ -191,7 +212,8 @@ def command(duration: int, db_path: str, log_dir: str, collector_list: str,
             redis_url: str | None) -> None:
     """The comprehensive stress test (root): all collectors, stress workloads, verdict.
 
-    Exit code 0 only for SUCCESS.
+    The test is recorded as a run (kind `stress`) in the database, and its verdict covers
+    that run only, even in a database holding older runs. Exit code 0 only for SUCCESS.
 
     \b
     Examples:

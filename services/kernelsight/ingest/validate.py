@@ -134,6 +134,7 @@ def validate_entry(validate, fields: dict | list, sid: int) -> tuple:
 
 
 ACC_KEYS = frozenset(("timestamp", "host", "instance", "source", "counters"))
+ACC_KEYS_MARK = ACC_KEYS | {"mark"}  # "mark": the producer's stream position (runs helper)
 ACC_MAX_COUNTERS = 4096
 INSTANCE_MAXLEN = 200
 NAME_MAXLEN = 64  # source, event_type, metric
@@ -179,8 +180,9 @@ def accounting_rows(fields: dict | list) -> list[dict]:
         raise BadEntry("decode_error", str(e)[:200]) from None
     if type(o) is not dict:
         raise BadEntry("not_an_object", "accounting")
-    if o.keys() != ACC_KEYS:
-        _keys_error(o, ACC_KEYS)
+    keys = ACC_KEYS_MARK if "mark" in o else ACC_KEYS
+    if o.keys() != keys:
+        _keys_error(o, keys)
     ts, counters = o["timestamp"], o["counters"]
     if type(ts) is not int:
         raise BadEntry("wrong_type", "timestamp must be an integer")
@@ -192,8 +194,12 @@ def accounting_rows(fields: dict | list) -> list[dict]:
     instance = _text(o["instance"], "instance", INSTANCE_MAXLEN)
     if not instance:
         raise BadEntry("wrong_type", "accounting instance must be a non-empty string")
+    # The producer's stream position when it took the snapshot (windowed reports).
+    mark = o.get("mark")
+    if mark is not None and (type(mark) is not int or not 0 <= mark <= schema.INT64_MAX):
+        raise BadEntry("out_of_range", f"accounting mark {mark!r}")
     base = {"timestamp": ts, "host": host, "instance": instance,
-            "source": _name(o["source"], "source", empty_ok=False)}
+            "source": _name(o["source"], "source", empty_ok=False), "stream_id": mark}
     if type(counters) is not list:
         raise BadEntry("wrong_type", "accounting counters must be a list")
     if len(counters) > ACC_MAX_COUNTERS:
