@@ -33,6 +33,9 @@ INTERVAL = _opt("--interval", field="interval", type=float,
                 help="Seconds between samples/intervals [default: 1].")
 BUFFER = _opt("--buffer-max", field="buffer_max", type=int,
               help=f"Events buffered while Redis is unreachable [default: {defaults.BUFFER_MAX}].")
+BUFFER_BYTES = _opt("--buffer-max-bytes", field="buffer_max_bytes", type=int,
+                    help="Payload bytes buffered while Redis is unreachable or full "
+                         f"[default: {defaults.BUFFER_MAX_BYTES}].")
 MAXLEN = _opt("--stream-maxlen", field="stream_maxlen", type=int,
               help="Unread entries per stream above which producers hold back "
                    f"[default: {defaults.STREAM_MAXLEN}].")
@@ -91,7 +94,7 @@ def cli(log_level: str) -> None:
               show_envvar=True, help=f"Comma list of {', '.join(collectors.ALL)} or 'all'.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               envvar="KS_LOG_DIR", help="Write each component's log to DIR/<name>.log.")
-@common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, MAXLEN, RETENTION, RETENTION_SIZE,
+@common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RETENTION, RETENTION_SIZE,
         ROLLUP_RETENTION)
 def run(duration: float | None, collector_list: str, log_dir: str | None, **kw: Any) -> None:
     """Run collectors and the ingester natively until SIGTERM/SIGINT (or for DURATION
@@ -128,7 +131,7 @@ def run(duration: float | None, collector_list: str, log_dir: str | None, **kw: 
 @cli.command(context_settings=CTX)
 @click.option("--duration", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds [default: run until SIGTERM].")
-@common(REDIS, PROCFS, HOST, INTERVAL, BUFFER, MAXLEN)
+@common(REDIS, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN)
 @_opt("--ignored-devices", field="ignored_devices",
       help="Regex of block device names to skip (node_exporter's default).")
 def collect(duration: float | None, **kw: Any) -> None:
@@ -150,7 +153,7 @@ def collect(duration: float | None, **kw: Any) -> None:
 @click.argument("tracer", type=click.Choice(collectors.TRACERS))
 @click.option("--duration", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds [default: run until SIGTERM].")
-@common(REDIS, HOST, INTERVAL, BUFFER, MAXLEN)
+@common(REDIS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN)
 @_opt("--min-latency-ms", field="min_latency_ms", type=float,
       help=f"syscalls: record syscalls slower than this [default: "
            f"{defaults.SYSCALL_MIN_LATENCY_MS:g}].")

@@ -27,6 +27,7 @@ class Settings:
     consumer: str = defaults.CONSUMER
     ingest_workers: int = defaults.INGEST_WORKERS
     buffer_max: int = defaults.BUFFER_MAX
+    buffer_max_bytes: int = defaults.BUFFER_MAX_BYTES
     stream_maxlen: int = defaults.STREAM_MAXLEN
     stream_retain: int = defaults.STREAM_RETAIN
     min_latency_ms: float = defaults.SYSCALL_MIN_LATENCY_MS
@@ -50,8 +51,8 @@ class Settings:
             v = getattr(self, name)
             if not (0 < v <= 3600):
                 raise ConfigError(f"--{name} must be between 0 and 3600 seconds, got {v}")
-        for name in ("batch_size", "batch_ms", "buffer_max", "stream_maxlen", "ringbuf_pages",
-                     "map_entries"):
+        for name in ("batch_size", "batch_ms", "buffer_max", "buffer_max_bytes", "stream_maxlen",
+                     "ringbuf_pages", "map_entries"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.ringbuf_pages & (self.ringbuf_pages - 1):

@@ -41,6 +41,14 @@ def command_with(head: list[bytes | str | int], tail: list[bytes]) -> bytes:
             + b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in tail]))
 
 
+def command_packed(head: list[bytes | str | int], n_args: int, body: bytes) -> bytes:
+    """``head`` arguments followed by ``n_args`` arguments already encoded as bulk strings in
+    ``body`` (the producer's chunk: three per entry, packed with one format each)."""
+    parts = [arg(a) for a in head]
+    return (b"*%d\r\n" % (len(parts) + n_args)
+            + b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in parts]) + body)
+
+
 def xack(stream: bytes, group: bytes, ids: list[bytes]) -> bytes:
     return command_with([b"XACK", stream, group], ids)
 

@@ -12,6 +12,8 @@ cumulative snapshots on the accounting stream, so the report can prove conservat
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -28,7 +30,7 @@ from kernelsight import defaults, resp, schema
 from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
 from kernelsight.exceptions import RedisUnavailable
-from kernelsight.streamid import IdSource
+from kernelsight.streamid import MS_MAX, SEQ_MAX, IdSource, StreamIdOutOfRange
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,79 @@ R_LOST_IN_REDIS = "lost_in_redis_restart"  # Redis lost them and they could not 
 
 CONFIRM_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = 2.0
+CHUNK_MARKER = "kernelsight:chunk:{instance}:{first}"
+CHUNK_MARKER_TTL_S = 86_400  # only the last chunk's marker outlives its reply (then deleted)
+CHUNK_MAX = 2000
+R_NO_ID_LEFT = "stream_id_exhausted"  # a stream's top id is at the packable maximum
+
+# One chunk of entries, atomically: each XADD with its producer-chosen id; an id Redis refuses
+# (another producer wrote a larger one) gets the next packable id above the stream's top, here,
+# inside the same script (no follow-up command whose reply could be lost). A marker key, set
+# last, records what was moved: the re-send of a chunk whose reply was lost finds it and
+# changes nothing, whether or not its entries are still in the stream (a longer re-send adds
+# only the entries past the recorded count). Types are checked before
+# the first write, and Redis refuses a script at maxmemory only at its first write, so an
+# error reply means nothing was added.
+# KEYS: this chunk's marker, the previous chunk's marker (deleted), the streams.
+# ARGV: marker TTL, SEQ_MAX, MS_MAX, then per entry: stream index into KEYS, id, payload.
+# Reply: {entries applied before (a re-send), "i:id i:id ..." (moved; "i:" = no id left), XLENs}.
+CHUNK_LUA = """
+local nk, n = #KEYS, (#ARGV - 3) / 3
+local lens = {}
+local start, prev = 1, ''
+local done = redis.call('GET', KEYS[1])
+if done then
+  local cnt, mv = string.match(done, '^(%d+)|(.*)$')
+  start, prev = tonumber(cnt) + 1, mv
+  if start > n then
+    for k = 3, nk do lens[#lens + 1] = redis.call('XLEN', KEYS[k]) end
+    return {start - 1, prev, lens}
+  end
+end
+for k = 3, nk do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if t ~= 'stream' and t ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', not a stream')
+  end
+end
+local seqmax, msmax = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tops, moved = {}, {}
+if prev ~= '' then moved[1] = prev end
+for i = start, n do
+  local b = 3 * i
+  local key = KEYS[tonumber(ARGV[b + 1])]
+  local r = redis.pcall('XADD', key, ARGV[b + 2], 'd', ARGV[b + 3])
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'equal or smaller', 1, true) then return r end
+    local top = tops[key]
+    if not top then
+      local info = redis.call('XINFO', 'STREAM', key)
+      for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then top = info[j + 1] end
+      end
+    end
+    local ms, seq = string.match(top, '^(%d+)-(%d+)$')
+    ms, seq = tonumber(ms), tonumber(seq)
+    if seq >= seqmax then ms, seq = ms + 1, 0 else seq = seq + 1 end
+    if ms > msmax then
+      moved[#moved + 1] = i .. ':'
+    else
+      local id = string.format('%d-%d', ms, seq)
+      redis.call('XADD', key, id, 'd', ARGV[b + 3])
+      moved[#moved + 1] = i .. ':' .. id
+      tops[key] = id
+    end
+  else
+    tops[key] = r
+  end
+end
+local out = table.concat(moved, ' ')
+redis.call('SET', KEYS[1], n .. '|' .. out, 'EX', ARGV[1])
+if KEYS[2] ~= KEYS[1] then redis.call('DEL', KEYS[2]) end
+for k = 3, nk do lens[#lens + 1] = redis.call('XLEN', KEYS[k]) end
+return {start - 1, out, lens}
+"""
+CHUNK_SHA = hashlib.sha1(CHUNK_LUA.encode()).hexdigest().encode()
 
 
 def connect(url: str, timeout: float = 5.0) -> redis.Redis:
@@ -107,6 +182,11 @@ class Publisher:
         self._next_beat = 0.0
         self.replayed = 0
         self.resent_dupes = 0
+        self._buf_bytes = 0  # payload bytes in _buf, capped by settings.buffer_max_bytes
+        self._resend_n = 0  # entries of a chunk whose reply was lost: re-sent exactly
+        self._prev_marker: bytes | None = None
+        self.oom_refusals = 0
+        self._oom = False
 
     # -- counting -------------------------------------------------------------------------
     def _count(self, event_type: str, metric: str, n: int, reason: str = "") -> None:
@@ -143,13 +223,15 @@ class Publisher:
         stream = schema.STREAM_PREFIX + event_type
         with self._lock:
             n = 0
-            cap = self.settings.buffer_max
+            cap, cap_bytes = self.settings.buffer_max, self.settings.buffer_max_bytes
             for row in rows:
                 n += 1
-                if len(self._buf) >= cap:
+                if len(self._buf) >= cap or self._buf_bytes >= cap_bytes:
                     self._count(event_type, schema.DROPPED, 1, R_BUFFER_FULL)
                     continue
-                self._buf.append((stream, encode(row), event_type, self._new_id()))
+                payload = encode(row)
+                self._buf_bytes += len(payload)
+                self._buf.append((stream, payload, event_type, self._new_id()))
             self._count(event_type, schema.PRODUCED, n)
 
     def _accounting_entry(self, mark: bytes) -> bytes:
@@ -172,8 +254,9 @@ class Publisher:
                 # Accounting rides in the same ordered buffer, so after a reconnect it is
                 # delivered too; it is cumulative, so repeats are harmless.
                 eid = self._new_id()
-                self._buf.append((schema.ACCOUNTING_STREAM, self._accounting_entry(eid), "",
-                                  eid))
+                acc = self._accounting_entry(eid)
+                self._buf_bytes += len(acc)
+                self._buf.append((schema.ACCOUNTING_STREAM, acc, "", eid))
                 self._dirty = False
                 self._next_accounting = now + defaults.ACCOUNTING_INTERVAL_S
             idle = not self._buf
@@ -186,19 +269,24 @@ class Publisher:
             while self._buf:
                 if now < self._held_until and not final:
                     return False
-                chunk = list(islice(self._buf, 2000))
+                # After a lost reply, exactly the same entries again (their marker tells).
+                self._resend_n = self._resend_n or CHUNK_MAX
+                chunk = list(islice(self._buf, self._resend_n))
                 streams = sorted({c[0] for c in chunk})
-                res = self._xadd_all(chunk, streams)
+                ids, lengths = self._xadd_all(chunk, streams)
+                self._resend_n = 0
                 with self._lock:
                     for _ in chunk:
-                        self._buf.popleft()
-                self._remember(chunk, res)
+                        self._buf_bytes -= len(self._buf.popleft()[1])
+                self._remember(chunk, ids)
                 # Back-pressure: a stream over its cap means the ingester is behind; hold
                 # further entries here (bounded, counted) rather than grow Redis without end.
-                lengths = res[len(chunk):]
                 if max(lengths) >= self.settings.stream_maxlen:
                     self._held_until = now + 0.5
                     self.held_back += 1
+            if self._oom:
+                self._oom = False
+                log.warning("redis accepts writes again (below maxmemory)")
             if not self.connected:
                 if self.last_error:
                     self.reconnects += 1
@@ -208,62 +296,90 @@ class Publisher:
             if now >= self._next_beat:
                 self._next_beat = now + HEARTBEAT_INTERVAL_S
                 self._heartbeat()
+        except redis.exceptions.OutOfMemoryError:
+            self._note_oom(now)
+            return False
         except redis.RedisError as e:
             self._note_failure(e)
             return False
         return not self._buf
 
-    def _xadd_all(self, chunk: list[tuple[str, bytes, str, bytes]], streams: list[str]) -> list:
-        """MULTI, one XADD per entry with its own id, XLEN per stream, EXEC.
+    def _note_oom(self, now: float) -> None:
+        """Redis at maxmemory (noeviction) refused the chunk, atomically: back-pressure. The
+        events stay buffered (bounded, drops counted as buffer_full) and are retried."""
+        self.oom_refusals += 1
+        with self._lock:
+            self._count("", "redis_oom", 1)
+        if not self._oom:
+            self._oom = True
+            log.warning("redis is at maxmemory: holding events here (%d buffered, cap %d "
+                        "events / %d bytes) until the ingester frees memory", len(self._buf),
+                        self.settings.buffer_max, self.settings.buffer_max_bytes)
+        self._held_until = now + 0.5
 
-        The transaction means a lost connection never leaves half a chunk behind; the ids make
-        a re-send after an ambiguous failure harmless. An XADD Redis refuses (id not above the
-        stream's top) is either our own entry already there (a re-send: fine) or a stream
-        another producer wrote to with a later clock: then it is added with a fresh id.
+    def _xadd_all(self, chunk: list[tuple[str, bytes, str, bytes]],
+                  streams: list[str]) -> tuple[list[bytes | None], list[int]]:
+        """One chunk through CHUNK_LUA: the entry ids as stored (None: no packable id was
+        left on its stream, counted as dropped) and each stream's length.
 
-        The commands are packed by kernelsight.resp rather than by redis-py's pipeline,
-        whose per-command packing and parsing cost more than Redis's own work."""
-        parts = [resp.MULTI]
-        for stream, payload, _, eid in chunk:
-            parts.append(resp.xadd(stream.encode(), eid, FIELD, payload))
-        parts += [resp.command(b"XLEN", st) for st in streams]
-        parts.append(resp.EXEC)
+        Encoded by kernelsight.resp rather than by redis-py, whose per-argument packing costs
+        more than Redis's own work."""
+        marker = CHUNK_MARKER.format(instance=self.instance,
+                                     first=chunk[0][3].decode()).encode()
+        index = {st: resp.bulk(b"%d" % (i + 3)) for i, st in enumerate(streams)}
+        body = b"".join([b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            index[stream], len(eid), eid, len(payload), payload)
+            for stream, payload, _, eid in chunk])
+        head: list[bytes | str | int] = [b"EVALSHA", CHUNK_SHA, len(streams) + 2, marker,
+                                         self._prev_marker or marker, *streams,
+                                         CHUNK_MARKER_TTL_S, SEQ_MAX, MS_MAX]
+        packed = resp.command_packed(head, 3 * len(chunk), body)
+        try:
+            res = self._send_chunk(packed)
+        except redis.exceptions.NoScriptError:
+            self._r.script_load(CHUNK_LUA)
+            res = self._send_chunk(packed)
+        before, moved, lengths = res
+        self._prev_marker = marker
+        ids: list[bytes | None] = [c[3] for c in chunk]
+        self.resent_dupes += before
+        for m in moved.split():
+            i, _, nid = m.partition(b":")
+            k = int(i) - 1
+            if nid:
+                ids[k] = nid
+                with contextlib.suppress(StreamIdOutOfRange):
+                    self._ids.advance_past(nid)
+            else:
+                ids[k] = None
+                et = chunk[k][2]
+                if et:
+                    with self._lock:
+                        self._count(et, schema.DROPPED, 1, R_NO_ID_LEFT)
+        return ids, lengths
+
+    def _send_chunk(self, packed: bytes) -> list:
         pool = self._r.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command([b"".join(parts)], check_health=False)
-            for _ in range(len(chunk) + len(streams) + 1):  # +OK, then +QUEUED each
-                conn.read_response()
+            conn.send_packed_command([packed], check_health=False)
             res = conn.read_response()
+        except redis.ResponseError:
+            raise  # a reply: the connection is in step
         except BaseException:
             conn.disconnect()
             raise
         finally:
             pool.release(conn)
-        if not isinstance(res, list):
-            raise redis.ResponseError(f"EXEC returned {res!r}")
-        for i, r in enumerate(res[:len(chunk)]):
-            if isinstance(r, Exception):
-                res[i] = self._refused(chunk[i], r)
-        for r in res[len(chunk):]:
-            if isinstance(r, Exception):
-                raise r
+        if not isinstance(res, list) or len(res) != 3:
+            raise redis.ResponseError(f"chunk script returned {res!r}")
         return res
 
-    def _refused(self, item: tuple[str, bytes, str, bytes], err: Exception) -> bytes:
-        stream, payload, _, eid = item
-        if "equal or smaller" not in str(err):
-            raise err
-        there = self._r.xrange(stream, eid, eid, count=1)
-        if there and payload_of_fields(there[0][1]) == payload:
-            self.resent_dupes += 1
-            return eid  # our own earlier attempt got there: already stored once
-        return self._r.xadd(stream, {FIELD: payload})  # another producer is ahead of us
-
     # -- replay window --------------------------------------------------------------------
-    def _remember(self, chunk: list[tuple[str, bytes, str, bytes]], ids: list) -> None:
-        for (stream, payload, et, _), eid in zip(chunk, ids, strict=False):
-            if not et:
+    def _remember(self, chunk: list[tuple[str, bytes, str, bytes]],
+                  ids: list[bytes | None]) -> None:
+        for (stream, payload, et, _), eid in zip(chunk, ids, strict=True):
+            if not et or eid is None:
                 continue  # accounting snapshots are cumulative: the next one replaces it
             self._window.setdefault(stream, deque()).append(
                 (schema.stream_id_to_int(eid), payload, et))
@@ -360,10 +476,13 @@ class Publisher:
                         if et:
                             self._count(et, schema.DROPPED, 1, R_UNFLUSHED)
                     self._buf.clear()
+                    self._buf_bytes = 0
+                    self._resend_n = 0
                 # One last try to deliver the accounting that says so.
                 try:
-                    self._r.xadd(schema.ACCOUNTING_STREAM,
-                                 {FIELD: self._accounting_entry(self._new_id())})
+                    eid = self._new_id()
+                    self._xadd_all([(schema.ACCOUNTING_STREAM, self._accounting_entry(eid), "",
+                                     eid)], [schema.ACCOUNTING_STREAM])
                 except redis.RedisError:
                     log.error("could not deliver final accounting for %s", self.instance)
                 break
