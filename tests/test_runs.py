@@ -172,3 +172,42 @@ def test_run_record_latest_row_wins(settings, pipeline):
                                                           rec.start_ns, end)
     assert not w.open_end
     assert schema.BY_NAME["runs"].core is False
+
+
+def test_window_reached_by_retention(settings, pipeline):
+    """Retention (the real maintenance pass) deletes an older run's rows: that run's window
+    shows them as retention, the newer run's window is untouched and exact, and the whole
+    database balances with retention counted."""
+    from kernelsight.ingest.writer import WriteLock
+    from kernelsight.maintenance.policy import MINUTE_NS, RetentionPolicy
+    from kernelsight.maintenance.service import Maintenance
+
+    old = RunRecorder(settings, "test-old").begin()
+    assert collect(settings, 3) == 0
+    old.end()
+    boundary = (time.time_ns() // MINUTE_NS + 1) * MINUTE_NS  # the next minute
+    time.sleep((boundary - time.time_ns()) / 1e9 + 0.5)
+    new = RunRecorder(settings, "stress").begin()
+    assert collect(settings, 3) == 0
+    new_end = new.end()
+    assert wait_drained_until(settings.redis_url, ns_to_id(new_end), 30)
+    retention_s = 3600.0
+    mt = Maintenance(settings.db_path, RetentionPolicy(retention_s, grace_s=0.0),
+                     lambda: WriteLock(settings.db_path), settings.host)
+    try:
+        mt.rollup()
+        deleted = mt.prune_time(boundary + int(retention_s * 1e9))
+    finally:
+        mt.stop()
+    assert deleted > 0
+    assert stored_between(settings.db_path, "memory_metrics", old.start_ns, old.end_ns) == 0
+
+    r_old = report(settings, Selection(run=old.run_id))
+    r_new = report(settings, Selection(run=new.run_id))
+    r_all = report(settings, default_latest=False)
+    for t in SCRAPER_TABLES:
+        assert r_old.counts[t] == 0 and r_old.retention[t]["window"] == r_old.produced[t] > 0
+        assert r_new.counts[t] > 0 and not r_new.retention.get(t), t
+        assert sum(r_all.retention[t].values()) == r_old.produced[t], t
+        for rep in (r_old, r_new, r_all):
+            assert rep.balance(t) == 0, (t, rep.window.describe())
