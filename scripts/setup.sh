@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what KernelSight needs on a Debian/Ubuntu host (root), idempotently:
-# apt packages (Redis, BCC, kernel headers or the fallback, stress-ng, sqlite3) and the
+# apt packages (Redis, BCC, kernel headers or the fallback, stress-ng, sqlite3, chromium for
+# the analysis HTML test) and the
 # virtualenv in .venv (system site packages, for Debian's bcc module).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in python3 python3-venv python3-pip python3-bpfcc redis-server redis-tools stress-ng \
-         sqlite3 iproute2 procps util-linux; do
+         sqlite3 iproute2 procps util-linux chromium; do
   have "$p" || need+=("$p")
 done
 arch=$(dpkg --print-architecture)
@@ -45,7 +46,7 @@ want=$(sha256sum services/pyproject.toml | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: creating .venv"
   /usr/bin/python3 -m venv --system-site-packages .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e 'services[test]' hiredis
+  .venv/bin/pip install -q --disable-pip-version-check -e 'services[test,analysis]' hiredis
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import bcc, kernelsight" || {

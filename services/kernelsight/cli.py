@@ -279,14 +279,14 @@ def _register_optional() -> None:
     import importlib
 
     for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "soak", "bench", "rqjobs",
-                "compose_stress"):
+                "compose_stress", "analysis.command"):
         try:
             m = importlib.import_module(f"kernelsight.{mod}")
         except ModuleNotFoundError as e:
             if e.name == f"kernelsight.{mod}":
                 continue
             raise
-        for attr in ("command", "soak_command"):
+        for attr in ("command", "soak_command", "ask_command"):
             cmd = getattr(m, attr, None)
             if cmd is not None:
                 cli.add_command(cmd)

@@ -1,0 +1,171 @@
+"""`kernelsight analyze` and `kernelsight ask`: the click commands and the terminal output.
+
+Heavy imports (numpy, ruptures, plotly, google-genai) happen inside the commands, so the CLI
+works without the ``analysis`` extra and says how to install it when a command needs it."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kernelsight.exceptions import ConfigError
+from kernelsight.safetext import plain, printable
+
+CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+EXTRA_HINT = "pip install -e 'services[analysis]' (scripts/setup.sh installs it)"
+
+
+def parse_time(value: str | None, flag: str) -> int | None:
+    """Epoch seconds or ns, ISO 8601 (UTC unless it says otherwise), or an age like 15m."""
+    if value is None or value == "":
+        return None
+    v = value.strip()
+    m = _REL.match(v)
+    if m:
+        now = datetime.now(UTC).timestamp()
+        return int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1e9)
+    try:
+        num = float(v)
+        return int(num) if num > 1e15 else int(num * 1e9)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        raise ConfigError(f"{flag} {printable(v, 64)}: not a time; give epoch seconds, "
+                          "ISO 8601 (2026-11-30T10:32:00) or an age like 15m") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1e9)
+
+
+def need_extra() -> None:
+    try:
+        import numpy  # noqa: F401
+        import ruptures  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"analysis needs the optional dependency {e.name}: "
+                          f"{EXTRA_HINT}") from None
+
+
+def _ts(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%H:%M:%S")
+
+
+def render(analysis: Any, console: Console) -> None:
+    """The findings as a rich table; every string from the database goes through safetext."""
+    w = analysis.window
+    console.print(Text(f"Window {_ts(w.since_ns)}–{_ts(w.until_ns)} UTC, "
+                       f"{w.bins} intervals of {w.step_ns / 1e9:.2f} s, "
+                       f"{len(analysis.series)} signals, "
+                       f"{sum(len(v) for v in analysis.anomalies.values())} anomalies"))
+    if not analysis.findings:
+        console.print("No findings: no signal departed from its baseline enough to matter.")
+        return
+    t = Table(title="Findings (best first)", title_justify="left", show_lines=True)
+    for col, j in (("id", "left"), ("score", "right"), ("when (UTC)", "left"),
+                   ("finding", "left"), ("processes", "left"), ("evidence rows", "left")):
+        t.add_column(col, justify=j, overflow="fold")  # type: ignore[arg-type]
+    for f in analysis.findings:
+        procs = [plain(f"{p['comm']}[{p['pid']}] {p['share']:.0%}", limit=40)
+                 for p in f.processes[:3]]
+        ev = [plain(f"{e['table']}#{e['id']}") for e in f.evidence[:6]]
+        if len(f.evidence) > 6:
+            ev.append(Text(f"…+{len(f.evidence) - 6}"))
+        t.add_row(plain(f.id), f"{f.score:.2f}", f"{_ts(f.start_ns)}–\n{_ts(f.end_ns)}",
+                  plain(f.summary, limit=600), Text("\n").join(procs), Text("\n").join(ev))
+    console.print(t)
+
+
+@click.command("analyze", context_settings=CTX)
+@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
+              default=None, help="Database to analyse [default: data/kernelsight.db].")
+@click.option("--since", envvar="KS_SINCE", show_envvar=True, default=None,
+              help="Window start: epoch s/ns, ISO 8601 or an age (15m) [default: first row].")
+@click.option("--until", envvar="KS_UNTIL", show_envvar=True, default=None,
+              help="Window end, same forms [default: last row].")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"window", "findings", "signals"} as JSON.')
+@click.option("--html", "html_path", envvar="KS_HTML", show_envvar=True, default=None,
+              type=click.Path(dir_okay=False), help="Also write a self-contained HTML report.")
+@click.option("--explain", is_flag=True,
+              help="Ask the Gemini agent to explain the findings (needs GEMINI_API_KEY).")
+def command(db_path: str | None, since: str | None, until: str | None, as_json: bool,
+            html_path: str | None, explain: bool) -> None:
+    """Find what went wrong in a window, offline: signals, baselines, cause -> effect findings,
+    each with the database rows that prove it. Reads the database only.
+
+    \b
+    Examples:
+      kernelsight analyze --db data/stress_test.db
+      kernelsight analyze --db data/ks.db --since 2026-11-30T10:30 --until 2026-11-30T10:45
+      kernelsight analyze --db data/ks.db --json | jq '.findings[0].evidence'
+      kernelsight analyze --db data/ks.db --html data/analysis.html
+    """
+    import orjson
+
+    from kernelsight import defaults
+    from kernelsight.db import open_readonly
+
+    need_extra()
+    from kernelsight.analysis.findings import analyze
+
+    lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
+    path = db_path or defaults.DB_PATH
+    eng = open_readonly(path)
+    try:
+        result = analyze(eng, lo, hi)
+    finally:
+        eng.dispose()
+    if html_path:
+        from kernelsight.analysis.render_html import write_html
+
+        write_html(result, html_path, path)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2,
+                                             default=float) + b"\n")
+    else:
+        render(result, Console())
+        if html_path:
+            click.echo(f"HTML report: {html_path}")
+    if explain:
+        from kernelsight.analysis.agent.loop import explain_or_fallback
+
+        sys.exit(explain_or_fallback(path, lo, hi, None, Console(), result))
+
+
+@click.command("ask", context_settings=CTX)
+@click.argument("question")
+@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
+              default=None, help="Database to ask about [default: data/kernelsight.db].")
+@click.option("--since", envvar="KS_SINCE", show_envvar=True, default=None,
+              help="Window start (as for analyze).")
+@click.option("--until", envvar="KS_UNTIL", show_envvar=True, default=None,
+              help="Window end (as for analyze).")
+def ask_command(question: str, db_path: str | None, since: str | None,
+                until: str | None) -> None:
+    """Ask the Gemini agent about the data; it can only call read-only tools.
+
+    Needs GEMINI_API_KEY (and the analysis extra); the model is KS_GEMINI_MODEL. Without a
+    key the deterministic findings are printed instead.
+
+    \b
+    Examples:
+      GEMINI_API_KEY=... kernelsight ask "why were syscalls slow at 10:32?" --db data/ks.db
+    """
+    from kernelsight import defaults
+
+    need_extra()
+    from kernelsight.analysis.agent.loop import explain_or_fallback
+
+    lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
+    sys.exit(explain_or_fallback(db_path or defaults.DB_PATH, lo, hi, question, Console()))
