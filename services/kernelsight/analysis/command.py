@@ -5,7 +5,6 @@ works without the ``analysis`` extra and says how to install it when a command n
 
 from __future__ import annotations
 
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -15,37 +14,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kernelsight import window
 from kernelsight.exceptions import ConfigError
-from kernelsight.safetext import plain, printable
+from kernelsight.safetext import plain
 
 CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 EXTRA_HINT = "pip install -e 'services[analysis]' (scripts/setup.sh installs it)"
 
 
-def parse_time(value: str | None, flag: str) -> int | None:
-    """Epoch seconds or ns, ISO 8601 (UTC unless it says otherwise), or an age like 15m."""
-    if value is None or value == "":
-        return None
-    v = value.strip()
-    m = _REL.match(v)
-    if m:
-        now = datetime.now(UTC).timestamp()
-        return int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1e9)
-    try:
-        num = float(v)
-        return int(num) if num > 1e15 else int(num * 1e9)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(v)
-    except ValueError:
-        raise ConfigError(f"{flag} {printable(v, 64)}: not a time; give epoch seconds, "
-                          "ISO 8601 (2026-11-30T10:32:00) or an age like 15m") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1e9)
+def span(eng: Any, sel: window.Selection) -> tuple[int | None, int | None]:
+    """The selection as [since, until] ns (the latest run by default, as `report` does)."""
+    from kernelsight.runs import resolve
+
+    w = resolve(eng, sel, default_latest=True)
+    return w.since_ns, w.until_ns
 
 
 def need_extra() -> None:
@@ -89,24 +71,22 @@ def render(analysis: Any, console: Console) -> None:
 @click.command("analyze", context_settings=CTX)
 @click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
               default=None, help="Database to analyse [default: data/kernelsight.db].")
-@click.option("--since", envvar="KS_SINCE", show_envvar=True, default=None,
-              help="Window start: epoch s/ns, ISO 8601 or an age (15m) [default: first row].")
-@click.option("--until", envvar="KS_UNTIL", show_envvar=True, default=None,
-              help="Window end, same forms [default: last row].")
+@window.options
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"window", "findings", "signals"} as JSON.')
 @click.option("--html", "html_path", envvar="KS_HTML", show_envvar=True, default=None,
               type=click.Path(dir_okay=False), help="Also write a self-contained HTML report.")
 @click.option("--explain", is_flag=True,
               help="Ask the Gemini agent to explain the findings (needs GEMINI_API_KEY).")
-def command(db_path: str | None, since: str | None, until: str | None, as_json: bool,
-            html_path: str | None, explain: bool) -> None:
+def command(db_path: str | None, run: str | None, since: str | None, until: str | None,
+            as_json: bool, html_path: str | None, explain: bool) -> None:
     """Find what went wrong in a window, offline: signals, baselines, cause -> effect findings,
     each with the database rows that prove it. Reads the database only.
 
     \b
     Examples:
       kernelsight analyze --db data/stress_test.db
+      kernelsight analyze --db data/ks.db --run latest
       kernelsight analyze --db data/ks.db --since 2026-11-30T10:30 --until 2026-11-30T10:45
       kernelsight analyze --db data/ks.db --json | jq '.findings[0].evidence'
       kernelsight analyze --db data/ks.db --html data/analysis.html
@@ -119,10 +99,11 @@ def command(db_path: str | None, since: str | None, until: str | None, as_json: 
     need_extra()
     from kernelsight.analysis.findings import analyze
 
-    lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
+    sel = window.parse_selection(run, since, until)
     path = db_path or defaults.DB_PATH
     eng = open_readonly(path)
     try:
+        lo, hi = span(eng, sel)
         result = analyze(eng, lo, hi)
     finally:
         eng.dispose()
@@ -147,11 +128,8 @@ def command(db_path: str | None, since: str | None, until: str | None, as_json: 
 @click.argument("question")
 @click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
               default=None, help="Database to ask about [default: data/kernelsight.db].")
-@click.option("--since", envvar="KS_SINCE", show_envvar=True, default=None,
-              help="Window start (as for analyze).")
-@click.option("--until", envvar="KS_UNTIL", show_envvar=True, default=None,
-              help="Window end (as for analyze).")
-def ask_command(question: str, db_path: str | None, since: str | None,
+@window.options
+def ask_command(question: str, db_path: str | None, run: str | None, since: str | None,
                 until: str | None) -> None:
     """Ask the Gemini agent about the data; it can only call read-only tools.
 
@@ -163,9 +141,16 @@ def ask_command(question: str, db_path: str | None, since: str | None,
       GEMINI_API_KEY=... kernelsight ask "why were syscalls slow at 10:32?" --db data/ks.db
     """
     from kernelsight import defaults
+    from kernelsight.db import open_readonly
 
     need_extra()
     from kernelsight.analysis.agent.loop import explain_or_fallback
 
-    lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
-    sys.exit(explain_or_fallback(db_path or defaults.DB_PATH, lo, hi, question, Console()))
+    sel = window.parse_selection(run, since, until)
+    path = db_path or defaults.DB_PATH
+    eng = open_readonly(path)
+    try:
+        lo, hi = span(eng, sel)
+    finally:
+        eng.dispose()
+    sys.exit(explain_or_fallback(path, lo, hi, question, Console()))
