@@ -189,7 +189,9 @@ def trace(tracer: str, duration: float | None, **kw: Any) -> None:
 @_opt("--workers", field="ingest_workers", type=int,
       help="Worker processes sharing the group; 0 = one per CPU, at most 2 [default: 1].")
 @_opt("--stream-retain", field="stream_retain", type=int,
-      help=f"Acked entries kept per stream for inspection [default: {defaults.STREAM_RETAIN}].")
+      help="A stream holding more entries than this loses its acknowledged ones (about once "
+           "a second; unacknowledged entries are never trimmed) "
+           f"[default: {defaults.STREAM_RETAIN}].")
 @click.option("--drain", is_flag=True, help="Exit once every stream is empty.")
 def ingest(drain: bool, **kw: Any) -> None:
     """Ingest the event streams into SQLite (consumer group, exactly once).

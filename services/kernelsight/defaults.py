@@ -18,6 +18,7 @@ LOCK_RETRIES = 50  # x LOCK_RETRY_S before a locked database is an error
 LOCK_RETRY_S = 0.2
 
 # Producer side.
+REDIS_MAXMEMORY = "1gb"  # the private redis-server's cap (noeviction); KS_REDIS_MAXMEMORY
 BUFFER_MAX_BYTES = 256 * 1024 * 1024  # and at most this many payload bytes
 BUFFER_MAX = 100_000  # events held in memory while Redis is unreachable or a stream is full
 STREAM_MAXLEN = 1_000_000  # producers hold back (and count) above this many unread entries

@@ -10,6 +10,7 @@ redis-server binds, and readiness means the server answers on that socket."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -19,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kernelsight.exceptions import RedisUnavailable
+from kernelsight import defaults
+from kernelsight.exceptions import ConfigError, RedisUnavailable
 
 
 def free_port() -> int:
@@ -45,6 +47,10 @@ class PrivateRedis:
         self.socket_dir = socket_dir or (self.dir if not persist_dir
                                          else tempfile.mkdtemp(prefix="ks-redis-sock-"))
         self.proc: subprocess.Popen | None = None
+        self.maxmemory = os.environ.get("KS_REDIS_MAXMEMORY") or defaults.REDIS_MAXMEMORY
+        if not re.fullmatch(r"[0-9]+(?:[kmg]b?|b)?", self.maxmemory, re.IGNORECASE):
+            raise ConfigError(f"KS_REDIS_MAXMEMORY={self.maxmemory[:40]!r}: want a size such "
+                              "as 512mb or 2gb")
 
     @property
     def socket_path(self) -> str:
@@ -78,7 +84,10 @@ class PrivateRedis:
                 f"dir {self.dir}", "daemonize no", f"requirepass {self.password}",
                 "save ''" if not persistent else "save 1 1",
                 f"appendonly {'yes' if persistent else 'no'}", "appendfsync always",
-                "loglevel warning", "logfile ''"]
+                "loglevel warning", "logfile ''",
+                # Bounded memory: at the cap writes are refused (never evicted), and producers
+                # hold back (Publisher back-pressure) until the ingester frees memory.
+                f"maxmemory {self.maxmemory}", "maxmemory-policy noeviction"]
         Path(self.dir).mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([self.exe, "-"], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

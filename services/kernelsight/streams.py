@@ -308,6 +308,7 @@ class Publisher:
         """Redis at maxmemory (noeviction) refused the chunk, atomically: back-pressure. The
         events stay buffered (bounded, drops counted as buffer_full) and are retried."""
         self.oom_refusals += 1
+        self.connected = True  # it answered
         with self._lock:
             self._count("", "redis_oom", 1)
         if not self._oom:

@@ -9,10 +9,11 @@ from kernelsight.ingest.wire import ALL_STREAMS
 
 
 def trim_acknowledged(r: redis.Redis, group: str, retain: int) -> None:
-    """Cap streams without losing anything: only entries the group has acknowledged
-    (older than every pending entry and not newer than the last delivered) are trimmed,
-    and only once a stream holds more than ``retain`` entries."""
-    groups = {}
+    """Cap streams without losing anything. A stream holding more than ``retain`` entries
+    loses every entry the group has acknowledged: those below its oldest pending entry and
+    not above its last-delivered id (XTRIM MINID ~, so Redis removes whole internal nodes
+    only and up to about a hundred acknowledged entries may stay). A stream at or below
+    ``retain`` entries, or without the group, is left alone."""
     pipe = r.pipeline(transaction=False)
     for s in ALL_STREAMS:
         pipe.xlen(s)
@@ -20,10 +21,9 @@ def trim_acknowledged(r: redis.Redis, group: str, retain: int) -> None:
     for s, n in zip(ALL_STREAMS, lens, strict=True):
         if n <= retain:
             continue
-        for g in r.xinfo_groups(s):
-            groups[g["name"]] = g
-        g = groups.get(group.encode()) or groups.get(group)
-        if not g:
+        # This stream's own groups only: a stream without the group has nothing acknowledged.
+        g = next((g for g in r.xinfo_groups(s) if g["name"] in (group, group.encode())), None)
+        if g is None:
             continue
         bound = g["last-delivered-id"]
         bound = bound.decode() if isinstance(bound, bytes) else bound
