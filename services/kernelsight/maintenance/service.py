@@ -24,6 +24,7 @@ from pathlib import Path
 from kernelsight import defaults, schema
 from kernelsight.config import Settings
 from kernelsight.maintenance.policy import (
+    MINUTE_NS,
     RetentionPolicy,
     TableStats,
     beyond_size,
@@ -46,7 +47,7 @@ class Maintenance:
                  interval_s: float = defaults.MAINTENANCE_INTERVAL_S,
                  size_interval_s: float = defaults.SIZE_CHECK_INTERVAL_S,
                  chunk: int = defaults.PRUNE_CHUNK_ROWS,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, redis_url: str = "") -> None:
         self.path = str(db_path)
         self.policy = policy
         self.host = host
@@ -66,11 +67,18 @@ class Maintenance:
         self.errors = 0
         self.passes = 0
         self._size_warned = 0.0
+        self.redis_url = redis_url
+        self._redis = None
+        # Per table: every raw row before this has been deleted (this instance's own deletes;
+        # at start the oldest row, whose minute may be part-deleted already).
+        self._pruned_until: dict[str, int] = {}
+        self.rerolled = 0  # minutes rolled up again because rows arrived after their close
 
     @classmethod
     def for_settings(cls, s: Settings,
                      lock_factory: Callable[[], AbstractContextManager]) -> Maintenance:
-        return cls(s.db_path, RetentionPolicy.from_settings(s), lock_factory, s.host)
+        return cls(s.db_path, RetentionPolicy.from_settings(s), lock_factory, s.host,
+                   redis_url=s.redis_url)
 
     # -- accounting -----------------------------------------------------------------------
     def _count(self, con: sqlite3.Connection, event_type: str, metric: str, reason: str,
@@ -121,17 +129,69 @@ class Maintenance:
             out[t] = TableStats(lo, hi, done.get(t))
         return out
 
+    def lagging(self) -> set[str] | None:
+        """Event tables whose stream still holds entries the ingest group has not stored
+        (undelivered or pending), or None when unknown (no Redis URL: tests, bench)."""
+        if not self.redis_url:
+            return None
+        import redis
+
+        from kernelsight.streams import connect
+
+        try:
+            if self._redis is None:
+                self._redis = connect(self.redis_url)
+            out = set()
+            for t in event_tables():
+                try:
+                    groups = self._redis.xinfo_groups(schema.STREAM_PREFIX + t)
+                except redis.ResponseError:
+                    continue  # no such stream: nothing waiting
+                for g in groups:
+                    name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                    if name == schema.INGEST_GROUP and (g.get("lag") is None or g["lag"] > 0
+                                                        or g["pending"] > 0):
+                        out.add(t)
+            return out
+        except redis.RedisError:
+            return set(event_tables())  # cannot tell: every table waits for its own data
+
+    def _close_points(self, now_ns: int, stats: dict[str, TableStats]) -> dict[str, int]:
+        """Per table, the end of the last minute that may be rolled up. The newest row stored
+        in any table stands for "the ingester has got this far"; a table whose stream still
+        has entries waiting (it can lag the others: one XREADGROUP, per-stream backlogs)
+        uses its own newest row instead."""
+        newest = max((st.newest_ns for st in stats.values() if st.newest_ns is not None),
+                     default=None)
+        behind = self.lagging()
+        out = {}
+        for t, st in stats.items():
+            mark = st.newest_ns if behind is not None and t in behind else newest
+            end = closed_until(now_ns, mark, self.policy.grace_s)
+            if end is not None:
+                out[t] = end
+        return out
+
+    def _roll(self, name: str, lo: int, hi: int) -> int:
+        ru = ROLLUPS[name]
+        self.con.execute("BEGIN")  # one snapshot for the rollup's queries
+        try:
+            rows = ru.compute(self.con, lo, hi)
+        finally:
+            self.con.execute("COMMIT")
+        with self.ex.txn() as con:
+            con.executemany(ru.upsert_sql, rows)
+            con.execute("INSERT INTO rollup_state (table_name, done_until_ns) VALUES (?, ?) "
+                        "ON CONFLICT(table_name) DO UPDATE SET done_until_ns = "
+                        "MAX(done_until_ns, excluded.done_until_ns)", (name, hi))
+        return len(rows)
+
     def rollup(self, now_ns: int | None = None) -> int:
         """Roll up every closed minute not rolled up yet; returns rollup rows written."""
         now_ns = self.clock() if now_ns is None else now_ns
         stats = self._stats()
-        newest = max((st.newest_ns for st in stats.values() if st.newest_ns is not None),
-                     default=None)
-        end = closed_until(now_ns, newest, self.policy.grace_s)
-        if end is None:
-            return 0
         written = 0
-        for name, ru in ROLLUPS.items():
+        for name, end in self._close_points(now_ns, stats).items():
             st = stats[name]
             start = st.rolled_until_ns
             if start is None:
@@ -141,25 +201,43 @@ class Maintenance:
             for lo, hi in steps(start, end):
                 if self._stop.is_set():
                     return written
-                self.con.execute("BEGIN")  # one snapshot for the rollup's queries
-                try:
-                    rows = ru.compute(self.con, lo, hi)
-                finally:
-                    self.con.execute("COMMIT")
-                with self.ex.txn() as con:
-                    con.executemany(ru.upsert_sql, rows)
-                    con.execute("INSERT INTO rollup_state (table_name, done_until_ns) "
-                                "VALUES (?, ?) ON CONFLICT(table_name) DO UPDATE SET "
-                                "done_until_ns = excluded.done_until_ns", (name, hi))
-                written += len(rows)
+                written += self._roll(name, lo, hi)
         return written
+
+    def _before_delete(self, table: str, cutoff_ns: int, st: TableStats) -> None:
+        """Rows can still arrive for a minute after it was rolled up (a producer that held
+        them back, a stream that lagged): before the first delete in each minute, compare its
+        raw rows with the rollup's samples and roll it up again if they differ."""
+        ru = ROLLUPS[table]
+        first = self._pruned_until.get(table, st.oldest_ns)
+        if first is None:
+            return
+        m = -(-first // MINUTE_NS) * MINUTE_NS  # minutes starting at or after it are whole
+        while m < cutoff_ns and not self._stop.is_set():
+            raw = self.con.execute(f"SELECT COUNT(*) FROM {table} WHERE timestamp >= ? AND "
+                                   "timestamp < ?", (m, m + MINUTE_NS)).fetchone()[0]
+            rolled = self.con.execute(f"SELECT COALESCE(SUM(samples), 0) FROM {ru.table} "
+                                      "WHERE timestamp = ?", (m,)).fetchone()[0]
+            if raw > rolled:  # (fewer: someone else deleted some; keep the rollup)
+                self._roll(table, m, m + MINUTE_NS)
+                self.rerolled += 1
+                log.info("%s: %d rows of the minute at %d arrived after it was rolled up; "
+                         "rolled up again before deleting", table, raw - rolled, m)
+            m += MINUTE_NS
+
+    def _delete(self, table: str, cutoff_ns: int, st: TableStats, reason: str) -> int:
+        self._before_delete(table, cutoff_ns, st)
+        n = self.ex.delete_before(table, cutoff_ns, lambda con, n: self._count(
+            con, table, schema.RETENTION_DELETED, reason, n))
+        self._pruned_until[table] = max(cutoff_ns, self._pruned_until.get(table, 0))
+        return n
 
     def prune_time(self, now_ns: int | None = None) -> int:
         now_ns = self.clock() if now_ns is None else now_ns
         total = 0
-        for t, cut in beyond_time(now_ns, self.policy, self._stats()).items():
-            total += self.ex.delete_before(t, cut, lambda con, n, t=t: self._count(
-                con, t, schema.RETENTION_DELETED, TIME, n))
+        stats = self._stats()
+        for t, cut in beyond_time(now_ns, self.policy, stats).items():
+            total += self._delete(t, cut, stats[t], TIME)
         keep_rollups = now_ns - int(self.policy.rollup_retention_s * 1e9)
         for ru in ROLLUPS.values():
             self.ex.delete_before(ru.table, keep_rollups)
@@ -180,9 +258,9 @@ class Maintenance:
             return 0
         total = 0
         while not self._stop.is_set():
-            plan = beyond_size(used_bytes(self.con), self.policy, self._stats())
-            n = sum(self.ex.delete_before(t, cut, lambda con, n, t=t: self._count(
-                con, t, schema.RETENTION_DELETED, SIZE, n)) for t, cut in plan.items())
+            stats = self._stats()
+            plan = beyond_size(used_bytes(self.con), self.policy, stats)
+            n = sum(self._delete(t, cut, stats[t], SIZE) for t, cut in plan.items())
             total += n
             if not n:
                 break
@@ -220,10 +298,13 @@ class Maintenance:
                             log.debug("maintenance pass: %s", done)
                     elif self.enforce_size():
                         self.ex.vacuum()
-                except sqlite3.Error as e:  # busy, disk full: retried at the next pass
+                except Exception as e:  # busy, disk full, a bug: the thread
+                    # must go on (retention stopping would fill the disk); retried next pass
                     self.errors += 1
                     if self.errors == 1 or self.errors % 100 == 0:
-                        log.warning("maintenance of %s failed (%s); will retry", self.path, e)
+                        log.warning("maintenance of %s failed (%s: %s); will retry", self.path,
+                                    e.__class__.__name__, e,
+                                    exc_info=not isinstance(e, sqlite3.Error))
                     with contextlib.suppress(sqlite3.Error):
                         self.con.execute("ROLLBACK")
                     with contextlib.suppress(sqlite3.Error):
@@ -239,3 +320,5 @@ class Maintenance:
             self._thread.join(60)
         elif self._thread.ident is None:
             self.con.close()
+        if self._redis is not None:
+            self._redis.close()
