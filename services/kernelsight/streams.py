@@ -244,8 +244,9 @@ class Publisher:
                          for (et, m, r), v in self.counters.items()],
         })
 
-    def flush(self, final: bool = False) -> bool:
-        """Send what is buffered, oldest first. Returns True when the buffer is empty."""
+    def flush(self, final: bool = False, deadline: float | None = None) -> bool:
+        """Send what is buffered, oldest first. Returns True when the buffer is empty.
+        ``deadline`` (monotonic): stop sending chunks once it has passed."""
         now = time.monotonic()
         if not final and now < self._retry_at:
             return False
@@ -268,6 +269,8 @@ class Publisher:
                 self._confirm()
             while self._buf:
                 if now < self._held_until and not final:
+                    return False
+                if deadline is not None and time.monotonic() >= deadline:
                     return False
                 # After a lost reply, exactly the same entries again (their marker tells).
                 self._resend_n = self._resend_n or CHUNK_MAX
@@ -465,11 +468,13 @@ class Publisher:
             pass
 
     def close(self, deadline_s: float = 5.0) -> None:
-        """Flush everything, retrying until the deadline; count what could not be sent."""
+        """Flush everything, retrying until the deadline; count what could not be sent, and
+        deliver the accounting that says so (also when a long backlog is still buffered: the
+        deadline bounds the flush, not only the retries)."""
         end = time.monotonic() + deadline_s
         while True:
             self._retry_at = 0.0
-            if self.flush(final=True) and not self._dirty:
+            if self.flush(final=True, deadline=end) and not self._dirty:
                 break
             if time.monotonic() >= end:
                 with self._lock:

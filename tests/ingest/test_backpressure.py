@@ -61,3 +61,26 @@ def test_byte_cap_drops_are_counted(settings):
     kept = len(pub._buf)
     assert 0 < kept < 200 and pub._buf_bytes >= 20_000
     assert pub.counters[(SYS.name, schema.DROPPED, R_BUFFER_FULL)] == 1000 - kept
+
+
+def test_close_is_bounded_and_its_final_accounting_arrives(settings, rclient):
+    """A long backlog at exit: close() stops at its deadline, counts the rest as
+    unflushed_at_exit and still delivers the snapshot saying so (it used to push the whole
+    backlog first, so a process stopped meanwhile never sent its final counts)."""
+    import orjson
+
+    from kernelsight.streams import FIELD, R_UNFLUSHED
+    n = 150_000
+    pub = Publisher(Settings(redis_url=settings.redis_url, host="t", buffer_max=n), "test")
+    batch = rows(1000)
+    for _ in range(n // 1000):
+        pub.publish(SYS.name, batch)
+    t = time.monotonic()
+    pub.close(deadline_s=0.3)
+    took = time.monotonic() - t
+    sent = rclient.xlen(SYS.stream)
+    assert took < 2.0 and 0 < sent < n, (took, sent)
+    last = rclient.xrevrange(schema.ACCOUNTING_STREAM, count=1)[0][1][FIELD]
+    counters = {(et, m, r): v for et, m, r, v, _ in orjson.loads(last)["counters"]}
+    assert counters[(SYS.name, schema.PRODUCED, "")] == n
+    assert counters[(SYS.name, schema.DROPPED, R_UNFLUSHED)] == n - sent
