@@ -22,11 +22,12 @@ SCRAPER_TABLES = ("memory_metrics", "load_metrics", "block_stats", "network_inte
 class Run:
     """`kernelsight run` as a real process (private Redis), its stderr collected by line."""
 
-    def __init__(self, db: Path, log_dir: Path) -> None:
+    def __init__(self, db: Path, log_dir: Path, *extra: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KS_")}
         self.p = subprocess.Popen(
             [sys.executable, "-m", "kernelsight", "run", "--collectors", "scraper", "--db",
-             str(db), "--log-dir", str(log_dir)], stderr=subprocess.PIPE, text=True, env=env)
+             str(db), "--log-dir", str(log_dir), *extra], stderr=subprocess.PIPE, text=True,
+            env=env)
         self.lines: list[str] = []
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
@@ -122,3 +123,36 @@ def test_killed_ingester_is_restarted_nothing_lost(tmp_path):
     con.close()
     # ~1 sample a second for the whole run, across the kill.
     assert rep["event_types"]["memory_metrics"]["stored"] >= 6
+
+
+def test_ingester_that_stays_down_is_counted_as_loss(tmp_path):
+    """No restarts allowed: the run stops, and what its private Redis still holds is written to
+    the accounting as dropped (unstored_at_exit) before Redis goes: never silent, exit 1."""
+    db = tmp_path / "ks.db"
+    run = Run(db, tmp_path / "logs", "--ingest-restarts", "0")
+    try:
+        run.wait_for("until SIGTERM", 90)
+        pid = int(run.wait_for("ingest: pid", 1).split("pid ")[1].split()[0])
+        time.sleep(2)
+        psutil.Process(pid).kill()
+        run.wait_for("stopping the run", 10)
+        rc = run.p.wait(120)
+        run._t.join(5)
+    finally:
+        if run.p.poll() is None:
+            run.p.kill()
+    assert rc == 1, run.out
+    line = run.wait_for("LOSS: ", 1)
+    total = int(line.split("LOSS: ")[1].split()[0].replace(",", ""))
+    con = sqlite3.connect(db)
+    recorded = dict(con.execute(
+        "SELECT event_type, value FROM pipeline_accounting WHERE metric = 'dropped' AND "
+        "reason = 'unstored_at_exit'").fetchall())
+    con.close()
+    assert recorded and all(v > 0 for v in recorded.values())
+    # Every event entry left in Redis is in the record (accounting entries are not events).
+    in_line = dict(part.rsplit(" ", 1) for part in line.split("(")[1].split(")")[0].split(
+        ", "))
+    events = {k: int(v.replace(",", "")) for k, v in in_line.items()
+              if k != "kernelsight:accounting"}
+    assert recorded == events and total >= sum(events.values())

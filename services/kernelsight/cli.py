@@ -94,16 +94,22 @@ def cli(log_level: str) -> None:
               show_envvar=True, help=f"Comma list of {', '.join(collectors.ALL)} or 'all'.")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               envvar="KS_LOG_DIR", help="Write each component's log to DIR/<name>.log.")
+@click.option("--ingest-restarts", type=click.IntRange(0, 1000),
+              default=defaults.INGEST_RESTARTS_MAX, show_default=True,
+              envvar="KS_INGEST_RESTARTS", show_envvar=True,
+              help="Restarts of an ingester that exits before the run ends (pause 1 s, "
+                   "doubling up to 30 s); 0: the run stops when it exits.")
 @common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RETENTION, RETENTION_SIZE,
         ROLLUP_RETENTION)
-def run(duration: float | None, collector_list: str, log_dir: str | None, **kw: Any) -> None:
+def run(duration: float | None, collector_list: str, log_dir: str | None,
+        ingest_restarts: int, **kw: Any) -> None:
     """Run collectors and the ingester natively until SIGTERM/SIGINT (or for DURATION
     seconds), then drain every stream into the database and exit.
 
     Uses KS_REDIS_URL when set; otherwise starts a private redis-server on a free loopback
     port (with a generated password) and stops it afterwards. The ingester is supervised: if
-    it exits, it is restarted (at most 5 times, with a growing pause) while Redis keeps the
-    unstored entries; anything still unstored at the end is counted as dropped
+    it exits, it is restarted (--ingest-restarts times, with a growing pause) while Redis
+    keeps the unstored entries; anything still unstored at the end is counted as dropped
     (unstored_at_exit) and the exit code is 1. The run is recorded in the `runs` table:
     `kernelsight report --run latest` reports it. The database is never emptied: the rows
     are added to what it holds (pass another --db for a separate file).
@@ -124,7 +130,7 @@ def run(duration: float | None, collector_list: str, log_dir: str | None, **kw: 
     check_db_path(s.db_path)
     open_db(s.db_path).dispose()
     rc = runner.run(s, duration, names, Path(log_dir) if log_dir else None,
-                    echo=lambda m: click.echo(m, err=True))
+                    echo=lambda m: click.echo(m, err=True), ingest_restarts=ingest_restarts)
     sys.exit(rc)
 
 

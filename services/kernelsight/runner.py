@@ -22,6 +22,7 @@ from kernelsight import collectors, defaults, schema
 from kernelsight.config import Settings, env_name, redact
 from kernelsight.exceptions import CollectorError, KernelSightError
 from kernelsight.redis_server import PrivateRedis
+from kernelsight.runs import RunRecorder
 from kernelsight.streams import Publisher, connect, ping
 
 log = logging.getLogger(__name__)
@@ -391,11 +392,9 @@ R_UNSTORED = "unstored_at_exit"
 
 def run(settings: Settings, duration: float | None, names: list[str],
         log_dir: Path | None = None, echo: Callable[[str], None] = print,
-        kind: str = "run") -> int:
+        kind: str = "run", ingest_restarts: int = defaults.INGEST_RESTARTS_MAX) -> int:
     """`kernelsight run`: collectors + ingester until SIGTERM/SIGINT (or ``duration`` s), then
     drain and exit. The run is recorded (runs table) with its start, end and outcome."""
-    from kernelsight.runs import RunRecorder
-
     stack = Stack(settings, log_dir)
     rec: RunRecorder | None = None
     stopping = threading.Event()
@@ -406,7 +405,7 @@ def run(settings: Settings, duration: float | None, names: list[str],
         echo(f"redis: {redact(url)}" + (" (private)" if stack.redis else ""))
         ing = stack.start_ingest()
         echo(f"ingest: pid {ing.popen.pid} -> {settings.db_path}")
-        sup = IngestSupervisor(stack, echo)
+        sup = IngestSupervisor(stack, echo, max_restarts=ingest_restarts)
         rec = RunRecorder(stack.settings, kind).begin()
         echo(f"run: {rec.run_id}")
 
@@ -421,46 +420,56 @@ def run(settings: Settings, duration: float | None, names: list[str],
         while (end is None or time.monotonic() < end) and not stopping.is_set():
             sup.check()
             if sup.gave_up:
-                echo(f"ingest failed {sup.restarts + 1} times; stopping the run")
+                echo(f"ingest exited and was restarted {sup.restarts} of "
+                     f"{sup.max_restarts} times; stopping the run")
                 break
             time.sleep(0.2)
-        # Back to default handlers: a second Ctrl-C now interrupts the drain.
-        for s, h in old.items():
-            signal.signal(s, h)
-        old = {}
+        # A signal during the drain cuts the wait short; what is unstored is then counted.
+        hurry = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: hurry.set())
         stack.stop_collectors()
         rec.end()
-        rc = _drain(stack, sup, rec, echo)
-        return rc
+        return _drain(stack, sup, rec, echo, hurry)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if rec is not None:
-            rec.close()
-        stack.close()
+        try:
+            if rec is not None:
+                rec.close()
+            stack.close()
+        finally:  # only now: a signal in the middle of the cleanup must not kill us
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
-def _drain(stack: Stack, sup: IngestSupervisor, rec: object, echo: Callable[[str], None]
-           ) -> int:
-    """Store everything left, record the outcome, stop the ingester. Entries that cannot be
-    stored are counted as loss before the private Redis goes."""
-    from kernelsight.ingest import wait_drained
+def _drain(stack: Stack, sup: IngestSupervisor, rec: RunRecorder,
+           echo: Callable[[str], None], hurry: threading.Event) -> int:
+    """Store everything up to the run's end, record the outcome, stop the ingester (which
+    drains the rest). With our private Redis, entries that could not be stored are counted as
+    loss before it goes; a shared Redis (KS_REDIS_URL) keeps them for the next ingester."""
+    from kernelsight.runs import wait_drained_until
+    from kernelsight.window import ns_to_id
 
     r = connect(stack.settings.redis_url)
+    upto = ns_to_id(rec.end_ns or time.time_ns())
     drained = False
     deadline = time.monotonic() + defaults.RUN_DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline and sup.ensure_running(60):
-        if wait_drained(stack.settings.redis_url, 5):
+    while time.monotonic() < deadline and not hurry.is_set() and sup.ensure_running(60):
+        if wait_drained_until(stack.settings.redis_url, upto, 2):
             drained = True
             break
         sup.check()
-    left = {} if drained else backlog_by_stream(r)
-    verdict = "drained" if not left else "unstored-entries"
-    rec.verdict(verdict)  # type: ignore[attr-defined]
-    rc = stack.drain_ingest() if sup.alive else (stack.ingest.popen.returncode  # type: ignore
+    if hurry.is_set() and not drained:
+        echo("signal during the drain: not waiting any longer")
+    rec.verdict("drained" if drained else "unstored-entries")
+    rc = stack.drain_ingest() if sup.alive else (stack.ingest.popen.returncode
                                                  if stack.ingest else 1)
     left = backlog_by_stream(r)
     r.close()
+    if left and not stack.redis:
+        echo(f"{sum(left.values()):,} entries are still in the shared Redis, unstored ("
+             + ", ".join(f"{k} {v:,}" for k, v in sorted(left.items()))
+             + "): the next `kernelsight ingest` on it stores them")
+        return 1
     if left:
         total = sum(left.values())
         recorded = record_loss(stack.settings, left, R_UNSTORED)
