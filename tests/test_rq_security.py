@@ -4,8 +4,10 @@ webhooks, dependencies, pickle, foreign functions or odd arguments) and keep wor
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -182,3 +184,27 @@ def test_job_database_confined_to_data_dir(redis_url, tmp_path, evil, db_path):
     assert r is not None and "refused" in (r.exc_string or "") and "data directory" in (
         r.exc_string or "")
     assert outside.read_bytes() == before
+
+
+def test_job_on_foreign_file_in_data_dir_changes_nothing(redis_url, tmp_path, evil):
+    """The report job opens its database read-only: a foreign SQLite file in the data
+    directory stays byte-identical and the job fails with one clear line."""
+    foreign = tmp_path / "data" / "foreign.sqlite"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE accounts(owner TEXT)")
+    con.execute("INSERT INTO accounts VALUES ('alice')")
+    con.commit()
+    con.close()
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in (tmp_path / "data").iterdir()}
+    q = plain_queue(redis_url)
+    job = q.enqueue(REPORT, str(foreign), 60.0, ["scraper"])
+    res = run_worker(redis_url, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in (tmp_path / "data").iterdir()}
+    assert after == before
+    j = ReportOnlyJob.fetch(job.id, connection=q.connection, serializer=JSONSerializer)
+    r = j.latest_result()
+    assert j.get_status() == JobStatus.FAILED and r is not None
+    assert "not a KernelSight database" in (r.exc_string or "")
