@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 VENV := .venv
 KS := $(VENV)/bin/kernelsight
 
-.PHONY: setup stress report query test test-fast lint bench soak docker-setup compose-build compose-stress compose-down clean
+.PHONY: setup stress report query test test-fast lint bench soak docker-setup compose-build compose-up compose-stress compose-down clean
 
 setup:
 	@scripts/setup.sh
@@ -37,11 +37,18 @@ docker-setup:
 compose-build: docker-setup
 	docker compose build
 
-compose-stress: docker-setup
-	TEST_DURATION=$(TEST_DURATION) docker compose up --build --exit-code-from stress --attach stress
+# continuous collection (idempotent: leaves a running stack as it is unless its image changed)
+compose-up: docker-setup
+	docker compose up -d --build --wait
 
+# a stress run against the running stack; exit code = its verdict (0 only for SUCCESS)
+compose-stress: compose-up
+	TEST_DURATION=$(TEST_DURATION) docker compose up --exit-code-from stress stress
+
+# stop the stack; keeps ./data and the volumes (Redis data, generated password): add -v to
+# `docker compose down` yourself to delete those
 compose-down:
-	docker compose down -v --remove-orphans
+	docker compose --profile stress down --remove-orphans
 
 clean:
 	rm -rf data/stress_test.db* logs/stress_test

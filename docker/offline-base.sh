@@ -5,7 +5,7 @@
 #
 #   docker/offline-base.sh                 # debian:trixie-slim
 #   SUITE=bookworm docker/offline-base.sh  # debian:bookworm-slim
-#   MIRROR=http://deb.debian.org/debian docker/offline-base.sh
+#   DEBIAN_MIRROR=http://<mirror>/debian docker/offline-base.sh  # when apt has no Debian mirror
 set -euo pipefail
 
 SUITE=${SUITE:-trixie}
@@ -20,14 +20,11 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# The mirror this machine's apt uses (deb822 or one-line format), else Debian's CDN.
-if [ -z "${MIRROR:-}" ]; then
-    MIRROR=$( (grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}';
-               grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-               awk '{print $2}') | grep -m1 '/debian/\?$' || true)
-    MIRROR=${MIRROR:-http://deb.debian.org/debian}
-fi
-MIRROR=${MIRROR%/}
+# The mirror this machine's apt uses (deb822 or one-line format), else DEBIAN_MIRROR.
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/apt-mirror.sh"
+MIRROR=$(debian_mirror)
+SECURITY=$(debian_security_mirror "$MIRROR")
 
 command -v debootstrap >/dev/null || {
     echo "offline-base: installing debootstrap"
@@ -60,8 +57,6 @@ APT::Install-Recommends "false";
 APT::Install-Suggests "false";
 DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
 CFG
-security=http://deb.debian.org/debian-security
-case "$MIRROR" in *deb.debian.org*) ;; *) security=${MIRROR}-security ;; esac
 rm -f "$root/etc/apt/sources.list"
 cat >"$root/etc/apt/sources.list.d/debian.sources" <<SRC
 Types: deb
@@ -71,7 +66,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: $security
+URIs: $SECURITY
 Suites: $SUITE-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg

@@ -3,7 +3,8 @@
 #   1. Docker engine (Debian's docker.io) if dockerd is missing
 #   2. compose v2 plugin if `docker compose version` fails: the static binary from Debian
 #      trixie's docker-compose .deb, fetched with a private apt config (the host's apt sources
-#      are not touched) and extracted with dpkg-deb -x
+#      are not touched) and extracted with dpkg-deb -x. The mirror is the one this machine's
+#      apt configuration uses (DEBIAN_MIRROR when it has none; see docker/apt-mirror.sh)
 #   3. dockerd started in the background (log: $DOCKERD_LOG) if `docker info` fails
 #   4. base image debian:trixie-slim built offline (docker/offline-base.sh) if absent
 #   5. Python wheels for the image pre-downloaded into docker/wheels (docker/fetch-wheels.sh),
@@ -22,14 +23,8 @@ since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f s", b-a}'; }
 
 [ "$(id -u)" = 0 ] || { echo "setup-docker: run as root" >&2; exit 1; }
 
-mirror() {
-    local m
-    m=$( (grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}';
-          grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-          awk '{print $2}') | grep -m1 '/debian/\?$' || true)
-    m=${m:-http://deb.debian.org/debian}
-    echo "${m%/}"
-}
+# The package mirror comes only from this machine's apt configuration (or DEBIAN_MIRROR).
+. "$HERE/apt-mirror.sh"
 
 # 1. engine ------------------------------------------------------------------------------
 t=$(date +%s.%N)
@@ -50,7 +45,8 @@ else
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/parts" "$tmp/pkg"
-    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(mirror)" \
+    mirror=$(debian_mirror)
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror" \
          "$SUITE_COMPOSE main" >"$tmp/sources.list"
     apt_opts=(-q -o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=$tmp/parts"
               -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache")

@@ -1,0 +1,123 @@
+"""docker/ks-env outside Docker: the container entry point against a real redis-server and a
+real redis-cli on this machine. The password comes from a file, reaches redis.conf escaped (a
+hostile one can add no config line), reaches redis-cli through REDISCLI_AUTH only, and a
+password in the environment or one Redis cannot take is refused with one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+KS_ENV = REPO / "docker" / "ks-env"
+HOSTILE = 'pa"ss\\word\nrequirepass ""\nrename-command CONFIG ""\n\x01 \u00e9'
+
+
+def base_env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_PASSWORD", "REDISCLI_AUTH", "KS_REDIS_URL",
+                        "KS_REDIS_PASSWORD_IN_ENV")}
+    env.update(KS_SECRETS_DIR=str(tmp / "secrets"), TMPDIR=str(tmp),
+               KS_REDIS_PASSWORD_FILE=str(tmp / "given"), KS_REDIS_SOCKET=str(tmp / "redis.sock"),
+               KS_HOSTNAME_FILE=str(tmp / "hostname"))
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_redis(tmp_path: Path) -> Iterator:
+    procs: list[subprocess.Popen] = []
+
+    def start(env: dict[str, str]) -> str:
+        """Start redis-server through ks-env; return its unix socket path."""
+        p = subprocess.Popen([str(KS_ENV), "redis-server", "--port", "0", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(p)
+        sock = Path(env["KS_REDIS_SOCKET"])
+        end = time.monotonic() + 20
+        while not sock.exists():
+            if p.poll() is not None:
+                pytest.fail(f"redis-server exited {p.returncode}: {p.stdout.read().decode()}")
+            if time.monotonic() > end:
+                pytest.fail("redis-server did not create its socket within 20 s")
+            time.sleep(0.05)
+        return str(sock)
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_hostile_password_file_is_one_exact_password(tmp_path: Path, start_redis) -> None:
+    (tmp_path / "given").write_bytes(HOSTILE.encode() + b"\n")  # one trailing newline ignored
+    sock = start_redis(base_env(tmp_path))
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(unix_socket_path=sock, password=HOSTILE[:-1]).ping()
+    r = redis.Redis(unix_socket_path=sock, password=HOSTILE, decode_responses=True)
+    # No line was added to redis.conf: CONFIG exists and requirepass is the whole value.
+    assert r.config_get("requirepass") == {"requirepass": HOSTILE}
+    conf = (tmp_path / "redis.conf").read_text()
+    assert conf.count("\n") == 1 and oct((tmp_path / "redis.conf").stat().st_mode)[-3:] == "600"
+
+
+def test_redis_cli_gets_the_password_only_through_rediscli_auth(tmp_path: Path,
+                                                                start_redis) -> None:
+    (tmp_path / "given").write_text(HOSTILE)
+    env = base_env(tmp_path)
+    start_redis(env)
+    # `ks-env redis-cli ...` is what the image's redis-cli shim runs.
+    p = subprocess.run([str(KS_ENV), "redis-cli", "-s", env["KS_REDIS_SOCKET"], "PING"],
+                       env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert p.stdout.strip() == "PONG", p.stdout + p.stderr
+    # What it execs: argv without the password, REDISCLI_AUTH with it.
+    probe = tmp_path / "probe"
+    probe.write_text('#!/bin/sh\nprintf "%s\\0" "$@" > "$0.argv"\n'
+                     'printf "%s" "$REDISCLI_AUTH" > "$0.auth"\n')
+    probe.chmod(0o755)
+    link = tmp_path / "redis-cli"
+    link.symlink_to(probe)
+    subprocess.run([str(KS_ENV), str(link), "XLEN", "x"], env=env, check=True, timeout=30)
+    assert (tmp_path / "redis-cli.argv").read_text() == "XLEN\0x\0"
+    assert (tmp_path / "redis-cli.auth").read_text() == HOSTILE
+
+
+def test_generated_password_when_no_file_is_given(tmp_path: Path, start_redis) -> None:
+    sock = start_redis(base_env(tmp_path))
+    gen = tmp_path / "secrets" / "redis_password"
+    pw = gen.read_text().strip()
+    assert len(pw) == 48 and oct(gen.stat().st_mode)[-3:] == "444"
+    assert redis.Redis(unix_socket_path=sock, password=pw).ping()
+
+
+@pytest.mark.parametrize(("setup", "expect"), [
+    ("env", "REDIS_PASSWORD is set in the shell or .env"),
+    ("nul", "contains a NUL byte"),
+    ("space", "starts or ends with whitespace"),
+    ("unreadable", "cannot read the Redis password file"),
+])
+def test_bad_password_source_is_refused_with_one_line(tmp_path: Path, setup: str,
+                                                      expect: str) -> None:
+    env = base_env(tmp_path)
+    given = tmp_path / "given"
+    if setup == "env":
+        env["KS_REDIS_PASSWORD_IN_ENV"] = "yes"
+    elif setup == "nul":
+        given.write_bytes(b"ab\0cd")
+    elif setup == "space":
+        given.write_text(" abc\n")
+    else:
+        given.mkdir()  # reading a directory fails like an unreadable file does
+    p = subprocess.run([str(KS_ENV), "redis-server", "--port", "0"], env=env,
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ks-env: ") and expect in lines[0], lines
+    assert not (tmp_path / "redis.conf").exists()
