@@ -121,3 +121,81 @@ def test_bad_password_source_is_refused_with_one_line(tmp_path: Path, setup: str
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ks-env: ") and expect in lines[0], lines
     assert not (tmp_path / "redis.conf").exists()
+
+
+# -- docker/ks-healthcheck: its own RESP client against a real Redis ------------------------
+
+def load_healthcheck():
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("ks_healthcheck",
+                                                  str(REPO / "docker" / "ks-healthcheck"))
+    spec = importlib.util.spec_from_loader("ks_healthcheck", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def test_healthcheck_key_names_are_kernelsights() -> None:
+    from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+    from kernelsight import collectors, schema
+    from kernelsight.compose_stress import QUEUE
+    from kernelsight.runner import STATUS_KEY
+    from kernelsight.streams import HEALTH_KEY
+
+    hc = load_healthcheck()
+    assert (hc.HEALTH_KEY, hc.STATUS_KEY, hc.ACCOUNTING_STREAM, hc.INGEST_GROUP) == (
+        HEALTH_KEY, STATUS_KEY, schema.ACCOUNTING_STREAM, schema.INGEST_GROUP)
+    assert hc.RQ_QUEUE_WORKERS == WORKERS_BY_QUEUE_KEY % QUEUE
+    assert tuple(collectors.ALL) == hc.COLLECTORS
+
+
+def healthcheck(url: str, *args: str) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k != "KS_REDIS_URL"}
+    env["KS_REDIS_URL"] = url
+    p = subprocess.run([str(REPO / "docker" / "ks-healthcheck"), *args], env=env,
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert p.stderr == "" and len(p.stdout.splitlines()) == 1, p.stdout + p.stderr
+    return p.returncode, p.stdout.strip()
+
+
+def test_healthcheck_against_real_redis(redis_url: str, rclient: redis.Redis) -> None:
+    import orjson
+
+    from kernelsight import schema
+    from kernelsight.runner import STATUS_KEY
+    from kernelsight.streams import HEALTH_KEY
+
+    now = time.time_ns()
+    assert healthcheck(redis_url, "redis") == (0, "redis: PONG")
+    assert "//:" in redis_url
+    rc, out = healthcheck(redis_url.replace("//:", "//:x", 1), "redis")  # wrong password
+    assert rc == 1 and out.startswith("unhealthy: Redis: WRONGPASS"), out
+    assert healthcheck(redis_url, "syscalls") == (1, "unhealthy: syscalls: has not reported yet")
+    rclient.set(STATUS_KEY.format(name="syscalls"), orjson.dumps({"state": "started"}))
+    rclient.set(HEALTH_KEY.format(source="syscalls"), orjson.dumps({"timestamp": now}))
+    assert healthcheck(redis_url, "syscalls")[0] == 0
+    rclient.set(HEALTH_KEY.format(source="syscalls"),
+                orjson.dumps({"timestamp": time.time_ns() - 100 * 10**9}))
+    rc, out = healthcheck(redis_url, "syscalls")
+    assert rc == 1 and "last heartbeat 100s ago" in out, out
+    rclient.set(STATUS_KEY.format(name="io"), orjson.dumps({"state": "failed", "detail": "x"}))
+    assert healthcheck(redis_url, "io")[0] == 1  # none healthy
+    rclient.set(HEALTH_KEY.format(source="syscalls"), orjson.dumps({"timestamp": now}))
+    assert healthcheck(redis_url, "syscalls", "io")[0] == 0  # a failed one counts as reported
+
+    assert healthcheck(redis_url, "ingest")[0] == 1  # no group yet
+    rclient.xgroup_create(schema.ACCOUNTING_STREAM, schema.INGEST_GROUP, id="0", mkstream=True)
+    rclient.xadd(schema.ACCOUNTING_STREAM, {"d": "{}"})
+    rclient.xreadgroup(schema.INGEST_GROUP, "c1", {schema.ACCOUNTING_STREAM: ">"}, count=1)
+    rc, out = healthcheck(redis_url, "ingest")
+    assert rc == 0 and "consumer read" in out, out
+
+    assert healthcheck(redis_url, "rq")[0] == 1
+    rclient.sadd("rq:workers:kernelsight", "rq:worker:gone")  # a worker killed -9: key expired
+    assert healthcheck(redis_url, "rq")[0] == 1
+    rclient.sadd("rq:workers:kernelsight", "rq:worker:w1")
+    rclient.hset("rq:worker:w1", "queues", "kernelsight")
+    assert healthcheck(redis_url, "rq") == (0, "rq workers on kernelsight: 1")
