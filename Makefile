@@ -42,8 +42,10 @@ compose-up: docker-setup
 	docker compose up -d --build --wait
 
 # a stress run against the running stack; exit code = its verdict (0 only for SUCCESS)
+# (then removes the finished stress container: `docker compose restart` would start it again)
 compose-stress: compose-up
-	TEST_DURATION=$(TEST_DURATION) docker compose up --exit-code-from stress stress
+	TEST_DURATION=$(TEST_DURATION) docker compose up --exit-code-from stress stress; \
+	rc=$$?; docker compose rm -f stress >/dev/null; exit $$rc
 
 # stop the stack; keeps ./data and the volumes (Redis data, generated password): add -v to
 # `docker compose down` yourself to delete those

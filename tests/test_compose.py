@@ -329,6 +329,9 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
         g = json.loads(p.stdout)[0]
         return schema.stream_id_to_int(g["last-delivered-id"])
 
+    # The finished stress container would be restarted too (another stress run): remove it
+    # first, as `make compose-stress` does.
+    sh(compose("rm", "-f", "-s", "stress"), 120, env)
     t = time.monotonic()
     before, mark = snapshot(data), last_delivered()
     sh(compose("restart"), 300, env)
