@@ -26,7 +26,7 @@ from itertools import islice
 import orjson
 import redis
 
-from kernelsight import defaults, resp, schema
+from kernelsight import defaults, resp, schema, streamid
 from kernelsight.clock import now_ns
 from kernelsight.config import Settings, redact
 from kernelsight.exceptions import RedisUnavailable
@@ -50,6 +50,8 @@ HEARTBEAT_INTERVAL_S = 2.0
 CHUNK_MARKER = "kernelsight:chunk:{instance}:{first}"
 CHUNK_MARKER_TTL_S = 86_400  # only the last chunk's marker outlives its reply (then deleted)
 CHUNK_MAX = 2000
+PROBE_KEY = "kernelsight:probe:{instance}"  # set at each confirmation: did Redis keep data?
+PROBE_TTL_S = 86_400
 R_NO_ID_LEFT = "stream_id_exhausted"  # a stream's top id is at the packable maximum
 
 # One chunk of entries, atomically: each XADD with its producer-chosen id; an id Redis refuses
@@ -397,12 +399,31 @@ class Publisher:
             self._count("", "replay_window_evicted", 1)
 
     def _confirm(self) -> None:
-        """Forget entries the group has acknowledged; replay any that Redis lost."""
-        run_id = self._r.info("server")["run_id"]
+        """Forget entries the group has acknowledged; replay any that Redis lost.
+
+        After a restart, a probe key this producer set at its previous confirmation says
+        whether Redis kept its data (AOF/RDB): then the restored group state first removes
+        what was stored, acknowledged and trimmed meanwhile (absent from the stream, yet not
+        lost); only the rest is replayed."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.set(PROBE_KEY.format(instance=self.instance), b"1", ex=PROBE_TTL_S, get=True)
+        info, old = pipe.execute(raise_on_error=False)
+        if isinstance(info, Exception):
+            raise info
+        run_id = info["run_id"]
         if self._run_id is not None and run_id != self._run_id:
-            log.warning("redis restarted (run_id changed); checking for lost entries")
+            kept = old is not None and not isinstance(old, Exception)
+            log.warning("redis restarted (run_id changed, data %s); checking for lost entries",
+                        "kept" if kept else "lost")
+            if kept:
+                self._forget_acknowledged()
             self._recover()
         self._run_id = run_id
+        self._forget_acknowledged()
+
+    def _forget_acknowledged(self) -> None:
+        """Drop from the replay window what the ingest group has acknowledged."""
         streams = [s for s, d in self._window.items() if d]
         if not streams:
             return
@@ -433,22 +454,24 @@ class Publisher:
             if not d:
                 continue
             lo, hi = schema.int_to_stream_id(d[0][0]), schema.int_to_stream_id(d[-1][0])
-            present = {schema.stream_id_to_int(e[0])
+            present = {streamid.parse(e[0])
                        for e in self._r.xrange(st, lo, hi, count=len(d) + 10)}
-            missing = [e for e in d if e[0] not in present]
+            missing = [e for e in d if divmod(e[0], 1 << streamid.SEQ_BITS) not in present]
             if not missing:
                 continue
             pipe = self._r.pipeline(transaction=False)
             for eid, payload, _ in missing:
                 pipe.xadd(st, {FIELD: payload}, id=schema.int_to_stream_id(eid))
             res = pipe.execute(raise_on_error=False)
+            ok = 0
             for (_, _, et), r in zip(missing, res, strict=True):
                 if isinstance(r, Exception):  # another producer already wrote newer ids
                     self._count(et, schema.DROPPED, 1, R_LOST_IN_REDIS)
                 else:
-                    self.replayed += 1
-            self._count("", "replayed", len(missing))
-            log.warning("re-added %d entries Redis lost from %s", len(missing), st)
+                    ok += 1
+            self.replayed += ok
+            self._count("", "replayed", ok)
+            log.warning("re-added %d of %d entries Redis lost from %s", ok, len(missing), st)
 
     def _note_failure(self, e: Exception) -> None:
         if self.connected or not self.last_error:
