@@ -14,6 +14,7 @@ from sqlalchemy import text
 from kernelsight import schema, waits
 from kernelsight.analysis.own import not_own_sql
 from kernelsight.db import open_readonly
+from kernelsight.maintenance import rollup_counts
 from kernelsight.runs import list_runs, resolve
 from kernelsight.safetext import printable
 from kernelsight.window import Selection, Window
@@ -60,11 +61,14 @@ def demo(db_path: str, limit: int = 10, sel: Selection | None = None) -> None:
                          f"({printable(w.describe(), 400)})"), title_justify="left")
     t.add_column("table")
     t.add_column("rows", justify="right")
+    # Where retention has deleted raw rows, the per-minute rollups still count them.
+    t.add_column("incl. rolled up", justify="right")
     with eng.connect() as conn:
+        total = rollup_counts(conn, b["since"], b["until"])
         for name in schema.TABLES:
             n = conn.execute(text(f'SELECT COUNT(*) FROM "{name}"' + (
                 "" if w.whole else f" WHERE {_IN}")), b).scalar_one()
-            t.add_row(name, f"{n:,}")
+            t.add_row(name, f"{n:,}", f"{total[name]:,}" if name in total else "")
         console.print(t)
         slowest = SLOWEST.format(service=waits.service_sql(), not_own=not_own_sql(conn))
         _table(console, "Slowest syscalls (service time; waits such as futex/wait4 and "

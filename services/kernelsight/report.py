@@ -57,6 +57,7 @@ from sqlalchemy import Connection, Engine, text
 from kernelsight import collectors, defaults, schema, waits
 from kernelsight.analysis.own import not_own_sql
 from kernelsight.db import open_readonly
+from kernelsight.maintenance import rollup_counts
 from kernelsight.runs import resolve
 from kernelsight.safetext import printable
 from kernelsight.window import Window, parse_selection
@@ -110,6 +111,9 @@ class Report:
     # Rows removed by retention (reason time|size) and dead letters that aged out: not loss.
     retention: dict[str, dict[str, int]] = field(default_factory=dict)
     dead_deleted: dict[str, int] = field(default_factory=dict)
+    # Rows with a timestamp in the window, counted through the per-minute rollups where
+    # retention deleted the raw rows (maintenance.rollup_counts; minute resolution there).
+    rolled: dict[str, int] = field(default_factory=dict)
     started: dict[str, bool] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     ingest: dict[str, int] = field(default_factory=dict)
@@ -160,6 +164,7 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
         _dead(rep, c, w, lines, since)
         if not w.whole:
             _retention_in_window(rep, c, since)
+        rep.rolled = rollup_counts(c, since, until)
         args = {"since": since, "until": until}
         slow_sql = SLOW_SQL.format(service=waits.service_sql(), not_own=not_own_sql(c))
         rep.slow = [(r[0], r[1], float(r[2]))
@@ -342,6 +347,7 @@ def to_json(rep: Report) -> dict[str, Any]:
                 "dropped": rep.dropped.get(t, {}), "dead_letters": rep.dead.get(t, {}),
                 "dead_letters_deleted": rep.dead_deleted.get(t, 0),
                 "retention_deleted": rep.retention.get(t, {}),
+                "rows_incl_rollups": rep.rolled.get(t),
                 "unaccounted": rep.balance(t)}
             for t in schema.TABLES},
         "other_drops": {k or "pipeline": v for k, v in rep.dropped.items()
@@ -428,12 +434,18 @@ def render(rep: Report, console: Console) -> None:
             reasons += [f"{printable(name)}: dead letter {printable(r)} {v:,}"
                         for r, v in sorted(dead.items())]
     console.print(a)
-    aged = [f"{t}: {r} {v:,}" for t, by in sorted(rep.retention.items())
+    aged = [f"{printable(t)}: {printable(r)} {v:,}" for t, by in sorted(rep.retention.items())
             for r, v in sorted(by.items()) if v]
-    aged += [f"{t}: dead letters {v:,}" for t, v in sorted(rep.dead_deleted.items()) if v]
-    if aged:
-        console.print("Removed by retention (older than --retention, or over --retention-size; "
-                      "per-minute rollups keep their aggregates): " + ", ".join(aged))
+    aged += [f"{printable(t)}: dead letters {v:,}" for t, v in sorted(rep.dead_deleted.items())
+             if v]
+    rolled = sum(rep.rolled.values())
+    if rolled > sum(rep.counts[t] for t in rep.rolled):
+        console.print(f"Rows in the window including those retention deleted (from the "
+                      f"per-minute rollups): {rolled:,}")
+    if aged:  # plain Text: names come from the database
+        console.print(Text("Removed by retention (older than --retention, or over "
+                           "--retention-size; per-minute rollups keep their aggregates): "
+                           + ", ".join(aged)))
     if reasons:
         console.print("Dropped by reason (counted, by design or by loss):")
         for line in reasons:  # every part from the database is already printable()

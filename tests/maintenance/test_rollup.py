@@ -8,6 +8,7 @@ import math
 import random
 from collections import defaultdict
 
+import orjson
 import pytest
 from maint_helpers import MIN, NOW, SEC, events, insert, maintenance, new_db, rows
 
@@ -170,4 +171,29 @@ def test_window_counts_reach_past_raw_retention(tmp_path):
     # minute-aligned windows: the same counts as before retention
     assert {w: rollup_counts(eng, *w)["tcp_stats"] for w in windows} == want
     eng.dispose()
+    mt.stop()
+
+
+def test_query_demo_counts_rows_retention_deleted_through_the_rollups(tmp_path):
+    import subprocess
+    import sys
+
+    db = new_db(tmp_path / "ks.db")
+    ts = [NOW - 20 * MIN + i * 5 * SEC for i in range(20 * 12)]
+    insert(db, "tcp_stats", events("tcp_stats", ts))
+    mt = maintenance(db, retention_s=300.0)
+    mt.run_once()
+    left = rows(db, "SELECT COUNT(*) FROM tcp_stats")[0][0]
+    assert left < len(ts)
+    out = subprocess.run([sys.executable, "-m", "kernelsight", "query", "--demo", "--db",
+                          str(db)], capture_output=True, text=True, timeout=60, check=True,
+                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}).stdout
+    line = next(ln for ln in out.splitlines() if " tcp_stats " in ln)
+    assert [c.strip() for c in line.split("│") if c.strip()] == \
+        ["tcp_stats", f"{left:,}", f"{len(ts):,}"]
+    rep = subprocess.run([sys.executable, "-m", "kernelsight", "report", "--json", "--db",
+                          str(db)], capture_output=True, text=True, timeout=60, check=False,
+                         env={"PATH": "/usr/bin:/bin"})
+    tcp = orjson.loads(rep.stdout)["event_types"]["tcp_stats"]
+    assert (tcp["stored"], tcp["rows_incl_rollups"]) == (left, len(ts))
     mt.stop()
