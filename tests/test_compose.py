@@ -430,3 +430,32 @@ def test_password_in_environment_or_with_nul_is_refused(pw_env: dict[str, str],
         err = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("ks-env:")]
         assert p.returncode != 0 and len(err) == 1 and expect in err[0], p.stdout + p.stderr
         assert "Traceback" not in p.stdout + p.stderr
+
+
+# -- the tracer's one capability: needed, and enough ------------------------------------------
+
+BPF_PROBE = """
+import ctypes, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *a):
+    r = libc.syscall(nr, *a)
+    return "ok" if r >= 0 else f"errno {ctypes.get_errno()}"
+# bpf(BPF_MAP_CREATE, {ARRAY, key 4, value 4, 1 entry}); x86_64 syscall 321
+attr = ctypes.create_string_buffer(struct.pack("IIII", 2, 4, 4, 1) + bytes(64))
+# perf_event_open({TRACEPOINT raw_syscalls:sys_enter, disabled}, pid -1, cpu 0); syscall 298
+tp = int(open("/sys/kernel/tracing/events/raw_syscalls/sys_enter/id").read())
+pattr = ctypes.create_string_buffer(struct.pack("IIQQQQQIIQ", 2, 64, tp, 1, 0, 0, 1, 0, 0, 0))
+print("bpf", call(321, 0, attr, 72), "perf", call(298, pattr, -1, 0, -1, 0))
+"""
+
+
+def test_tracer_needs_sys_admin_and_nothing_more(pw_env: dict[str, str], stack: Stack) -> None:
+    """In the tracer's own hardened container (cap_drop ALL, no-new-privileges, read-only),
+    the two calls BPF tracing rests on work with SYS_ADMIN alone and fail without it."""
+    got = {}
+    for caps in ("SYS_ADMIN", "CHOWN"):  # CHOWN: some harmless capability instead
+        p = sh(compose("run", "--rm", "--no-deps", "-T", "--entrypoint", "/usr/bin/python3",
+                       "tracer", "-c", BPF_PROBE, project=PW_PROJECT), 120,
+               dict(pw_env, TRACER_CAPS=caps), project=PW_PROJECT)
+        got[caps] = p.stdout.strip().splitlines()[-1]
+    assert got == {"SYS_ADMIN": "bpf ok perf ok", "CHOWN": "bpf errno 1 perf errno 1"}, got
