@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+# systemd: for `systemd-analyze verify` of deploy/systemd (tests; it need not be PID 1).
 for p in python3 python3-venv python3-pip python3-bpfcc redis-server redis-tools stress-ng \
-         sqlite3 iproute2 procps util-linux chromium; do
+         sqlite3 iproute2 procps util-linux chromium systemd; do
   have "$p" || need+=("$p")
 done
 arch=$(dpkg --print-architecture)
@@ -53,3 +54,17 @@ fi
   echo "setup: the venv cannot import bcc; is python3-bpfcc installed for /usr/bin/python3?" >&2
   exit 1
 }
+
+# promtool, for the test that lints /metrics (`promtool check metrics`): only that binary,
+# taken from Debian's prometheus package, so no Prometheus server is installed or started.
+if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing promtool (from Debian's prometheus package) into .venv/bin"
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt-get download runs as the _apt user when it can
+  if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+    apt-get update -qq && (cd "$tmp" && apt-get download prometheus >/dev/null)
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  install -m 755 "$tmp/root/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$tmp"
+fi

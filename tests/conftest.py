@@ -17,6 +17,11 @@ from kernelsight.runner import Stack
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# `ingest` and `run` serve /metrics on a fixed loopback port by default; tests run many of
+# them at once (and several checkouts share this machine), so the tests that want metrics
+# pass their own free port and every other process started from here serves none.
+os.environ["KS_METRICS_ADDR"] = "off"
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "docker: needs a Docker engine (docker/setup-docker.sh)")

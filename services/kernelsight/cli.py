@@ -36,6 +36,9 @@ BUFFER = _opt("--buffer-max", field="buffer_max", type=int,
 BUFFER_BYTES = _opt("--buffer-max-bytes", field="buffer_max_bytes", type=int,
                     help="Payload bytes buffered while Redis is unreachable or full "
                          f"[default: {defaults.BUFFER_MAX_BYTES}].")
+METRICS = _opt("--metrics-addr", field="metrics_addr",
+               help=f"Serve Prometheus /metrics on HOST:PORT; 'off' (or an empty KS_METRICS_ADDR) "
+                    f"disables [default: {defaults.METRICS_ADDR}].")
 MAXLEN = _opt("--stream-maxlen", field="stream_maxlen", type=int,
               help="Unread entries per stream above which producers hold back "
                    f"[default: {defaults.STREAM_MAXLEN}].")
@@ -100,7 +103,7 @@ def cli(log_level: str) -> None:
               help="Restarts of an ingester that exits before the run ends (pause 1 s, "
                    "doubling up to 30 s); 0: the run stops when it exits.")
 @common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RETENTION, RETENTION_SIZE,
-        ROLLUP_RETENTION)
+        ROLLUP_RETENTION, METRICS)
 def run(duration: float | None, collector_list: str, log_dir: str | None,
         ingest_restarts: int, **kw: Any) -> None:
     """Run collectors and the ingester natively until SIGTERM/SIGINT (or for DURATION
@@ -124,8 +127,12 @@ def run(duration: float | None, collector_list: str, log_dir: str | None,
     from kernelsight import runner
     from kernelsight.config import check_db_path
     from kernelsight.db import open_db
+    from kernelsight.metrics import resolve_addr
 
     s = settings_from(kw)
+    # The ingest child serves /metrics (it owns the batch histogram); it gets the address
+    # resolved here through KS_METRICS_ADDR.
+    s = s.with_(metrics_addr=resolve_addr(s.metrics_addr or None))
     names = collectors.parse_list(collector_list)
     check_db_path(s.db_path)
     open_db(s.db_path).dispose()
@@ -186,7 +193,7 @@ def trace(tracer: str, duration: float | None, **kw: Any) -> None:
 
 
 @cli.command(context_settings=CTX)
-@common(REDIS, DB, HOST, RETENTION, RETENTION_SIZE, ROLLUP_RETENTION)
+@common(REDIS, DB, HOST, RETENTION, RETENTION_SIZE, ROLLUP_RETENTION, METRICS)
 @_opt("--batch-size", field="batch_size", type=int,
       help=f"Max entries per transaction [default: {defaults.BATCH_SIZE}].")
 @_opt("--batch-ms", field="batch_ms", type=int,
@@ -210,12 +217,18 @@ def ingest(drain: bool, **kw: Any) -> None:
       kernelsight ingest --drain --db data/ks.db
       kernelsight ingest --workers 2   # two processes: more throughput, more CPU
       kernelsight ingest --retention 30d --retention-size 10GiB --rollup-retention 52w
+      kernelsight ingest --metrics-addr 0.0.0.0:9477   # scrape from other hosts
     """
     from kernelsight.ingest import run_ingest
+    from kernelsight.metrics import MetricsServer, resolve_addr
 
     s = settings_from(kw)
     _need_redis(s)
-    st = run_ingest(s, s.ingest_workers, drain=drain)
+    metrics = MetricsServer(s).start(resolve_addr(s.metrics_addr or None))
+    try:
+        st = run_ingest(s, s.ingest_workers, drain=drain, histogram=metrics.batch_seconds)
+    finally:
+        metrics.stop()
     click.echo(f"ingest: stored {sum(st.stored.values())}, duplicates skipped "
                f"{sum(st.duplicates.values())}, dead letters {sum(st.dead.values())}", err=True)
 
@@ -287,7 +300,7 @@ def _register_optional() -> None:
     import importlib
 
     for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "soak", "bench", "rqjobs",
-                "compose_stress", "analysis.command"):
+                "compose_stress", "analysis.command", "status", "service"):
         try:
             m = importlib.import_module(f"kernelsight.{mod}")
         except ModuleNotFoundError as e:

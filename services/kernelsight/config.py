@@ -38,6 +38,7 @@ class Settings:
     retention: str = defaults.RETENTION
     retention_size: str = defaults.RETENTION_SIZE
     rollup_retention: str = defaults.ROLLUP_RETENTION
+    metrics_addr: str = ""  # HOST:PORT or 'off'; '' = not given (metrics.resolve_addr decides)
     bpf_dir: str = ""  # where bpf/*.bpf.c live; empty: the repository's bpf/ directory
 
     def with_(self, **kw: object) -> Settings:

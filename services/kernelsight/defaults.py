@@ -25,6 +25,9 @@ STREAM_MAXLEN = 1_000_000  # producers hold back (and count) above this many unr
 STREAM_RETAIN = 10_000  # the ingester trims acknowledged entries beyond this many
 ACCOUNTING_INTERVAL_S = 1.0
 HEALTH_TTL_S = 15
+HEALTH_STALE_S = 10.0  # a heartbeat older than this is unhealthy (`status`, the watchdog)
+# Prometheus /metrics of `run` and `ingest`: loopback only unless asked ('off' disables).
+METRICS_ADDR = "127.0.0.1:9477"
 
 # Retention and rollups (the maintenance thread of the ingest process).
 RETENTION = "7d"  # raw rows (and dead letters, old accounting snapshots) older than this go

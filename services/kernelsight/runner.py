@@ -18,12 +18,12 @@ from pathlib import Path
 import orjson
 import redis
 
-from kernelsight import collectors, defaults, schema
+from kernelsight import collectors, defaults, schema, sdnotify
 from kernelsight.config import Settings, env_name, redact
 from kernelsight.exceptions import CollectorError, KernelSightError
 from kernelsight.redis_server import PrivateRedis
 from kernelsight.runs import RunRecorder
-from kernelsight.streams import Publisher, connect, ping
+from kernelsight.streams import HEALTH_KEY, Publisher, connect, ping
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ class Stack:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
+        for k in (sdnotify.ENV_SOCKET, sdnotify.ENV_WATCHDOG_USEC, sdnotify.ENV_WATCHDOG_PID):
+            env.pop(k, None)  # only this process speaks to systemd (NotifyAccess=main)
         for k, v in vars(self.settings).items():
             env[env_name(k)] = str(v)
         env["PYTHONUNBUFFERED"] = "1"
@@ -238,6 +240,42 @@ class Stack:
             if on_status:
                 on_status(p)
         return self.procs
+
+    def wait_ingest_ready(self, since_ns: int, timeout: float = 60.0) -> bool:
+        """True once the ingester has written a heartbeat newer than ``since_ns`` (it does
+        so after checking Redis, creating the groups and re-reading its pending entries)."""
+        r = connect(self.settings.redis_url, 2)
+        end = time.monotonic() + timeout
+        try:
+            while time.monotonic() < end:
+                if self.ingest is None or self.ingest.popen.poll() is not None:
+                    return False
+                raw = r.get(HEALTH_KEY.format(source="ingest"))
+                if raw and orjson.loads(raw)["timestamp"] >= since_ns:
+                    return True
+                time.sleep(0.1)
+            return False
+        finally:
+            r.close()
+
+    def problem(self) -> str | None:
+        """Why the stack is unhealthy right now, or None: for the systemd watchdog."""
+        if self.ingest is None or self.ingest.popen.poll() is not None:
+            return "ingest is not running"
+        for p in self.procs.values():
+            if p.state == "started" and p.popen.poll() is not None:
+                return f"{p.name} exited with code {p.popen.returncode}"
+        r = connect(self.settings.redis_url, 2)
+        try:
+            raw = r.get(HEALTH_KEY.format(source="ingest"))
+        except redis.RedisError as e:
+            return f"redis unreachable: {e}"
+        finally:
+            r.close()
+        if not raw:
+            return "no ingest heartbeat"
+        age = time.time() - orjson.loads(raw)["timestamp"] / 1e9
+        return f"ingest heartbeat {age:.0f}s old" if age > defaults.HEALTH_STALE_S else None
 
     def stop_collectors(self, timeout: float = 20.0) -> None:
         for p in self.procs.values():
@@ -400,6 +438,7 @@ def run(settings: Settings, duration: float | None, names: list[str],
     stopping = threading.Event()
     old = {s: signal.signal(s, lambda *_: stopping.set()) for s in
            (signal.SIGINT, signal.SIGTERM)}
+    start_ns = time.time_ns()
     try:
         url = stack.start_redis()
         echo(f"redis: {redact(url)}" + (" (private)" if stack.redis else ""))
@@ -417,17 +456,33 @@ def run(settings: Settings, duration: float | None, names: list[str],
         end = time.monotonic() + duration if duration else None
         echo("collecting " + (f"for {duration:g}s" if duration else
                               "until SIGTERM/SIGINT (Ctrl-C)"))
+        if stack.wait_ingest_ready(start_ns):
+            started = [p.name for p in stack.procs.values() if p.state == "started"]
+            sdnotify.ready(f"collecting ({', '.join(started) or 'no collector started'}) "
+                           f"into {settings.db_path}")
+        watchdog = sdnotify.Watchdog()
+        unhealthy = ""
         while (end is None or time.monotonic() < end) and not stopping.is_set():
             sup.check()
             if sup.gave_up:
                 echo(f"ingest exited and was restarted {sup.restarts} of "
                      f"{sup.max_restarts} times; stopping the run")
                 break
+            if watchdog.due():
+                # No ping while something is wrong: systemd then restarts the service.
+                why = stack.problem()
+                if why is None:
+                    watchdog.beat()
+                elif why != unhealthy:
+                    log.error("unhealthy, not pinging the watchdog: %s", why)
+                    sdnotify.status(f"unhealthy: {why}")
+                unhealthy = why or ""
             time.sleep(0.2)
         # A signal during the drain cuts the wait short; what is unstored is then counted.
         hurry = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: hurry.set())
+        sdnotify.stopping("draining: stopping collectors, then storing what Redis holds")
         stack.stop_collectors()
         rec.end()
         return _drain(stack, sup, rec, echo, hurry)

@@ -26,6 +26,7 @@ from kernelsight.config import Settings, redact
 from kernelsight.db import Checkpointer
 from kernelsight.exceptions import RedisRefused, RedisUnavailable
 from kernelsight.ingest import reclaim
+from kernelsight.ingest.events import Events
 from kernelsight.ingest.retention import trim_acknowledged
 from kernelsight.ingest.validate import (
     MAX_ENTRY_BYTES,
@@ -71,6 +72,9 @@ class Ingester:
         self._recover_pending = True
         self._need_groups = True
         self._started = False
+        self.events: Events = Events()  # sd_notify / supervisor pipe / histogram hooks
+        self._told_stopping = False
+        self._acc_batches = 0  # batches the last accounting snapshot includes
         # Keep XREADGROUP's reply raw (nested lists): redis-py's conversion of every entry's
         # fields into a dict is pure overhead here.
         self.r.set_response_callback("XREADGROUP", lambda resp, **_: resp)
@@ -122,6 +126,7 @@ class Ingester:
     def _process(self, got: list) -> int:
         """Validate a batch, store it, then acknowledge it (the XACK is pipelined: its reply
         is read later, nothing waits on it)."""
+        t0 = time.perf_counter()
         n, rows, acc, dead, ack = self._prepare(got)
         if not n:
             return 0
@@ -134,6 +139,7 @@ class Ingester:
         for stream, ids in ack.items():
             self.wire.send_xack(stream, group, ids)
         self.stats.batches += 1
+        self.events.batch(time.perf_counter() - t0)
         return n
 
     def _prepare(self, got: list) -> tuple:
@@ -195,6 +201,12 @@ class Ingester:
                for m, v in (("lock_retries", st.lock_retries), ("db_errors", st.db_errors),
                             ("reclaimed", st.reclaimed), ("redis_errors", st.redis_errors),
                             ("redis_oom", st.redis_oom))]
+        # Per event type, for /metrics (kernelsight_ingest_events_stored_total): counting rows
+        # at scrape time would scan big tables, and go down once retention deletes rows.
+        out += [{**base, "event_type": et, "metric": m, "reason": "", "value": v}
+                for m, counter in (("stored", st.stored), ("duplicates", st.duplicates))
+                for et, v in counter.items()]
+        self._acc_batches = st.batches
         return out
 
 
@@ -255,6 +267,7 @@ class Ingester:
             self._autoclaim()
             self._last_reclaim = time.monotonic()
             self._started = True
+            self.events.ready(self)  # groups exist, own pending entries re-read
         self._recover_pending = False
 
     def _loop(self, idle_exit_s: float | None) -> None:
@@ -267,6 +280,9 @@ class Ingester:
                     self._recover()
                 n = self._batch()
                 now = time.monotonic()
+                if self._stop and not self._told_stopping:
+                    self._told_stopping = True
+                    self.events.stopping(self)
                 if self._stop and not self._draining:
                     break
                 if n:
@@ -307,6 +323,12 @@ class Ingester:
             self._last_trim = now
             self.trim()
             self._heartbeat()
+            self.events.beat(self)
+            if self.stats.batches != self._acc_batches and now - self._last_accounting >= 1.0:
+                # Idle: record the last batches' counts now rather than at the next batch,
+                # so /metrics and `status` are at most a second or two behind.
+                self._last_accounting = 0.0
+                self._commit({}, [], [])
         if now - self._last_reclaim > 10.0:
             self._last_reclaim = now
             self._autoclaim()
