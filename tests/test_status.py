@@ -38,7 +38,7 @@ def test_status_of_a_running_pipeline(settings, tmp_path: Path) -> None:
         assert 0 <= st["components"]["scraper"]["heartbeat_age_s"] < 10
         mem = next(s for s in st["streams"] if s["stream"] == "kernelsight:events:memory_metrics")
         assert mem["backlog"] == mem["lag"] + mem["pending"] >= 0
-        assert st["database"]["size_bytes"] == Path(settings.db_path).stat().st_size > 0
+        assert 0 < st["database"]["size_bytes"] <= Path(settings.db_path).stat().st_size
         assert "password" not in p.stdout and settings.redis_url not in p.stdout
 
         text_out = status(*args)

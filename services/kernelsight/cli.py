@@ -220,15 +220,22 @@ def ingest(drain: bool, **kw: Any) -> None:
       kernelsight ingest --metrics-addr 0.0.0.0:9477   # scrape from other hosts
     """
     from kernelsight.ingest import run_ingest
-    from kernelsight.metrics import MetricsServer, resolve_addr
+    from kernelsight.metrics import OFF, resolve_addr
 
     s = settings_from(kw)
     _need_redis(s)
-    metrics = MetricsServer(s).start(resolve_addr(s.metrics_addr or None))
+    addr = resolve_addr(s.metrics_addr or None)
+    metrics = None
+    if addr != OFF:
+        from kernelsight.metrics import MetricsServer
+
+        metrics = MetricsServer(s).start(addr)
     try:
-        st = run_ingest(s, s.ingest_workers, drain=drain, histogram=metrics.batch_seconds)
+        st = run_ingest(s, s.ingest_workers, drain=drain,
+                        histogram=metrics.batch_seconds if metrics else None)
     finally:
-        metrics.stop()
+        if metrics:
+            metrics.stop()
     click.echo(f"ingest: stored {sum(st.stored.values())}, duplicates skipped "
                f"{sum(st.duplicates.values())}, dead letters {sum(st.dead.values())}", err=True)
 

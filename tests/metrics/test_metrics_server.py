@@ -107,10 +107,16 @@ def test_ingest_metrics_match_the_database(settings, ingest_proc, tmp_path) -> N
     pub.lost(et.name, "ringbuf_full", 17)  # counted at the source as produced + dropped
     pub.close()
     r = connect(settings.redis_url)
-    wait_for(lambda: backlog(r) == 0, 30, "the ingester to store everything")
     eng = engine_for(settings.db_path, readonly=True)
+
+    def count() -> int:
+        with eng.connect() as c:
+            return c.execute(text("SELECT COUNT(*) FROM syscall_events")).scalar_one()
+
+    wait_for(lambda: count() == 3000, 60, "the ingester to store all 3000 events")
+    wait_for(lambda: backlog(r) == 0, 30, "the backlog to be empty")
+    stored = count()
     with eng.connect() as c:
-        stored = c.execute(text("SELECT COUNT(*) FROM syscall_events")).scalar_one()
         newest = c.execute(text("SELECT MAX(timestamp) FROM syscall_events")).scalar_one()
     assert stored == 3000
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,46 +11,18 @@ from prometheus_client import (
     start_http_server,
 )
 
-from kernelsight import defaults
 from kernelsight.config import Settings
 from kernelsight.exceptions import ConfigError
+from kernelsight.metrics.addr import parse_addr
 from kernelsight.metrics.collector import PipelineCollector
 from kernelsight.metrics.names import SPECS
 
 log = logging.getLogger(__name__)
 
-OFF = "off"
-ENV = "KS_METRICS_ADDR"
 # Batch commits take ~1-50 ms at the default 1000 entries; the top buckets catch lock waits
 # and disk stalls (a locked database retries for up to LOCK_RETRIES x LOCK_RETRY_S).
 BATCH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
-
-
-def parse_addr(value: str) -> tuple[str, int] | None:
-    """HOST:PORT (IPv6 as [::1]:PORT) -> (host, port); 'off' or '' -> None; else ConfigError."""
-    v = value.strip()
-    if v.lower() in ("", OFF):
-        return None
-    host, sep, port = v.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--metrics-addr {value!r} is not HOST:PORT; use e.g. "
-                          f"{defaults.METRICS_ADDR}, 0.0.0.0:9477 or 'off'")
-    return host, int(port)
-
-
-def resolve_addr(flag: str | None, env: Mapping[str, str] | None = None) -> str:
-    """The address to serve: the flag, else $KS_METRICS_ADDR (set but empty means off), else
-    the default. click drops empty environment values, hence this."""
-    env = os.environ if env is None else env
-    if flag is not None:
-        v = flag
-    elif ENV in env:
-        v = env[ENV]
-    else:
-        v = defaults.METRICS_ADDR
-    return OFF if parse_addr(v) is None else v.strip()
 
 
 class MetricsServer:
