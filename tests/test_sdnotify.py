@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -124,9 +125,10 @@ def test_run_ready_watchdog_stopping(listener: Listener, tmp_path: Path, redis_u
         t_ready = listener.got[0][0]
         listener.read(4.2)
         pings = [t for t, m in listener.got if m == "WATCHDOG=1"]
-        assert 6 <= len(pings) <= 10, listener.got
         gaps = [b - a for a, b in itertools.pairwise(pings)]
-        assert all(0.35 <= g <= 0.9 for g in gaps), gaps
+        # Half of WATCHDOG_USEC: the median gap tells 0.5 s from 1 s even on a loaded machine.
+        assert 5 <= len(pings) <= 10, listener.got
+        assert 0.4 <= statistics.median(gaps) <= 0.8 and min(gaps) >= 0.35, gaps
         assert pings[0] - t_ready < 1.0
         p.send_signal(signal.SIGTERM)
         listener.read(30, until="STOPPING=1")
@@ -215,7 +217,7 @@ def test_ingest_watchdog_cadence(listener: Listener, settings, redis_url: str,
         pings = [t for t, m in listener.got if m == "WATCHDOG=1"]
         gaps = [b - a for a, b in itertools.pairwise(pings)]
         assert 3 <= len(pings) <= 5, listener.got
-        assert all(1.8 <= g <= 3.2 for g in gaps), gaps
+        assert 1.8 <= statistics.median(gaps) <= 3.0 and min(gaps) >= 1.5, gaps
         assert any(m.startswith("STATUS=stored") for _, m in listener.got), listener.got
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 0, p.stderr.read().decode()[-3000:] if p.stderr else ""
