@@ -3,7 +3,10 @@ the ingester as its own process, the real /proc scraper, a real SQLite file."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -143,6 +146,17 @@ def test_since_until_windows(settings, pipeline):
         assert since_only.counts[t] == second.counts[t], t
         assert before.counts[t] == 0 and before.produced.get(t, 0) == 0, t
     assert both.duration_s == pytest.approx((t1 - t0) / 1e9)
+    # `query --demo` over the same window (epoch ns on the command line) counts by timestamp.
+    q = subprocess.run([sys.executable, "-m", "kernelsight", "query", "--db", settings.db_path,
+                        "--demo", "--since", str(t0), "--until", str(t1)],
+                       capture_output=True, text=True, timeout=60, check=False,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert q.returncode == 0, q.stderr
+    shown = {ln.split("│")[1].strip(): int(ln.split("│")[2].strip().replace(",", ""))
+             for ln in q.stdout.splitlines() if ln.count("│") >= 3
+             and ln.split("│")[2].strip().replace(",", "").isdigit()}
+    for t in SCRAPER_TABLES:
+        assert shown[t] == stored_between(settings.db_path, t, t0, t1) > 0, (t, q.stdout)
     assert both.started == {"scraper": True} and not before.started
     # The scraper samples once a second, first at once: ~3 samples in each half.
     assert 2 <= first.counts["memory_metrics"] <= 5

@@ -64,11 +64,18 @@ def demo(db_path: str, limit: int = 10, sel: Selection | None = None) -> None:
     # Where retention has deleted raw rows, the per-minute rollups still count them.
     t.add_column("incl. rolled up", justify="right")
     with eng.connect() as conn:
-        total = rollup_counts(conn, b["since"], b["until"])
+        # Rollups only for tables retention has deleted from (elsewhere the raw rows are all
+        # there, and rollups of the newest, still open minute do not exist yet).
+        pruned = {et for et, in conn.execute(text(
+            "SELECT DISTINCT event_type FROM pipeline_accounting WHERE metric = :m AND "
+            "value > 0"), {"m": schema.RETENTION_DELETED})}
+        total = rollup_counts(conn, b["since"], min(b["until"] + 1, schema.INT64_MAX)) \
+            if pruned else {}
         for name in schema.TABLES:
             n = conn.execute(text(f'SELECT COUNT(*) FROM "{name}"' + (
                 "" if w.whole else f" WHERE {_IN}")), b).scalar_one()
-            t.add_row(name, f"{n:,}", f"{total[name]:,}" if name in total else "")
+            rolled = total[name] if name in pruned and name in total else n
+            t.add_row(name, f"{n:,}", f"{rolled:,}" if schema.BY_NAME[name].rollup else "")
         console.print(t)
         slowest = SLOWEST.format(service=waits.service_sql(), not_own=not_own_sql(conn))
         _table(console, "Slowest syscalls (service time; waits such as futex/wait4 and "
