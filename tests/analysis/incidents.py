@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# A CPU hog pinned to CPU 0: ``python3 -c`` so its comm is recognisable in sched_events.
-HOG = "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"
+# A CPU hog (a busy loop), free to run on any CPU.
+HOG = "while True: pass"
 # The victim: reads a page-cached file in 8 MiB chunks on CPU 0, all the time. Alone each
 # read takes a few ms (below the 10 ms slow threshold); with hogs on its CPU it is preempted
 # inside filemap_read (cond_resched) and its reads become slow: the effect to find. Its comm
@@ -47,11 +47,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 class CpuOversubscription:
-    """``hogs`` busy loops pinned to CPU 0 next to a victim reading a cached file there."""
+    """``hogs`` busy loops (6 per CPU: the whole machine oversubscribed, so the incident
+    stands out even on a machine shared with other work), next to a victim reading a cached
+    file on CPU 0."""
 
     kind = "cpu_oversubscription"
 
-    def __init__(self, tmp: Path, hogs: int = 10) -> None:
+    def __init__(self, tmp: Path, hogs: int = 6 * (os.cpu_count() or 1)) -> None:
         self.file = tmp / "victim.dat"
         with open(self.file, "wb") as f:
             f.write(os.urandom(1 << 20) * 64)  # 64 MiB, in the page cache after writing
@@ -70,3 +72,49 @@ class CpuOversubscription:
 
     def close(self) -> None:
         _stop(self.procs + self.victim)
+
+
+# A writer of the fsync storm: 256 KiB O_DIRECT writes at random offsets of the loop device,
+# each followed by fdatasync (a FLUSH down to the backing file's disk).
+WRITER = """import mmap, os, random, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 256 << 10)
+buf.write(os.urandom(256 << 10))
+blocks = int(sys.argv[2]) // (256 << 10)
+while True:
+    os.pwrite(fd, buf, random.randrange(blocks) * (256 << 10))
+    os.fdatasync(fd)
+"""
+
+
+class FsyncStorm:
+    """``writers`` processes writing and fdatasync-ing a loop device over a file in ``tmp``
+    (the machine's own disk cannot be opened by tests: PLATFORM.md)."""
+
+    kind = "block_latency"
+    SIZE = 256 << 20
+
+    def __init__(self, tmp: Path, writers: int = 8) -> None:
+        self.backing = tmp / "loop.img"
+        with open(self.backing, "wb") as f:
+            f.truncate(self.SIZE)
+        self.dev = subprocess.run(["losetup", "-f", "--show", "--direct-io=on",
+                                   str(self.backing)], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        self.writers = writers
+        self.procs: list[subprocess.Popen] = []
+
+    def prepare(self) -> None:
+        pass
+
+    def start(self) -> None:
+        self.procs = [_spawn(WRITER, self.dev, str(self.SIZE)) for _ in range(self.writers)]
+
+    def stop(self) -> None:
+        _stop(self.procs)
+
+    def close(self) -> None:
+        _stop(self.procs)
+        if self.dev:
+            subprocess.run(["losetup", "-d", self.dev], check=False)
+            self.dev = ""

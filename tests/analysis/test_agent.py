@@ -1,7 +1,7 @@
 """The agent, offline: the google-genai SDK talks to a local HTTP server on 127.0.0.1 that
 speaks the Gemini REST API and replays scripted model turns (gemini_stub.GeminiStub). The
 local server stands in for the real API, which tests cannot reach (no network, no key). The
-database is the real incident recording (conftest.cpu_incident)."""
+database is the real incident recording (conftest.recording)."""
 
 from __future__ import annotations
 
@@ -35,14 +35,14 @@ def first_evidence(req: dict) -> dict:
     return fr["response"]["findings"][0]["evidence"][0]
 
 
-def test_answer_cites_rows_and_unknown_rows_are_flagged(cpu_incident):
+def test_answer_cites_rows_and_unknown_rows_are_flagged(recording):
     def final(req):
         ev = first_evidence(req)
         return answer(f"CPU oversubscription; see {ev['table']}#{ev['id']} and "
                       "syscall_events#999999999.")
 
     with GeminiStub([calls(("get_findings", {})), final]) as stub:
-        res = loop.run(client(stub.url), "gemini-test", str(cpu_incident.db), "why slow?",
+        res = loop.run(client(stub.url), "gemini-test", str(recording.db), "why slow?",
                        None, None)
     assert stub.paths[0].endswith("/models/gemini-test:generateContent")
     assert res.turns == 2 and res.tool_calls == [("get_findings", True)]
@@ -54,8 +54,8 @@ def test_answer_cites_rows_and_unknown_rows_are_flagged(cpu_incident):
     assert sum(verified.values()) == 1
 
 
-def test_refuses_unknown_tools_malformed_arguments_files_and_commands(cpu_incident):
-    before = sha(cpu_incident.db)
+def test_refuses_unknown_tools_malformed_arguments_files_and_commands(recording):
+    before = sha(recording.db)
     hostile = calls(("run_shell", {"command": "cat /etc/passwd"}),
                     ("read_file", {"path": "/etc/passwd"}),
                     ("get_findings", {"since": {"$gt": 1}}),
@@ -64,7 +64,7 @@ def test_refuses_unknown_tools_malformed_arguments_files_and_commands(cpu_incide
                     ("signal_series", {}),
                     ("sched_by_process", {"limit": "; DELETE FROM sched_events"}))
     with GeminiStub([hostile, answer("done")]) as stub:
-        res = loop.run(client(stub.url), "m", str(cpu_incident.db), "q", None, None)
+        res = loop.run(client(stub.url), "m", str(recording.db), "q", None, None)
     assert [ok for _, ok in res.tool_calls] == [False] * 7
     replies = function_responses(stub.requests[1])
     errors = [r["response"]["error"] for r in replies]
@@ -72,18 +72,18 @@ def test_refuses_unknown_tools_malformed_arguments_files_and_commands(cpu_incide
     assert "since" in errors[2] and "limit" in errors[3] and "unknown argument" in errors[4]
     assert "missing" in errors[5] and "limit" in errors[6]
     assert "root:x:0:0" not in json.dumps(stub.requests[1])  # no file was read
-    assert sha(cpu_incident.db) == before  # nothing written
+    assert sha(recording.db) == before  # nothing written
 
 
-def test_instruction_like_comm_is_passed_as_data(cpu_incident):
+def test_instruction_like_comm_is_passed_as_data(recording):
     """The incident's victim process is named like an instruction. Its name reaches the
     model only as a JSON string value inside a function response; if the 'model' obeys it
     (asks for read_file), the call is refused like any other."""
-    t1, t2 = cpu_incident.incident_ns
+    t1, t2 = (recording.incidents[0].start_ns, recording.incidents[0].end_ns)
     window = {"since": str(t1), "until": str(t2), "limit": 50}
     with GeminiStub([calls(("sched_by_process", window)), calls(("read_file", {"path": "/"})),
                      answer("no")]) as stub:
-        res = loop.run(client(stub.url), "m", str(cpu_incident.db), "q", None, None)
+        res = loop.run(client(stub.url), "m", str(recording.db), "q", None, None)
     rows = function_responses(stub.requests[1])[0]["response"]["rows"]
     assert VICTIM_COMM in [r["comm"] for r in rows]
     assert res.tool_calls == [("sched_by_process", True), ("read_file", False)]
@@ -93,9 +93,9 @@ def test_instruction_like_comm_is_passed_as_data(cpu_incident):
             assert all(VICTIM_COMM not in p.get("text", "") for p in c["parts"])
 
 
-def test_turns_are_bounded(cpu_incident):
+def test_turns_are_bounded(recording):
     with GeminiStub([calls(("get_schema", {}))], repeat_last=True) as stub:
-        res = loop.run(client(stub.url), "m", str(cpu_incident.db), "q", None, None,
+        res = loop.run(client(stub.url), "m", str(recording.db), "q", None, None,
                        max_turns=3)
     assert res.turns == 3 and len(stub.requests) == 3 and "3 model turns" in res.stopped
 
@@ -108,18 +108,18 @@ def ks(*args: str, **env: str) -> subprocess.CompletedProcess:
                           env={**base, "COLUMNS": "160", **env})
 
 
-def test_without_a_key_prints_findings_and_how_to_enable(cpu_incident):
-    r = ks("ask", "why were syscalls slow?", "--db", str(cpu_incident.db))
+def test_without_a_key_prints_findings_and_how_to_enable(recording):
+    r = ks("ask", "why were syscalls slow?", "--db", str(recording.db))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Findings" in r.stdout and "GEMINI_API_KEY" in r.stdout
 
 
 @pytest.mark.parametrize("cmd", [["ask", "why?"], ["analyze", "--explain"]])
-def test_cli_with_a_key_uses_the_api(cpu_incident, cmd):
+def test_cli_with_a_key_uses_the_api(recording, cmd):
     with GeminiStub([calls(("get_findings", {})),
                      lambda req: answer("Cause: {t}#{i}.".format(
                          t=first_evidence(req)["table"], i=first_evidence(req)["id"]))]) as s:
-        r = ks(*cmd, "--db", str(cpu_incident.db), GEMINI_API_KEY="k",
+        r = ks(*cmd, "--db", str(recording.db), GEMINI_API_KEY="k",
                GOOGLE_GEMINI_BASE_URL=s.url, KS_GEMINI_MODEL="gemini-stub")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "verified in the database" in r.stdout and "Agent answer" in r.stdout

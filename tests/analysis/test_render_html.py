@@ -39,10 +39,10 @@ def test_console_check_catches_a_script_error(tmp_path):
     assert any("undefinedFunction" in ln for ln in console_lines(r.stderr)), r.stderr[-2000:]
 
 
-def test_html_report_renders_in_chromium(cpu_incident, tmp_path):
+def test_html_report_renders_in_chromium(recording, tmp_path):
     page = tmp_path / "analysis.html"
     r = subprocess.run([sys.executable, "-m", "kernelsight", "analyze", "--db",
-                        str(cpu_incident.db), "--html", str(page)], capture_output=True,
+                        str(recording.db), "--html", str(page)], capture_output=True,
                        text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     src = page.read_text()

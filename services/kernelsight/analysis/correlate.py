@@ -26,7 +26,9 @@ class Chain:
     title: str
     causes: tuple[str, ...]  # signal name patterns, strongest evidence first
     effects: tuple[str, ...]
-    processes_sql: str  # :lo :hi, {not_own} -> (pid, comm, weight): who is behind the cause
+    # :lo :hi, {not_own} -> (pid, comm, weight): who is behind the cause. Slow syscalls are
+    # counted, not summed: one process blocked for seconds must not hide many slowed ones.
+    processes_sql: str
 
 
 CHAINS: tuple[Chain, ...] = (
@@ -43,7 +45,7 @@ CHAINS: tuple[Chain, ...] = (
           "Block device latency -> slow fsync/read/write",
           ("io.*.p99_us",),
           ("syscall.sync.*", "syscall.write.*", "syscall.read.*", "syscall.open.*"),
-          """SELECT pid, comm, SUM(latency_ns) FROM syscall_events
+          """SELECT pid, comm, COUNT(*) FROM syscall_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
           AND syscall_name IN ('fsync', 'fdatasync', 'sync', 'syncfs', 'write', 'pwrite64',
           'read', 'pread64', 'msync')
@@ -59,7 +61,7 @@ CHAINS: tuple[Chain, ...] = (
           "TCP retransmits -> slow send/recv",
           ("tcp.retrans_per_s",),
           ("syscall.net.*",),
-          """SELECT pid, comm, SUM(latency_ns) FROM syscall_events
+          """SELECT pid, comm, COUNT(*) FROM syscall_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
           AND syscall_name IN ('sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect')
           GROUP BY pid, comm ORDER BY 3 DESC LIMIT 5"""),
@@ -67,7 +69,7 @@ CHAINS: tuple[Chain, ...] = (
 # Slow syscalls no chain explains still make a (weaker) finding of their own.
 UNEXPLAINED = Chain("slow_syscalls", "Slow service-time syscalls (no kernel cause seen)",
                     ("syscall.*.slow_ms_per_s",), (),
-                    """SELECT pid, comm, SUM(latency_ns) FROM syscall_events
+                    """SELECT pid, comm, COUNT(*) FROM syscall_events
                     WHERE timestamp BETWEEN :lo AND :hi AND {not_own} GROUP BY pid, comm
                     ORDER BY 3 DESC LIMIT 5""")
 

@@ -78,6 +78,9 @@ class SignalDef:
     floor: float = 0.0
     evidence_sql: str = ""
     diff: bool = False  # a cumulative kernel counter: the series is its increase
+    # Empty bins are 0, not the last value (an idle device has no latency), from the table's
+    # first row on (before it the collector was still starting: NaN).
+    fill_zero: bool = False
     # Per-interval tables (one row per key per collector interval): summed per sample and
     # averaged per bin, so a sample landing in the next bin does not read as 0 then 2x.
     per_sample: bool = False
@@ -97,6 +100,7 @@ SIGNALS: tuple[SignalDef, ...] = (
     SignalDef("faults.{key}_per_s", "page_fault_totals", "1/s", COUNT,
               """SELECT timestamp, fault_type, fault_count FROM page_fault_totals
               WHERE timestamp BETWEEN :lo AND :hi""", per_sample=True, floor=50.0,
+              fill_zero=True,
               evidence_sql="""SELECT id, pid, comm, fault_count FROM page_fault_totals
               WHERE timestamp BETWEEN :lo AND :hi AND fault_type = :key
               ORDER BY fault_count DESC LIMIT :n"""),
@@ -111,13 +115,14 @@ SIGNALS: tuple[SignalDef, ...] = (
     SignalDef("io.{key}.p99_us", "io_latency_stats", "us", GAUGE,
               """SELECT timestamp, device, MAX(read_p99_us, write_p99_us) FROM io_latency_stats
               WHERE timestamp BETWEEN :lo AND :hi AND read_count + write_count > 0""",
-              agg="max", floor=2000.0,
+              agg="max", floor=2000.0, fill_zero=True,
               evidence_sql="""SELECT id, 0, device, MAX(read_p99_us, write_p99_us)
               FROM io_latency_stats WHERE timestamp BETWEEN :lo AND :hi AND device = :key
               ORDER BY 4 DESC LIMIT :n"""),
     SignalDef("io.{key}.iops", "io_latency_stats", "1/s", COUNT,
               """SELECT timestamp, device, read_count + write_count FROM io_latency_stats
               WHERE timestamp BETWEEN :lo AND :hi""", per_sample=True, floor=50.0,
+              fill_zero=True,
               evidence_sql="""SELECT id, 0, device, read_count + write_count
               FROM io_latency_stats WHERE timestamp BETWEEN :lo AND :hi AND device = :key
               ORDER BY 4 DESC LIMIT :n"""),
@@ -179,7 +184,8 @@ def infer_window(conn: Connection, since_ns: int | None, until_ns: int | None) -
     return Window(int(lo), int(hi), max(step, 100_000_000))
 
 
-def _bin(window: Window, rows: list[tuple[int, Any]], d: SignalDef) -> np.ndarray:
+def _bin(window: Window, rows: list[tuple[int, Any]], d: SignalDef,
+         first_ns: int | None = None) -> np.ndarray:
     n = window.bins
     if d.diff:  # cumulative counter -> increase between consecutive samples
         rows = [(t, max(0.0, float(v) - float(p))) for (_, p), (t, v) in itertools.pairwise(rows)]
@@ -213,6 +219,10 @@ def _bin(window: Window, rows: list[tuple[int, Any]], d: SignalDef) -> np.ndarra
     # Gauges: carry the last value forward over empty bins; before the first sample (a
     # tracer still starting) the signal stays unobserved (NaN), not a made-up level.
     valid = ~np.isnan(out)
+    if d.fill_zero and first_ns is not None:
+        start = max(0, (first_ns - window.since_ns) // window.step_ns)
+        out[start:][np.isnan(out[start:])] = 0.0
+        return out
     if valid.any():
         first = int(np.argmax(valid))
         for i in range(first + 1, n):
@@ -239,6 +249,9 @@ def load(conn: Connection, window: Window) -> dict[str, Series]:
             by_key.setdefault(key, []).append((int(t), v))
         if d.table == "syscall_events" and rows:
             by_key["all"] = [r for rs in by_key.values() for r in rs]
+        first = conn.execute(text(f"SELECT MIN(timestamp) FROM {d.table} WHERE timestamp "
+                                  "BETWEEN :lo AND :hi"),
+                             {"lo": window.since_ns, "hi": window.until_ns}).scalar()
         for key, krows in sorted(by_key.items()):
             krows.sort()
             name = d.name.format(key=key)
@@ -250,7 +263,7 @@ def load(conn: Connection, window: Window) -> dict[str, Series]:
                                            names=fam or "SELECT syscall_name FROM syscall_events")
             else:
                 ev = ev.replace(":key", _sql_str(key)) if ":key" in ev else ev
-            out[name] = Series(name, d.table, d.unit, d.kind, _bin(window, krows, d),
+            out[name] = Series(name, d.table, d.unit, d.kind, _bin(window, krows, d, first),
                                d.direction, d.floor, ev, len(krows))
     return out
 
