@@ -130,10 +130,11 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path, echo=print,
 
 
 def age_bound(s: Settings) -> float:
-    """How old a raw row can get: the retention, or else its minute (60 s) plus the rollup
-    grace, whichever is later, plus one maintenance pass and a few seconds for the pass."""
-    return max(s.retention_s, 60 + defaults.ROLLUP_GRACE_S) + \
-        defaults.MAINTENANCE_INTERVAL_S + 5
+    """How old a raw row can get: the retention plus one tick of the raw pruner, or, when
+    that is shorter, its minute (60 s) plus the rollup grace plus one full pass (rows wait
+    for their rollup); and 5 s for the deletes themselves."""
+    return max(s.retention_s + defaults.SIZE_CHECK_INTERVAL_S,
+               60 + defaults.ROLLUP_GRACE_S + defaults.MAINTENANCE_INTERVAL_S) + 5
 
 
 def _thirds(v: list[int]) -> tuple[int, int] | None:

@@ -3,10 +3,11 @@
 Scheduled like db.Checkpointer (its own thread and SQLite connection, never inside the ingest
 commit), as tsdb runs retention from its background loop next to compaction. A full pass
 (rollups of newly closed minutes, time retention, dead letters, old accounting snapshots,
-incremental vacuum) runs every ``interval_s``; with a size cap, the size is checked every
-``size_interval_s`` (two PRAGMAs) in between. Deleted rows are counted in
-pipeline_accounting, in the same transaction as each delete, as ``retention_deleted``
-(reason ``time`` or ``size``) per event type: the report's conservation stays exact."""
+incremental vacuum) runs every ``interval_s``; in between, every ``size_interval_s``, raw rows
+past the time retention and the size cap (two PRAGMAs) are checked and enforced. Deleted
+rows are counted in pipeline_accounting, in the same transaction as each delete, as
+``retention_deleted`` (reason ``time`` or ``size``) per event type: the report's conservation
+stays exact."""
 
 from __future__ import annotations
 
@@ -232,12 +233,19 @@ class Maintenance:
         self._pruned_until[table] = max(cutoff_ns, self._pruned_until.get(table, 0))
         return n
 
-    def prune_time(self, now_ns: int | None = None) -> int:
+    def prune_raw(self, now_ns: int | None = None) -> int:
+        """Raw rows past the time retention (and rolled up): run at every tick, so a row
+        outlives the retention by about a second, not by a whole pass."""
         now_ns = self.clock() if now_ns is None else now_ns
         total = 0
         stats = self._stats()
         for t, cut in beyond_time(now_ns, self.policy, stats).items():
             total += self._delete(t, cut, stats[t], TIME)
+        return total
+
+    def prune_time(self, now_ns: int | None = None) -> int:
+        now_ns = self.clock() if now_ns is None else now_ns
+        total = self.prune_raw(now_ns)
         keep_rollups = now_ns - int(self.policy.rollup_retention_s * 1e9)
         for ru in ROLLUPS.values():
             self.ex.delete_before(ru.table, keep_rollups)
@@ -296,7 +304,7 @@ class Maintenance:
                         next_full = time.monotonic() + self.interval_s
                         if any(done.values()):
                             log.debug("maintenance pass: %s", done)
-                    elif self.enforce_size():
+                    elif self.prune_raw() + self.enforce_size():
                         self.ex.vacuum()
                 except Exception as e:  # busy, disk full, a bug: the thread
                     # must go on (retention stopping would fill the disk); retried next pass
@@ -309,7 +317,7 @@ class Maintenance:
                         self.con.execute("ROLLBACK")
                     with contextlib.suppress(sqlite3.Error):
                         self._resync()
-                tick = self.size_interval_s if self.policy.size_bytes else self.interval_s
+                tick = self.size_interval_s
                 self._stop.wait(max(0.05, min(tick, next_full - time.monotonic())))
         finally:
             self.con.close()
