@@ -198,3 +198,28 @@ def test_a_lagging_stream_holds_its_tables_rollup(tmp_path, rclient, redis_url):
     assert rows(db, "SELECT done_until_ns FROM rollup_state WHERE table_name = "
                     "'sched_events'") == [(NOW - MIN,)]
     mt.stop()
+
+
+def test_the_thread_deletes_raw_rows_at_every_tick_between_full_passes(tmp_path):
+    import time
+
+    from kernelsight.ingest.writer import WriteLock
+    from kernelsight.maintenance import Maintenance, RetentionPolicy
+
+    db = new_db(tmp_path / "ks.db")
+    ts = [NOW - 10 * MIN + i * SEC for i in range(10 * 60)]
+    insert(db, "memory_metrics", events("memory_metrics", ts))
+    now = [NOW]
+    # a full pass only at start (interval one hour); ticks every 0.1 s
+    mt = Maintenance(db, RetentionPolicy(300.0), lambda: WriteLock(str(db)), "h1",
+                     interval_s=3600, size_interval_s=0.1, clock=lambda: now[0]).start()
+    deadline = time.monotonic() + 30
+    while rows(db, "SELECT MIN(timestamp) FROM memory_metrics") != [(NOW - 5 * MIN,)]:
+        assert time.monotonic() < deadline, "first pass did not prune"
+        time.sleep(0.1)
+    now[0] = NOW + 40 * SEC  # 40 s later: rows up to NOW - 4 min 20 s are past retention
+    while rows(db, "SELECT MIN(timestamp) FROM memory_metrics") != [(NOW - 260 * SEC,)]:
+        assert time.monotonic() < deadline, "no delete between full passes"
+        time.sleep(0.1)
+    assert mt.passes == 1
+    mt.stop()
