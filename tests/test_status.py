@@ -40,6 +40,8 @@ def test_status_of_a_running_pipeline(settings, tmp_path: Path) -> None:
         assert mem["backlog"] == mem["lag"] + mem["pending"] >= 0
         assert 0 < st["database"]["size_bytes"] <= Path(settings.db_path).stat().st_size
         assert "password" not in p.stdout and settings.redis_url not in p.stdout
+        assert 0 <= st["retention"]["oldest_row_age_s"]["memory_metrics"] < 60
+        assert st["retention"]["deleted_rows"] == {}
 
         text_out = status(*args)
         assert text_out.returncode == 0, text_out.stdout

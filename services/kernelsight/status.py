@@ -118,21 +118,24 @@ def accounting_by_source(eng: Engine) -> list[tuple[str, str, str, str, int]]:
                 c.execute(text(ACCOUNTING_BY_SOURCE_SQL))]
 
 
-def retention_state(acc: list[tuple[str, str, str, str, int]]) -> dict[str, Any]:
-    """Rows deleted by retention per (table, reason) from the durable record.
-
-    HOOK: when the retention helper's policy module is on main, also show the configured
-    limits (its RetentionPolicy) and the oldest raw row per table here."""
+def retention_state(eng: Engine, acc: list[tuple[str, str, str, str, int]],
+                    now_ns: int) -> dict[str, Any]:
+    """What retention has done, from the durable record: rows deleted per table and reason
+    (accounting metric ``retention_deleted``, written by the ingester's maintenance thread)
+    and the age of the oldest raw row per table (an indexed MIN). The limits themselves are
+    the ingester's settings (--retention, --retention-size); /metrics exports them as
+    kernelsight_retention_limit_seconds/_bytes."""
     deleted: dict[str, dict[str, int]] = {}
     for _src, et, metric, reason, v in acc:
         if metric == RETENTION_METRIC:
             deleted.setdefault(et, {})[reason or "time"] = v
-    try:
-        import kernelsight.store.retention  # noqa: F401 - present once retention lands
-        policy = "retention module present"
-    except ImportError:
-        policy = "no retention policy in this version (rows are kept until deleted by hand)"
-    return {"deleted_rows": deleted, "policy": policy}
+    oldest: dict[str, float] = {}
+    with eng.connect() as c:
+        for et in schema.EVENT_TYPES:
+            lo = c.execute(text(f'SELECT MIN(timestamp) FROM "{et.name}"')).scalar()
+            if lo is not None:
+                oldest[et.name] = round((now_ns - int(lo)) / 1e9, 1)
+    return {"deleted_rows": deleted, "oldest_row_age_s": oldest}
 
 
 @dataclass
@@ -217,7 +220,7 @@ def _gather_db(st: Status, s: Settings) -> None:
     eng = engine_for(s.db_path, readonly=True)
     try:
         acc = accounting_by_source(eng)
-        st.retention = retention_state(acc)
+        st.retention = retention_state(eng, acc, st.now_ns)
         st.database["stored_rows_by_ingest"] = sum(
             v for src, _et, m, _r, v in acc if src == "ingest" and m == "stored")
     except Exception as e:  # noqa: BLE001 - any SQLite problem is a status line, not a crash
@@ -249,12 +252,23 @@ def render(st: Status) -> str:
     lines.append(f"database {d['path']}: {_mib(d['size_bytes'])} + WAL {_mib(d['wal_bytes'])}")
     if st.retention:
         dl = st.retention["deleted_rows"]
-        lines.append("retention: " + st.retention["policy"] + "; deleted rows: " + (
-            ", ".join(f"{t} {r}={v}" for t, rs in sorted(dl.items()) for r, v in rs.items())
-            or "none"))
+        lines.append("retention: deleted " + (", ".join(
+            f"{t} {v:,} ({r})" for t, rs in sorted(dl.items()) for r, v in rs.items())
+            or "nothing yet"))
+        ages = st.retention["oldest_row_age_s"]
+        if ages:
+            lines.append("oldest raw row: " + ", ".join(
+                f"{t} {_age(a)}" for t, a in sorted(ages.items())))
     lines.append("")
     lines.append("healthy" if st.healthy else "UNHEALTHY: " + "; ".join(st.problems))
     return "\n".join(lines)
+
+
+def _age(s: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.1f}{unit}"
+    return f"{s:.0f}s"
 
 
 def _mib(n: int) -> str:

@@ -219,3 +219,45 @@ def test_run_serves_metrics_from_its_ingester(settings, tmp_path) -> None:
     eng = engine_for(settings.db_path, readonly=True)
     with eng.connect() as c:
         assert c.execute(text("SELECT COUNT(*) FROM memory_metrics")).scalar_one() >= 2
+
+
+def test_retention_deletes_and_limits_are_exported(settings) -> None:
+    """Rows older than --retention are deleted by the ingester's maintenance; /metrics shows
+    them as retention deletes (not drops) with the limit, and they match the database."""
+    port = free_port()
+    et = schema.BY_NAME["syscall_events"]
+    old = time.time_ns() - 600 * 10**9  # ten minutes ago: beyond a 1 minute retention
+    pub = Publisher(settings, "syscalls")
+    pub.publish(et.name, [make_event(et, random.Random(i), "testhost", old + i)
+                          for i in range(1500)])
+    # One fresh row: rollups (written before raw rows go) close a minute only once newer
+    # data has been stored, so without it the old minute would wait.
+    pub.publish(et.name, [make_event(et, random.Random(0), "testhost", time.time_ns())])
+    pub.close()
+    env = {**os.environ, "KS_REDIS_URL": settings.redis_url, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "kernelsight", "ingest", "--db",
+                          settings.db_path, "--retention", "1m", "--retention-size", "64MiB",
+                          "--metrics-addr", f"127.0.0.1:{port}"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        key = ("kernelsight_retention_deleted_rows_total",
+               (("reason", "time"), ("table", "syscall_events")))
+
+        def deleted():
+            if not _up(port):
+                return None
+            s = samples(scrape(port))
+            return s if s.get(key) == 1500 else None
+
+        s = wait_for(deleted, 90, "1500 retention deletes in /metrics")
+        assert s[("kernelsight_retention_limit_seconds", ())] == 60
+        assert s[("kernelsight_retention_limit_bytes", ())] == 64 * 2**20
+        assert ("kernelsight_events_dropped_total",
+                (("collector", "syscalls"), ("event_type", "syscall_events"),
+                 ("reason", "time"))) not in s  # retention is not loss
+        eng = engine_for(settings.db_path, readonly=True)
+        with eng.connect() as c:
+            assert c.execute(text("SELECT COUNT(*) FROM syscall_events")).scalar_one() == 1
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0, p.stderr.read().decode()[-3000:] if p.stderr else ""

@@ -63,6 +63,14 @@ class PipelineCollector:
         self._engine: Engine | None = None
         self._r: redis.Redis | None = None
         self.version = _version()
+        # The retention limits this process enforces (its ingester runs the maintenance).
+        self.retention_s: float | None = None
+        self.retention_bytes: int | None = None
+        try:
+            self.retention_s = settings.retention_s
+            self.retention_bytes = settings.retention_size_bytes
+        except (AttributeError, ValueError):  # an older Settings, or a value checked elsewhere
+            pass
 
     def _db(self) -> Engine | None:
         if self._engine is None and Path(self.db_path).is_file():
@@ -76,6 +84,10 @@ class PipelineCollector:
         fams = {name: _family(name) for name, spec in SPECS.items()
                 if spec.type in ("counter", "gauge")}
         fams["kernelsight_build_info"].add_metric([self.version], 1)
+        if self.retention_s:
+            fams["kernelsight_retention_limit_seconds"].add_metric([], self.retention_s)
+        if self.retention_bytes:
+            fams["kernelsight_retention_limit_bytes"].add_metric([], self.retention_bytes)
         ok_db = self._collect_db(fams)
         ok_redis = self._collect_redis(fams)
         fams["kernelsight_exporter_scrape_success"].add_metric(["database"], int(ok_db))
