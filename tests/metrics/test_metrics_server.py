@@ -261,3 +261,33 @@ def test_retention_deletes_and_limits_are_exported(settings) -> None:
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 0, p.stderr.read().decode()[-3000:] if p.stderr else ""
+
+
+def test_two_workers_histogram_and_counts(settings) -> None:
+    """--workers 2: the supervisor serves the histogram its workers report over their pipes,
+    and stored_total sums both workers' accounting."""
+    port = free_port()
+    env = {**os.environ, "KS_REDIS_URL": settings.redis_url, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "kernelsight", "ingest", "--workers", "2",
+                          "--batch-size", "200", "--db", settings.db_path,
+                          "--metrics-addr", f"127.0.0.1:{port}"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _up(port) or p.poll() is not None, 30, "the metrics port")
+        et = schema.BY_NAME["syscall_events"]
+        pub = Publisher(settings, "syscalls")
+        pub.publish(et.name, [make_event(et, random.Random(i), "testhost", time.time_ns())
+                              for i in range(4000)])
+        pub.close()
+        key = ("kernelsight_ingest_events_stored_total", (("event_type", "syscall_events"),))
+
+        def done():
+            s = samples(scrape(port))
+            return s if s.get(key) == 4000 and s.get(
+                ("kernelsight_ingest_batch_duration_seconds_count", ()), 0) >= 20 else None
+
+        s = wait_for(done, 60, "4000 stored and >= 20 batches (4000 / 200) in /metrics")
+        assert s[("kernelsight_ingest_batch_duration_seconds_sum", ())] > 0
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0, p.stderr.read().decode()[-3000:] if p.stderr else ""
