@@ -296,7 +296,7 @@ def command(db_path: str | None, redis_url: str | None, expect: str, max_backlog
 
     \b
     Examples:
-      kernelsight status --redis-url redis://:pw@127.0.0.1:6379/0 --db data/kernelsight.db
+      KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight status --db data/kernelsight.db
       kernelsight status --json --expect ingest,scraper --max-backlog 100000
     """
     s = Settings().with_(db_path=db_path, redis_url=redis_url)
