@@ -41,7 +41,7 @@ from kernelsight.ingest.wire import ALL_STREAMS, Wire, classify, refusal, xreadg
 from kernelsight.ingest.wire import entries as read_entries
 from kernelsight.ingest.writer import IngestStats, WriteLock, Writer
 from kernelsight.maintenance import Maintenance
-from kernelsight.streamid import PACKED_MAX, SEQ_BITS, SEQ_MAX
+from kernelsight.streamid import PACKED_MAX, SEQ_MAX
 from kernelsight.streams import FIELD, HEALTH_KEY, connect
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ class Ingester:
         ack: dict[bytes, list[bytes]] = defaultdict(list)
         acc_stream = schema.ACCOUNTING_STREAM.encode()
         loads = orjson.loads
+        seq_max, packed_max = SEQ_MAX, PACKED_MAX  # locals: this loop runs once per event
         n = 0
         for stream, entries in got:
             n += len(entries)
@@ -172,8 +173,8 @@ class Ingester:
                 try:
                     ms, _, seq = eid.partition(b"-")
                     sq = int(seq)
-                    sid = int(ms) << SEQ_BITS | sq
-                    if sq > SEQ_MAX or sid > PACKED_MAX:  # would collide or overflow
+                    sid = int(ms) << 19 | sq  # streamid.SEQ_BITS
+                    if sq > seq_max or sid > packed_max:  # would collide or overflow
                         raise BadEntry("bad_stream_id", bad_stream_id(eid))
                     if type(fields) is list and len(fields) == 2 and fields[0] == FIELD \
                             and len(fields[1]) <= MAX_ENTRY_BYTES:
