@@ -17,6 +17,7 @@ stress: setup
 	$(KS) stresstest --duration $(TEST_DURATION) --db $(DB)
 
 report: setup
+	-$(KS) analyze --db $(DB) --html $(DB:.db=.html)
 	$(KS) report --db $(DB)
 
 query: setup
