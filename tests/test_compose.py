@@ -319,7 +319,9 @@ def test_no_password_in_any_container_environment(stack: Stack) -> None:
 def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     """`docker compose restart`, kill -9 of a container's process from outside (Docker
     restarts it), then `down` + `up -d` with volumes kept: the stored rows stay, no stream
-    entry is stored twice, Redis kept its consumer group, and collection goes on."""
+    entry is stored twice, Redis kept its consumer group, collection goes on, and over the
+    windows spanning the restart and the down + up, nothing produced is missing for any event
+    type (the kill -9 window is left out: see the README)."""
     env, data = stack.env, stack.data
     pw = password()
 
@@ -333,6 +335,7 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     # first, as `make compose-stress` does.
     sh(compose("rm", "-f", "-s", "stress"), 120, env)
     t = time.monotonic()
+    since = time.time() - 5
     before, mark = snapshot(data), last_delivered()
     sh(compose("restart"), 300, env)
     wait_for("every service healthy after restart", lambda: running_healthy() == LONG_RUNNING,
@@ -341,6 +344,12 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     assert password() == pw
     assert_kept_and_unique(data, before, "after docker compose restart")
     wait_for("new rows after restart", lambda: grows(data, before, ("syscall_events",)), 90)
+    until = time.time()
+    # A window's end needs each producer's next snapshot past it (io and the scraper publish
+    # theirs every few seconds); a producer killed before that leaves its last interval
+    # uncounted, so the kill -9 comes after this check.
+    time.sleep(20)
+    assert_conserved(env, since, until, "docker compose restart")
     stack.timings["restart"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -355,6 +364,7 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     stack.timings["kill -9"] = time.monotonic() - t
 
     t = time.monotonic()
+    since = time.time() - 5
     before, mark = snapshot(data), last_delivered()
     sh(compose("down"), 300, env)
     assert containers() == {}
@@ -364,7 +374,31 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     assert_kept_and_unique(data, before, "after down + up -d")
     wait_for("new rows after down + up -d",
              lambda: grows(data, before, ("syscall_events", "memory_metrics")), 90)
+    until = time.time()
+    time.sleep(20)  # every producer publishes a snapshot past `until`, and it is stored
+    assert_conserved(env, since, until, "down + up -d")
     stack.timings["down + up -d"] = time.monotonic() - t
+
+
+def assert_conserved(env: dict[str, str], since: float, until: float, what: str) -> None:
+    """Nothing produced in the window [since, until] is missing from the report (through the
+    reporter, as a user would run it): produced <= stored + dropped + dead letters + retention
+    for every event type. The other direction is a known gap: `restart` stops Redis together
+    with the producers, so a producer's final snapshot can miss its last chunk (measured:
+    page_fault_events -10,000, io_latency_stats -1); those are printed, not asserted."""
+    p = sh(compose("exec", "-T", "reporter", "kernelsight", "report", "--db",
+                   f"/data/{DB_NAME}", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+                   "--json"), 300, env, check=False)
+    try:
+        rep = json.loads(p.stdout)
+    except ValueError:
+        pytest.fail(f"report --json over {what} gave no JSON:\n{p.stdout[-3000:]}{p.stderr}")
+    off = {t: (v["produced"], v["stored"], v["unaccounted"])
+           for t, v in rep["event_types"].items() if v["unaccounted"] != 0}
+    lost = {t: v for t, v in off.items() if v[2] > 0}
+    assert not lost, f"over {what}: (produced, stored, unaccounted) {off}"
+    print(f"over {what}: stored beyond the producers' snapshots: {off or 'none'}")
+    assert rep["event_types"]["syscall_events"]["stored"] > 0, rep["event_types"]
 
 
 def test_down_v_leaves_nothing(stack: Stack) -> None:
