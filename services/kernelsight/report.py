@@ -29,6 +29,10 @@ Conservation per window is exact, however long the database has collected. The r
   = the rows of the line's event types, that host, with L < stream_id <= H; dead letters
   likewise by their entry id. Earlier instances' rows lie below their final snapshot <= L;
   rows after H are not yet counted on either side, so both sides cover the same events.
+* So while collection goes on across a boundary, a line's stretch of the window begins and
+  ends at its last snapshot at or before each bound: up to one accounting interval (1 s)
+  earlier than the bound. Counted and stored sides cover the same events; counts by
+  ``timestamp`` over [since, until] can differ by the samples of that interval.
 * Open ends: no ``since``: L = -1; no ``until``: H = +infinity (the whole database is the
   window with both open, the previous behaviour). The ingester's own counters have no
   stream position; theirs is their timestamp.
