@@ -39,9 +39,18 @@ def executable() -> str:
     return str(exe)
 
 
+def _shipped(name: str) -> str:
+    try:
+        return (DEPLOY / name).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {DEPLOY / name} ({e.strerror}): install-service needs "
+                          "the repository's deploy/systemd directory (an editable install, "
+                          "`make setup`); or copy deploy/systemd/ by hand") from None
+
+
 def render_unit(exe: str, db_path: str) -> str:
     """The shipped unit with this installation's paths."""
-    text = (DEPLOY / UNIT).read_text()
+    text = _shipped(UNIT)
     if TEMPLATE_EXEC not in text:
         raise ConfigError(f"{DEPLOY / UNIT} has no ExecStart={TEMPLATE_EXEC} to fill in")
     text = text.replace(TEMPLATE_EXEC, exe)
@@ -55,7 +64,7 @@ def render_unit(exe: str, db_path: str) -> str:
 
 
 def render_env(db_path: str) -> str:
-    return (DEPLOY / ENV_FILE).read_text().replace(
+    return _shipped(ENV_FILE).replace(
         f"KS_DB_PATH={DATA_DIR}/kernelsight.db", f"KS_DB_PATH={db_path}")
 
 

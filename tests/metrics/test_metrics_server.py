@@ -32,7 +32,7 @@ from kernelsight.streams import Publisher, connect
 REPO = Path(__file__).resolve().parents[2]
 
 
-def scrape(port: int, timeout: float = 5.0) -> str:
+def scrape(port: int, timeout: float = 10.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
         assert r.status == 200
         return r.read().decode()
@@ -48,12 +48,17 @@ def samples(body: str) -> dict[tuple[str, tuple], float]:
 
 def wait_for(pred, timeout: float, what: str):
     end = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < end:
-        v = pred()
+        try:
+            v = pred()
+        except OSError as e:  # a scrape that timed out on a loaded machine: ask again
+            last, v = e, None
         if v:
             return v
         time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    pytest.fail(f"timed out after {timeout}s waiting for {what}" + (
+        f" (last error: {last})" if last else ""))
 
 
 def promtool() -> str:

@@ -230,8 +230,23 @@ class Supervisor:
         if self.told_ready and not self.told_stopping and now >= self._next_status \
                 and os.environ.get(sdnotify.ENV_SOCKET):
             self._next_status = now + 5.0
-            sdnotify.status(status_line(sum(self.stored.values()), None)
+            sdnotify.status(status_line(sum(self.stored.values()), self._backlog())
                             + f" ({self.n} workers)")
+
+    def _backlog(self) -> int | None:
+        """For STATUS= only: None when Redis cannot be asked right now."""
+        import redis
+
+        from kernelsight.ingest.progress import backlog
+        from kernelsight.streams import connect
+
+        r = connect(self.s.redis_url, 2)
+        try:
+            return backlog(r)
+        except redis.RedisError:
+            return None
+        finally:
+            r.close()
 
 
 def _result(rx) -> tuple | None:
