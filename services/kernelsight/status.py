@@ -279,7 +279,8 @@ def _mib(n: int) -> str:
 @click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
               default=None, help=f"SQLite file [default: {defaults.DB_PATH}].")
 @click.option("--redis-url", envvar="KS_REDIS_URL", show_envvar=True, default=None,
-              help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0.")
+              help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0; prefer KS_REDIS_URL "
+                   "(a flag's value is visible to every local user in ps).")
 @click.option("--expect", default="", envvar="KS_STATUS_EXPECT", show_envvar=True,
               help="Comma list of components that must be running (e.g. ingest,scraper); "
                    "by default every component that has reported is checked.")
@@ -296,7 +297,8 @@ def command(db_path: str | None, redis_url: str | None, expect: str, max_backlog
 
     \b
     Examples:
-      KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight status --db data/kernelsight.db
+      kernelsight status --db data/kernelsight.db   # Redis from KS_REDIS_URL
+      kernelsight status --redis-url redis://127.0.0.1:6379/0 --db /var/lib/kernelsight/ks.db
       kernelsight status --json --expect ingest,scraper --max-backlog 100000
     """
     s = Settings().with_(db_path=db_path, redis_url=redis_url)
