@@ -197,3 +197,16 @@ def test_query_demo_counts_rows_retention_deleted_through_the_rollups(tmp_path):
     tcp = orjson.loads(rep.stdout)["event_types"]["tcp_stats"]
     assert (tcp["stored"], tcp["rows_incl_rollups"]) == (left, len(ts))
     mt.stop()
+
+
+def test_window_counts_inside_a_minute_nothing_was_deleted_from(tmp_path):
+    from kernelsight.db import open_db
+    from kernelsight.maintenance import rollup_counts
+
+    db = new_db(tmp_path / "ks.db")
+    ts = [NOW + 10 * SEC + i * SEC for i in range(30)]  # one young minute, nothing deleted
+    insert(db, "tcp_stats", events("tcp_stats", ts))
+    eng = open_db(db, create=False)
+    w = (NOW + 20 * SEC, NOW + 30 * SEC)
+    assert rollup_counts(eng, *w)["tcp_stats"] == sum(w[0] <= t < w[1] for t in ts) == 10
+    eng.dispose()

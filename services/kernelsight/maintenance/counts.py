@@ -15,11 +15,21 @@ from kernelsight.maintenance.policy import MINUTE_NS
 
 
 def raw_complete_from(conn: Connection, table: str) -> int | None:
-    """The first minute from which ``table``'s raw rows are all still there (None: empty)."""
+    """The first minute from which ``table``'s raw rows are all still there (None: empty):
+    the oldest row's own minute when retention took nothing of it (its raw rows number its
+    rollup's samples, or it is not rolled up yet: deletes never pass the rollup), else the
+    next one."""
     oldest = conn.execute(text(f"SELECT MIN(timestamp) FROM {table}")).scalar()
     if oldest is None:
         return None
-    return -(-oldest // MINUTE_NS) * MINUTE_NS  # the next minute boundary, or oldest itself
+    m = oldest // MINUTE_NS * MINUTE_NS
+    rolled = conn.execute(text(f"SELECT SUM(samples) FROM {table}_1m WHERE timestamp = :m"),
+                          {"m": m}).scalar()
+    if rolled is None:
+        return m
+    raw = conn.execute(text(f"SELECT COUNT(*) FROM {table} WHERE timestamp >= :a AND "
+                            "timestamp < :b"), {"a": m, "b": m + MINUTE_NS}).scalar_one()
+    return m if raw >= rolled else m + MINUTE_NS
 
 
 def rollup_counts(eng: Engine | Connection, since_ns: int, until_ns: int) -> dict[str, int]:
