@@ -33,3 +33,16 @@ def test_soak_short(tmp_path):
     # `make soak`).
     assert res["rss_growth_mib"]["ingest"] < 32 and res["rss_growth_mib"]["loadgen"] < 32
     assert p.returncode == 0, p.stdout[-2000:]
+
+
+def test_soak_never_deletes_an_existing_database(tmp_path):
+    """No process start deletes data: an existing --db is refused in one line, left intact."""
+    db = tmp_path / "keep.db"
+    db.write_bytes(b"precious rows")
+    p = subprocess.run([sys.executable, "-m", "kernelsight", "soak", "--duration", "10",
+                        "--db", str(db)], capture_output=True, text=True, timeout=60,
+                       check=False, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "already exists" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert db.read_bytes() == b"precious rows"

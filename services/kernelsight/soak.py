@@ -214,9 +214,11 @@ def soak_command(rate: float, duration: float, db_path: str, retention: str,
     """
     cap = Settings().with_(retention=retention,
                            retention_size=retention_size or None).retention_size_bytes
-    p = Path(db_path)
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(p) + suffix).unlink(missing_ok=True)
+    # Its conservation check counts the whole file, so it needs a new one; it never deletes a
+    # database (no process start does).
+    if any(Path(db_path + suffix).exists() for suffix in ("", "-wal", "-shm")):
+        raise ConfigError(f"--db {db_path} already exists; the soak needs a new database file: "
+                          "pass another --db path (or remove that file yourself)")
     res = soak(rate, duration, db_path, Path("logs/soak"), echo=click.echo, retention=retention,
                retention_size=retention_size, sample_s=sample_s)
     click.echo(orjson.dumps({k: v for k, v in res.items() if k != "rss_mib"}).decode())
