@@ -121,16 +121,20 @@ def bad_stream_id(eid: bytes) -> str:
 def validate_entry(validate, fields: dict | list, sid: int) -> tuple:
     """Decode and check one stream entry (the slow path: any shape but [b"d", payload]);
     raises BadEntry with the reason."""
+    return validate(decode_payload(fields), sid)
+
+
+def decode_payload(fields: dict | list) -> object:
+    """The entry's JSON payload, decoded; BadEntry when missing, too large or not JSON."""
     raw = payload_of(fields)
     if raw is None:
         raise BadEntry("missing_field", "d (the JSON payload)")
     if len(raw) > MAX_ENTRY_BYTES:
         raise BadEntry("too_large", f"{len(raw)} bytes")
     try:
-        obj = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise BadEntry("decode_error", str(e)[:200]) from None
-    return validate(obj, sid)
 
 
 ACC_KEYS = frozenset(("timestamp", "host", "instance", "source", "counters"))
@@ -169,15 +173,7 @@ def accounting_rows(fields: dict | list) -> list[dict]:
     timestamp in range, strings of bounded length (names are identifiers, reasons have no
     control characters), counters as [event_type, metric, reason, value, detail] with a
     non-negative int64 value. Anything else raises BadEntry (the entry is dead-lettered)."""
-    raw = payload_of(fields)
-    if raw is None:
-        raise BadEntry("missing_field", "d (the JSON payload)")
-    if len(raw) > MAX_ENTRY_BYTES:
-        raise BadEntry("too_large", f"{len(raw)} bytes")
-    try:
-        o = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadEntry("decode_error", str(e)[:200]) from None
+    o = decode_payload(fields)
     if type(o) is not dict:
         raise BadEntry("not_an_object", "accounting")
     keys = ACC_KEYS_MARK if "mark" in o else ACC_KEYS
