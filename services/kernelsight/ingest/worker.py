@@ -27,6 +27,7 @@ from kernelsight.db import Checkpointer
 from kernelsight.exceptions import RedisRefused, RedisUnavailable
 from kernelsight.ingest import reclaim
 from kernelsight.ingest.events import Events
+from kernelsight.ingest.progress import drained_until
 from kernelsight.ingest.retention import trim_acknowledged
 from kernelsight.ingest.validate import (
     MAX_ENTRY_BYTES,
@@ -64,6 +65,7 @@ class Ingester:
         self.instance = f"ingest@{settings.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = False
         self._draining = False
+        self._drain_mark = 0  # epoch ms: a drain stores everything up to it
         self._last_trim = 0.0
         self._last_reclaim = 0.0
         self._last_accounting = 0.0
@@ -218,6 +220,10 @@ class Ingester:
 
     # -- main loop ------------------------------------------------------------------------
     def request_stop(self, drain: bool = True) -> None:
+        """``drain``: store everything produced up to now first (a later entry, from producers
+        that keep running, is left for the next ingester)."""
+        if drain and not self._stop:
+            self._drain_mark = time.time_ns() // 1_000_000
         self._stop = True
         self._draining = drain
 
@@ -290,7 +296,9 @@ class Ingester:
                     idle_since = now
                 elif self._stop:
                     self._settle()
-                    if self._pending_total() == 0:
+                    # Pending alone is not enough: an entry added just before the stop
+                    # request can be undelivered while the read sent ahead came back empty.
+                    if self._pending_total() == 0 and drained_until(self.r, self._drain_mark):
                         break
                 elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
                     break
