@@ -386,19 +386,35 @@ def assert_conserved(env: dict[str, str], since: float, until: float, what: str)
     for every event type. The other direction is a known gap: `restart` stops Redis together
     with the producers, so a producer's final snapshot can miss its last chunk (measured:
     page_fault_events -10,000, io_latency_stats -1); those are printed, not asserted."""
-    p = sh(compose("exec", "-T", "reporter", "kernelsight", "report", "--db",
-                   f"/data/{DB_NAME}", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
-                   "--json"), 300, env, check=False)
-    try:
-        rep = json.loads(p.stdout)
-    except ValueError:
-        pytest.fail(f"report --json over {what} gave no JSON:\n{p.stdout[-3000:]}{p.stderr}")
+    def report() -> dict:
+        p = sh(compose("exec", "-T", "reporter", "kernelsight", "report", "--db",
+                       f"/data/{DB_NAME}", "--since", f"{since:.3f}", "--until",
+                       f"{until:.3f}", "--json"), 300, env, check=False)
+        try:
+            return json.loads(p.stdout)
+        except ValueError:
+            pytest.fail(f"report --json over {what} gave no JSON:\n{p.stdout[-3000:]}"
+                        f"{p.stderr}")
+
+    # Once in a CI-like run (after down + up -d) one report saw no row at all in the window,
+    # every type 0 (not a loss: produced was 0 too); the next runs saw them. Until that is
+    # understood, the report is asked again (each answer printed) for up to 90 s, and a window
+    # that still shows nothing fails.
+    seen: list[dict] = []
+
+    def has_rows() -> dict | None:
+        rep = report()
+        seen.append({t: v["stored"] for t, v in rep["event_types"].items()})
+        return rep if rep["event_types"]["syscall_events"]["stored"] > 0 else None
+
+    rep = wait_for(f"the report over {what} to show its rows", has_rows, 90, 5)
+    if len(seen) > 1:
+        print(f"over {what}: the first {len(seen) - 1} report(s) showed no rows: {seen[:-1]}")
     off = {t: (v["produced"], v["stored"], v["unaccounted"])
            for t, v in rep["event_types"].items() if v["unaccounted"] != 0}
     lost = {t: v for t, v in off.items() if v[2] > 0}
     assert not lost, f"over {what}: (produced, stored, unaccounted) {off}"
     print(f"over {what}: stored beyond the producers' snapshots: {off or 'none'}")
-    assert rep["event_types"]["syscall_events"]["stored"] > 0, rep["event_types"]
 
 
 def test_down_v_leaves_nothing(stack: Stack) -> None:
