@@ -93,17 +93,11 @@ def command(db_path: str | None, run: str | None, since: str | None, until: str 
     """
     import orjson
 
-    from kernelsight import defaults
-    from kernelsight.db import open_readonly
-
     need_extra()
     from kernelsight.analysis.findings import analyze
 
-    sel = window.parse_selection(run, since, until)
-    path = db_path or defaults.DB_PATH
-    eng = open_readonly(path)
+    path, eng, lo, hi = _open_window(db_path, run, since, until)
     try:
-        lo, hi = span(eng, sel)
         result = analyze(eng, lo, hi)
     finally:
         eng.dispose()
@@ -140,17 +134,26 @@ def ask_command(question: str, db_path: str | None, run: str | None, since: str 
     Examples:
       GEMINI_API_KEY=... kernelsight ask "why were syscalls slow at 10:32?" --db data/ks.db
     """
-    from kernelsight import defaults
-    from kernelsight.db import open_readonly
-
     need_extra()
     from kernelsight.analysis.agent.loop import explain_or_fallback
+
+    path, eng, lo, hi = _open_window(db_path, run, since, until)
+    eng.dispose()
+    sys.exit(explain_or_fallback(path, lo, hi, question, Console()))
+
+
+def _open_window(db_path: str | None, run: str | None, since: str | None,
+                 until: str | None) -> tuple[str, Any, int, int]:
+    """The database (read-only engine, the caller disposes of it) and the selected window."""
+    from kernelsight import defaults
+    from kernelsight.db import open_readonly
 
     sel = window.parse_selection(run, since, until)
     path = db_path or defaults.DB_PATH
     eng = open_readonly(path)
     try:
         lo, hi = span(eng, sel)
-    finally:
+    except BaseException:
         eng.dispose()
-    sys.exit(explain_or_fallback(path, lo, hi, question, Console()))
+        raise
+    return path, eng, lo, hi
