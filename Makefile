@@ -64,7 +64,8 @@ SOAK_DURATION ?= 600
 SOAK_RATE ?= 10000
 SOAK_RETENTION ?= 10m
 SOAK_SIZE ?= 256MiB
+SOAK_COLLECTORS ?= all
 SOAK_DB ?= data/soak-$(shell date +%Y%m%d-%H%M%S).db  # a new file each time: nothing is deleted
 soak: setup
 	$(KS) soak --rate $(SOAK_RATE) --duration $(SOAK_DURATION) --retention $(SOAK_RETENTION) \
-		--retention-size $(SOAK_SIZE) --db $(SOAK_DB)
+		--retention-size $(SOAK_SIZE) --collectors $(SOAK_COLLECTORS) --db $(SOAK_DB)

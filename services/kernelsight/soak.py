@@ -55,9 +55,10 @@ def rollup_gaps(db_path: str, deleted: dict[str, int]) -> dict[str, int]:
 
 
 def soak(rate: float, duration: float, db_path: str, log_dir: Path, echo=print,
-         retention: str = "", retention_size: str = "", sample_s: float = 5.0) -> dict:
-    """Private Redis + real ingester + loadgen, as processes; RSS, file size, WAL and the
-    oldest row's age sampled every ``sample_s``."""
+         retention: str = "", retention_size: str = "", sample_s: float = 5.0,
+         names: tuple[str, ...] = ()) -> dict:
+    """Private Redis + real ingester + loadgen + the collectors ``names``, as processes; RSS,
+    file size, WAL and the oldest row's age sampled every ``sample_s``."""
     from kernelsight.db import open_db, table_counts
     from kernelsight.redis_server import PrivateRedis
     from kernelsight.report import build
@@ -66,7 +67,8 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path, echo=print,
     s = Settings().with_(db_path=db_path, retention=retention or None,
                          retention_size=retention_size or None)
     stack = Stack(s, log_dir)
-    samples: dict[str, list[int]] = {"ingest": [], "loadgen": [], "redis": []}
+    samples: dict[str, list[int]] = {"ingest": [], "loadgen": [], "redis": [],
+                                     **{n: [] for n in names}}
     wal = Path(db_path + "-wal")
     wal_max = db_max = 0
     age_max = 0.0
@@ -74,10 +76,16 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path, echo=print,
         stack.start_redis()
         assert isinstance(stack.redis, PrivateRedis)
         ing = stack.start_ingest()
+        failed = {n: p.detail for n, p in stack.start_collectors(list(names)).items()
+                  if p.state != "started"}
+        if failed:
+            raise ConfigError("collectors did not start: " + "; ".join(
+                f"{n}: {d}" for n, d in failed.items()) + " (pass --collectors without them)")
         gen = stack._spawn("loadgen", ["loadgen", "--rate", str(rate), "--duration",
                                        str(duration)])
         procs = {"ingest": ing.popen.pid, "loadgen": gen.popen.pid,
-                 "redis": stack.redis.proc.pid if stack.redis.proc else 0}
+                 "redis": stack.redis.proc.pid if stack.redis.proc else 0,
+                 **{n: p.popen.pid for n, p in stack.procs.items()}}
         t0 = time.monotonic()
         while gen.popen.poll() is None:
             time.sleep(sample_s)
@@ -102,16 +110,22 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path, echo=print,
         from kernelsight.ingest import backlog
         from kernelsight.streams import connect
 
+        stack.stop_collectors()  # they flush their last totals and accounting first
+        for n, p in stack.procs.items():
+            if p.popen.returncode != 0:
+                raise ConfigError(f"collector {n} exited with {p.popen.returncode}; "
+                                  f"see {p.log_path}")
         behind = backlog(connect(stack.settings.redis_url))  # not yet stored when load ends
         rc = stack.drain_ingest(timeout=600)
         eng = open_db(db_path, create=False)
         counts = table_counts(eng)
-        rep = build(eng, db_path, duration, ["loadgen"])
+        rep = build(eng, db_path, duration, ["loadgen", *names])
         eng.dispose()
     finally:
         stack.close()
     deleted = {t: sum(v.values()) for t, v in rep.retention.items()}
-    out = {"rate": rate, "duration_s": duration, "retention": s.retention,
+    out = {"rate": rate, "duration_s": duration, "collectors": list(names),
+           "retention": s.retention,
            "retention_size": s.retention_size, "produced": sum(rep.produced.values()),
            "stored": sum(counts.values()),
            "dropped": sum(sum(d.values()) for d in rep.dropped.values()),
@@ -199,18 +213,22 @@ def verdict(res: dict, size_cap: int | None, max_rss_growth_pct: float,
               help="Fail if any process's RSS grows more than this after warm-up.")
 @click.option("--max-wal-mib", type=float, default=256.0, show_default=True,
               help="Fail if the SQLite WAL grows past this (checkpoints not keeping up).")
+@click.option("--collectors", "collector_list", default="", envvar="KS_COLLECTORS",
+              show_envvar=True, help="Collectors to run alongside loadgen: a comma list or "
+              "'all' (tracers need root) [default: none].")
 @click.option("--sample-s", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
               help="Seconds between samples of RSS, file size and oldest row.")
 def soak_command(rate: float, duration: float, db_path: str, retention: str,
                  retention_size: str, max_rss_growth_pct: float, max_wal_mib: float,
-                 sample_s: float) -> None:
+                 sample_s: float, collector_list: str) -> None:
     """Sustained load through the real pipeline, with retention; checks conservation, flat
     memory, the size cap, the oldest row's age and the rollups.
 
     \b
     Examples:
       kernelsight soak --rate 10000 --duration 600
-      kernelsight soak --duration 7200 --retention 10m --retention-size 256MiB   # make soak
+      kernelsight soak --duration 7200 --retention 10m --retention-size 256MiB \\
+          --collectors all                                       # make soak
     """
     cap = Settings().with_(retention=retention,
                            retention_size=retention_size or None).retention_size_bytes
@@ -219,8 +237,11 @@ def soak_command(rate: float, duration: float, db_path: str, retention: str,
     if any(Path(db_path + suffix).exists() for suffix in ("", "-wal", "-shm")):
         raise ConfigError(f"--db {db_path} already exists; the soak needs a new database file: "
                           "pass another --db path (or remove that file yourself)")
+    from kernelsight import collectors
+
+    names = tuple(collectors.parse_list(collector_list)) if collector_list else ()
     res = soak(rate, duration, db_path, Path("logs/soak"), echo=click.echo, retention=retention,
-               retention_size=retention_size, sample_s=sample_s)
+               retention_size=retention_size, sample_s=sample_s, names=names)
     click.echo(orjson.dumps({k: v for k, v in res.items() if k != "rss_mib"}).decode())
     bad = verdict(res, cap, max_rss_growth_pct, max_wal_mib)
     click.echo(f"soak: {'FAIL' if bad else 'PASS'}: produced {res['produced']:,}, stored "
