@@ -37,10 +37,26 @@ Conservation per window is exact, however long the database has collected. The r
   window with both open, the previous behaviour). The ingester's own counters have no
   stream position; theirs is their timestamp.
 
+* Produced after the last snapshot. A producer killed (SIGKILL, OOM, a container killed)
+  between two snapshots leaves rows stored after its last snapshot that no snapshot counts.
+  Every producer records a start mark (schema.START_MARK: an id below all of its ids) in each
+  snapshot. For an instance I of a line with last snapshot at M, when no other instance of the
+  line was producing past M: E = (the start mark of the line's next instance) - 1, or +infinity
+  when none followed (yet). The rows of the line's event types on its host with
+  M < stream_id <= E, and dead letters likewise, were produced by I: they count as an implied
+  final snapshot of I at position E (value: its last one + those rows), shown as "produced
+  after its last snapshot" (Report.late), and E is a boundary position of the line like any
+  snapshot. A producer still running has such rows too until its next snapshot: with
+  E = +infinity only a window open at its end (the whole database, --since alone) sees them.
+  Not attributed: when the next instance has no start mark (older producers), or another
+  instance of the line overlapped. Events still in the killed process's memory never reached
+  Redis: nothing counts them, on either side.
+
 It is exact when (a) one producer per line is alive at a time (one collector per kind per
 host, the deployment model) and (b) everything in Redis up to the window's end has been
 stored (`runs.drained_until`; the stress tests wait for it). Retention that removed a
-window's rows or boundary snapshots makes a window that old approximate.
+window's rows or boundary snapshots makes a window that old approximate (late rows that
+retention deleted are no longer counted as produced, so they show as stored > produced).
 """
 
 from __future__ import annotations
@@ -90,6 +106,13 @@ LINES_SQL = """
 SELECT host, source, MAX(CASE WHEN stream_id <= :lo THEN stream_id END),
   MAX(CASE WHEN stream_id <= :hi THEN stream_id END)
 FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY host, source"""
+# Per producer instance with stream positions: its line, first and last snapshot positions,
+# and its start mark (NULL for producers older than START_MARK).
+INSTANCES_SQL = f"""
+SELECT instance, host, source, MIN(stream_id), MAX(stream_id),
+  MAX(CASE WHEN event_type = '' AND metric = '{schema.START_MARK}' THEN value END)
+FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY instance"""
+LATE_SQL = 'SELECT COUNT(*) FROM "{table}" WHERE host = :h AND stream_id > :lo AND stream_id <= :hi'
 DEAD_SQL = """SELECT event_type, reason, entry_id FROM dead_letters WHERE timestamp >= :since"""
 # Service-time syscalls only (waits such as futex/wait4 are idle by design), without our own
 # processes: kernelsight.waits and kernelsight.analysis.own say what is left out.
@@ -118,6 +141,9 @@ class Report:
     # Rows with a timestamp in the window, counted through the per-minute rollups where
     # retention deleted the raw rows (maintenance.rollup_counts; minute resolution there).
     rolled: dict[str, int] = field(default_factory=dict)
+    # Of produced: rows (and dead letters) a producer sent after its last accounting snapshot
+    # and never counted, because it was killed (or, open-ended windows, has not yet).
+    late: dict[str, int] = field(default_factory=dict)
     started: dict[str, bool] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     ingest: dict[str, int] = field(default_factory=dict)
@@ -163,7 +189,13 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
     with eng.connect() as c:
         lines = {(h, src): (lo_pos, hi_pos) for h, src, lo_pos, hi_pos in
                  c.execute(text(LINES_SQL), {"lo": lo, "hi": hi})}
+        spans = late_spans(c)
+        for sp in spans:  # each span's end is a boundary position of its line
+            lo_pos, hi_pos = lines.get((sp.host, sp.source), (None, None))
+            lines[(sp.host, sp.source)] = (_max_le(lo_pos, sp.end, lo),
+                                           _max_le(hi_pos, sp.end, hi))
         _accounting(rep, c, lo, hi)
+        _late(rep, c, [sp for sp in spans if lo < sp.end <= hi])
         rep.counts = _stored(c, w, lines)
         _dead(rep, c, w, lines, since)
         if not w.whole:
@@ -191,6 +223,75 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
         rep.duration_s = (span_hi - span_lo) / 1e9 + 1 if span_lo else 0.0
     _judge(rep, expected)
     return rep
+
+
+@dataclass(frozen=True)
+class LateSpan:
+    """Positions (after, end] of a line where an instance's rows would be stored after its last
+    snapshot (at ``after``), up to just before the next instance's start (``end``)."""
+
+    instance: str
+    host: str
+    source: str
+    after: int
+    end: int
+
+
+def late_spans(c: Connection) -> list[LateSpan]:
+    """One span per instance whose uncounted rows can be told apart (module docstring)."""
+    lines: dict[tuple[str, str], list[tuple[str, int, int, int | None]]] = {}
+    for inst, host, src, first, last, mark in c.execute(text(INSTANCES_SQL)):
+        lines.setdefault((host, src), []).append(
+            (inst, first if mark is None else min(mark, first), last, mark))
+    spans = []
+    for (host, src), insts in lines.items():
+        for inst, _start, last, _mark in insts:
+            if any(k != inst and s <= last < e for k, s, e, _ in insts):
+                continue  # another instance was producing past its last snapshot
+            later = [(s, m) for _, s, _, m in insts if s > last]
+            if later:
+                start, mark = min(later, key=lambda x: x[0])
+                if mark is None:
+                    continue  # its first snapshot is not where it began
+                end = start - 1
+            else:
+                end = INT64_MAX
+            if end > last:
+                spans.append(LateSpan(inst, host, src, last, end))
+    return spans
+
+
+def _max_le(pos: int | None, end: int, bound: int) -> int | None:
+    """The line's last boundary position <= ``bound``, with ``end`` one more candidate."""
+    if end > bound:
+        return pos
+    return end if pos is None else max(pos, end)
+
+
+def _late(rep: Report, c: Connection, spans: list[LateSpan]) -> None:
+    """Rows and dead letters in each span: produced by its instance, after its last
+    snapshot (the implied final snapshot at the span's end lies in the window)."""
+    if not spans:
+        return
+    types = {et.name: et.source for et in schema.EVENT_TYPES}
+    wanted = {sp.source for sp in spans}
+    dead: dict[str, list[int]] = {}
+    for et, _reason, entry_id in c.execute(text(DEAD_SQL), {"since": 0}):
+        if types.get(et) in wanted:
+            try:
+                dead.setdefault(et, []).append(schema.stream_id_to_int(entry_id))
+            except ValueError:
+                continue
+    for sp in spans:
+        for et in schema.EVENT_TYPES:
+            if et.source != sp.source:
+                continue
+            n = c.execute(text(LATE_SQL.format(table=et.name)),
+                          {"h": sp.host, "lo": sp.after, "hi": sp.end}).scalar_one()
+            n += sum(1 for pos in dead.get(et.name, ()) if sp.after < pos <= sp.end)
+            if n:
+                rep.late[et.name] = rep.late.get(et.name, 0) + n
+                rep.produced[et.name] = rep.produced.get(et.name, 0) + n
 
 
 def _accounting(rep: Report, c: Connection, lo: int, hi: int) -> None:
@@ -221,7 +322,7 @@ def _accounting(rep: Report, c: Connection, lo: int, hi: int) -> None:
                     d[reason] = d.get(reason, 0) + v
                 else:
                     rep.dead_deleted[et] = rep.dead_deleted.get(et, 0) + v
-        elif et == "":
+        elif et == "" and metric != schema.START_MARK:
             rep.ingest[metric] = rep.ingest.get(metric, 0) + v
     for inst, src, metric, v, detail in status:
         if not v or first[inst] > hi or last[inst] <= lo:
@@ -348,6 +449,7 @@ def to_json(rep: Report) -> dict[str, Any]:
         "event_types": {
             t: {"rows": rep.counts[t], "source": schema.BY_NAME[t].source,
                 "produced": rep.produced.get(t, 0), "stored": rep.counts[t],
+                "produced_after_last_snapshot": rep.late.get(t, 0),
                 "dropped": rep.dropped.get(t, {}), "dead_letters": rep.dead.get(t, {}),
                 "dead_letters_deleted": rep.dead_deleted.get(t, 0),
                 "retention_deleted": rep.retention.get(t, {}),
@@ -446,6 +548,12 @@ def render(rep: Report, console: Console) -> None:
     if rolled > sum(rep.counts[t] for t in rep.rolled):
         console.print(f"Rows in the window including those retention deleted (from the "
                       f"per-minute rollups): {rolled:,}")
+    late = [f"{t} {n:,}" for t, n in sorted(rep.late.items()) if n]
+    if late:
+        console.print(Text("Of produced, produced after its last accounting snapshot (stored "
+                           "rows of a producer killed before counting them, or still running; "
+                           "what a killed producer still held in memory is unknowable): "
+                           + ", ".join(late)))
     if aged:  # plain Text: names come from the database
         console.print(Text("Removed by retention (older than --retention, or over "
                            "--retention-size; per-minute rollups keep their aggregates): "

@@ -161,8 +161,11 @@ class Publisher:
         self._buf: deque[tuple[str, bytes, str, bytes]] = deque()
         self._ids = IdSource()
         self._lock = threading.Lock()
-        # (event_type, metric, reason) -> cumulative value
-        self.counters: dict[tuple[str, str, str], int] = {}
+        # (event_type, metric, reason) -> cumulative value. START_MARK: an id below every id
+        # this instance takes, so the report can tell a SIGKILLed predecessor's uncounted rows
+        # (stored after its last snapshot) from this instance's own.
+        self.counters: dict[tuple[str, str, str], int] = {
+            ("", schema.START_MARK, ""): schema.stream_id_to_int(self._ids.next())}
         self._details: dict[tuple[str, str, str], str] = {}
         self._dirty = True
         self._next_accounting = 0.0
