@@ -86,3 +86,88 @@ def test_snmp_by_name_never_by_position():
     assert procfs.tcp_retransmits(snmp2) == {"retrans_segs": 77, "out_segs": 1766}
     with pytest.raises(procfs.ParseError):
         procfs.parse_snmp("Tcp: A B\nTcp: 1\n")
+
+
+LOADED = FIXTURES / "proc" / "loaded-6.18"  # copied while the machine ran a soak (load ~6)
+
+
+def test_pressure_columns_are_the_schema_columns():
+    from kernelsight import schema
+
+    for res in procfs.PSI_RESOURCES:
+        row = procfs.parse_pressure(read(LOADED / "pressure" / res), res)
+        assert tuple(row) == schema.BY_NAME["pressure_stats"].column_names
+
+
+def test_pressure_values_are_the_kernels():
+    io = procfs.parse_pressure(read(LOADED / "pressure/io"), "io")
+    assert io == {"resource": "io", "some_avg10_pct": 0.82, "some_avg60_pct": 1.62,
+                  "some_avg300_pct": 2.56, "some_total_us": 651043644,
+                  "full_avg10_pct": 0.02, "full_avg60_pct": 0.59, "full_avg300_pct": 0.73,
+                  "full_total_us": 62960341}
+    cpu = procfs.parse_pressure(read(LOADED / "pressure/cpu"), "cpu")
+    assert (cpu["some_avg10_pct"], cpu["some_total_us"]) == (96.5, 6735265814)
+    assert cpu["full_total_us"] == 0 and cpu["full_avg10_pct"] == 0.0  # printed as zero
+    mem = procfs.parse_pressure(read(LOADED / "pressure/memory"), "memory")
+    assert mem["some_total_us"] == mem["full_total_us"] == 0
+
+
+def test_pressure_cpu_without_full_line():
+    # Kernels before 5.13 print only the "some" line for cpu.
+    text = "\n".join(ln for ln in read(LOADED / "pressure/cpu").splitlines()
+                     if not ln.startswith("full"))
+    assert "full" not in text
+    row = procfs.parse_pressure(text, "cpu")
+    assert row["some_total_us"] == 6735265814
+    assert {k: v for k, v in row.items() if k.startswith("full")} == {
+        "full_avg10_pct": 0.0, "full_avg60_pct": 0.0, "full_avg300_pct": 0.0,
+        "full_total_us": 0}
+    # memory and io have always had both lines: a missing one is an error, not a zero.
+    io = "\n".join(ln for ln in read(LOADED / "pressure/io").splitlines()
+                   if not ln.startswith("full"))
+    with pytest.raises(procfs.ParseError, match="no 'full' line"):
+        procfs.parse_pressure(io, "io")
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("", "no 'some' line"),
+    ("garbage\n", "no 'some' line"),
+    ("some avg10=0.00 avg60=0.00 total=5\n", "lacks avg300"),
+    ("some avg10=x avg60=0.00 avg300=0.00 total=5\n", "bad number"),
+    ("some avg10=0.00 avg60=0.00 avg300=0.00 total=1.5\n", "bad number"),
+])
+def test_pressure_malformed_is_a_parse_error(text, msg):
+    with pytest.raises(procfs.ParseError, match=msg):
+        procfs.parse_pressure(text, "memory")
+
+
+def test_vmstat_by_name():
+    from kernelsight import schema
+
+    v = procfs.parse_vmstat(read(LOADED / "vmstat"))
+    assert tuple(v) == schema.BY_NAME["vmstat_stats"].column_names
+    assert v == {
+        "pgfault_total": 394462949, "pgmajfault_total": 210853, "pgscan_kswapd_total": 0,
+        "pgscan_direct_total": 0, "pgsteal_kswapd_total": 0, "pgsteal_direct_total": 0,
+        "oom_kill_total": 0, "pswpin_total": 0, "pswpout_total": 0,
+        "workingset_refault_anon_total": 0, "workingset_refault_file_total": 354042,
+        "compact_stall_total": 0, "allocstall_total": 0}
+    # Order does not matter, allocstall_* are summed, a counter this kernel lacks is 0.
+    lines = [ln for ln in read(LOADED / "vmstat").splitlines() if not ln.startswith("oom_kill")]
+    lines = [("allocstall_normal 7" if ln.startswith("allocstall_normal") else
+              "allocstall_movable 5" if ln.startswith("allocstall_movable") else ln)
+             for ln in lines[::-1]]
+    v2 = procfs.parse_vmstat("\n".join(lines))
+    assert v2["allocstall_total"] == 12 and v2["oom_kill_total"] == 0
+    assert v2["pgmajfault_total"] == 210853
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("", "no pgfault, pgmajfault"),
+    ("nr_free_pages 5\n", "no pgfault"),
+    ("pgfault 1\npgmajfault\n", "unexpected line"),
+    ("pgfault 1\npgmajfault 1x\n", "not a number"),
+])
+def test_vmstat_malformed_is_a_parse_error(text, msg):
+    with pytest.raises(procfs.ParseError, match=msg):
+        procfs.parse_vmstat(text)

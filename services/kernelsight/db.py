@@ -89,6 +89,12 @@ def open_readonly(path: str | Path) -> Engine:
                                     "table); give the --db of a KernelSight run")
             row = conn.execute(select(schema.schema_meta.c.value).where(
                 schema.schema_meta.c.key == "version")).scalar()
+            if row is not None and _upgradable(str(row)):
+                raise DatabaseError(
+                    f"{path} has KernelSight schema version {row}, this version reads "
+                    f"{schema.SCHEMA_VERSION}; a writer of this version (`kernelsight run` or "
+                    "`kernelsight ingest` with this --db) upgrades it in place by adding the "
+                    "new tables")
             if row is None or str(row) != str(schema.SCHEMA_VERSION):
                 raise DatabaseError(
                     f"{path} has KernelSight schema version {row}, this version needs "
@@ -144,10 +150,28 @@ def _create_schema(eng: Engine, path: str) -> None:
         if row is None:
             conn.execute(schema.schema_meta.insert().values(
                 key="version", value=str(schema.SCHEMA_VERSION)))
+        elif _upgradable(str(row)):
+            # create_all above added the tables this version has and the file lacked; the
+            # upgrades listed are exactly that (schema.ADDITIVE_UPGRADES), in one transaction.
+            conn.execute(schema.schema_meta.update().where(
+                schema.schema_meta.c.key == "version").values(value=str(schema.SCHEMA_VERSION)))
+            log.warning("%s: upgraded KernelSight schema version %s -> %s (tables added)",
+                        path, row, schema.SCHEMA_VERSION)
         elif int(row) != schema.SCHEMA_VERSION:
             raise DatabaseError(
                 f"{path} has KernelSight schema version {row}, this version needs "
                 f"{schema.SCHEMA_VERSION}; use a new --db path")
+
+
+def _upgradable(version: str) -> bool:
+    """True when a database of ``version`` becomes this version by adding tables only."""
+    try:
+        v = int(version)
+    except ValueError:
+        return False
+    while v in schema.ADDITIVE_UPGRADES:
+        v = schema.ADDITIVE_UPGRADES[v]
+    return v == schema.SCHEMA_VERSION and int(version) != schema.SCHEMA_VERSION
 
 
 def table_counts(eng: Engine) -> dict[str, int]:

@@ -137,3 +137,101 @@ def tcp_retransmits(snmp: dict[str, dict[str, int]]) -> dict[str, int]:
     if not tcp or "RetransSegs" not in tcp or "OutSegs" not in tcp:
         raise ParseError("snmp: no Tcp RetransSegs/OutSegs")
     return {"retrans_segs": tcp["RetransSegs"], "out_segs": tcp["OutSegs"]}
+
+
+# /proc/pressure/<resource> (Documentation/accounting/psi.rst): the share of wall time in
+# which some (or all: "full") non-idle tasks stalled on the resource, as 10/60/300 s moving
+# averages in percent, and the cumulative stall time in microseconds.
+PSI_RESOURCES = ("cpu", "memory", "io")
+PSI_AVGS = ("avg10", "avg60", "avg300")
+
+
+def _psi_cols(kind: str) -> list[str]:
+    return [f"{kind}_{a}_pct" for a in PSI_AVGS] + [f"{kind}_total_us"]
+
+
+PSI_COLUMNS = tuple(_psi_cols("some") + _psi_cols("full"))
+
+
+def parse_pressure(text: str, resource: str) -> dict[str, float | int | str]:
+    """One ``pressure_stats`` row from ``/proc/pressure/<resource>``.
+
+    ``full`` is optional for cpu only: kernels before 5.13 print no cpu "full" line, and
+    newer ones print it as all zero at the system level (the psi.rst "full" of CPU is defined
+    for cgroups only), so an absent line is stored as the zeros the kernel means. memory and
+    io have had both lines since PSI appeared (4.20): a missing one is a ParseError."""
+    out: dict[str, float | int | str] = {"resource": resource}
+    seen = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        kind = parts[0]
+        if kind not in ("some", "full"):  # a line a later kernel may add: not ours
+            continue
+        fields = dict(p.partition("=")[::2] for p in parts[1:])
+        try:
+            for a in PSI_AVGS:
+                out[f"{kind}_{a}_pct"] = float(fields[a])
+            out[f"{kind}_total_us"] = int(fields["total"])
+        except KeyError as e:
+            raise ParseError(f"pressure/{resource}: {kind} line lacks {e.args[0]}") from None
+        except ValueError:
+            raise ParseError(f"pressure/{resource}: bad number in {line[:60]!r}") from None
+        seen.add(kind)
+    if "some" not in seen:
+        raise ParseError(f"pressure/{resource}: no 'some' line")
+    if "full" not in seen:
+        if resource != "cpu":
+            raise ParseError(f"pressure/{resource}: no 'full' line")
+        out.update({c: 0.0 if c.endswith("_pct") else 0 for c in _psi_cols("full")})
+    return out
+
+
+# /proc/vmstat name -> our column. Cumulative counts since boot (events, or pages for
+# pgscan/pgsteal/pswp), stored as read: consumers take differences (as for block_stats).
+VMSTAT_FIELDS = {
+    "pgfault": "pgfault_total", "pgmajfault": "pgmajfault_total",
+    "pgscan_kswapd": "pgscan_kswapd_total", "pgscan_direct": "pgscan_direct_total",
+    "pgsteal_kswapd": "pgsteal_kswapd_total", "pgsteal_direct": "pgsteal_direct_total",
+    "oom_kill": "oom_kill_total", "pswpin": "pswpin_total", "pswpout": "pswpout_total",
+    "workingset_refault_anon": "workingset_refault_anon_total",
+    "workingset_refault_file": "workingset_refault_file_total",
+    "compact_stall": "compact_stall_total",
+}
+# Summed: allocstall_{dma,dma32,normal,movable,device} (per zone since 4.8; one counter before).
+VMSTAT_ALLOCSTALL = "allocstall_total"
+# A file without these is not /proc/vmstat; the others are 0 when a kernel lacks them (oom_kill
+# appeared in 4.13, workingset_refault_anon in 5.9), as meminfo's missing keys are.
+VMSTAT_REQUIRED = ("pgfault", "pgmajfault")
+VMSTAT_COLUMNS = (*VMSTAT_FIELDS.values(), VMSTAT_ALLOCSTALL)
+
+
+def parse_vmstat(text: str) -> dict[str, int]:
+    """The ``vmstat_stats`` row: our counters read by name, never by position."""
+    out = dict.fromkeys(VMSTAT_COLUMNS, 0)
+    seen = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ParseError(f"vmstat: unexpected line {line[:60]!r}")
+        name, val = parts
+        col = VMSTAT_FIELDS.get(name)
+        is_stall = name.startswith("allocstall")
+        if not col and not is_stall:
+            continue
+        try:
+            v = int(val)
+        except ValueError:
+            raise ParseError(f"vmstat: {name} is not a number: {val[:30]!r}") from None
+        if col:
+            out[col] = v
+        else:
+            out[VMSTAT_ALLOCSTALL] += v
+        seen.add(name)
+    missing = [n for n in VMSTAT_REQUIRED if n not in seen]
+    if missing:
+        raise ParseError(f"vmstat: no {', '.join(missing)}")
+    return out

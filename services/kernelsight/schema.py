@@ -27,7 +27,10 @@ from sqlalchemy import (
 
 from kernelsight import streamid as _streamid
 
-SCHEMA_VERSION = 3
+# 4 added pressure_stats and vmstat_stats (and their rollups) and nothing else: a version 3
+# database is upgraded in place by creating the tables it lacks (db._create_schema).
+SCHEMA_VERSION = 4
+ADDITIVE_UPGRADES = {3: 4}  # from -> to: only new tables, existing ones unchanged
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -184,6 +187,27 @@ EVENT_TYPES: tuple[EventType, ...] = (
         (("pid", "timestamp"),),
         core=False,
     ),
+    # Pressure stall information, one row per resource (cpu, memory, io) per interval: the
+    # kernel's moving averages in percent of wall time, and its cumulative stall time. A cpu
+    # "full" line absent (kernels before 5.13) reads as the zeros newer kernels print.
+    EventType(
+        "pressure_stats", "scraper", "Scraper (/proc/pressure)",
+        (S("resource", 8, ("cpu", "memory", "io"), role=KEY),
+         *(F(f"{k}_{a}_pct", role=GAUGE) if a != "total" else I(f"{k}_total_us", role=COUNTER)
+           for k in ("some", "full") for a in ("avg10", "avg60", "avg300", "total"))),
+        core=False,
+    ),
+    # The essentials of /proc/vmstat, cumulative since boot as the kernel counts them
+    # (*_total; pgscan/pgsteal/pswp in pages, the others in events): rates are differences.
+    EventType(
+        "vmstat_stats", "scraper", "Scraper (/proc/vmstat)",
+        tuple(I(n, role=COUNTER) for n in (
+            "pgfault_total", "pgmajfault_total", "pgscan_kswapd_total", "pgscan_direct_total",
+            "pgsteal_kswapd_total", "pgsteal_direct_total", "oom_kill_total", "pswpin_total",
+            "pswpout_total", "workingset_refault_anon_total", "workingset_refault_file_total",
+            "compact_stall_total", "allocstall_total")),
+        core=False,
+    ),
     # Run records (`kernelsight run`, the stress tests, the soak), written through the pipeline
     # like any event. A run's later state (its end, its verdict) is a new row with the same
     # run_id: readers take the newest row per run_id (highest stream_id). end_ns is 0 and
@@ -226,7 +250,7 @@ def _event_table(et: EventType) -> Table:
 
 TABLES: dict[str, Table] = {et.name: _event_table(et) for et in EVENT_TYPES}
 
-UNIT_SUFFIXES = ("_ns", "_us", "_ms", "_kb", "_bytes")
+UNIT_SUFFIXES = ("_ns", "_us", "_ms", "_kb", "_bytes", "_pct")
 
 
 def stat_name(col: str, stat: str) -> str:

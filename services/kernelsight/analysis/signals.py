@@ -92,6 +92,20 @@ _SLOW_EVIDENCE = """SELECT id, pid, comm, latency_ns / 1e6 FROM syscall_events
 WHERE timestamp BETWEEN :lo AND :hi AND {service} AND {not_own} AND syscall_name IN ({names})
 ORDER BY latency_ns DESC LIMIT :n"""  # value: the syscall's latency in ms
 
+
+
+def _vmstat(name: str, unit: str, expr: str, floor: float, per_second: bool = True) -> SignalDef:
+    """A rate (or a count per interval) from vmstat_stats counters; its evidence is the
+    samples in which the counter grew most, with that growth as the value."""
+    return SignalDef(
+        f"vmstat.{name}", "vmstat_stats", unit, COUNT,
+        f"""SELECT timestamp, '', {expr} FROM vmstat_stats
+        WHERE timestamp BETWEEN :lo AND :hi""", per_second=per_second, diff=True, floor=floor,
+        evidence_sql=f"""SELECT id, 0, '', d FROM (SELECT id, ({expr}) - LAG({expr}) OVER
+        (PARTITION BY host ORDER BY timestamp) AS d FROM vmstat_stats
+        WHERE timestamp BETWEEN :lo AND :hi) WHERE d > 0 ORDER BY d DESC LIMIT :n""")
+
+
 SIGNALS: tuple[SignalDef, ...] = (
     SignalDef("syscall.{key}.slow_per_s", "syscall_events", "1/s", COUNT,
               _SLOW.replace("{expr}", "1"), per_second=True, floor=2.0),
@@ -155,6 +169,27 @@ SIGNALS: tuple[SignalDef, ...] = (
               WHERE timestamp BETWEEN :lo AND :hi""", agg="last", direction=-1, floor=256.0,
               evidence_sql="""SELECT id, 0, '', mem_available_kb / 1024.0 FROM memory_metrics
               WHERE timestamp BETWEEN :lo AND :hi ORDER BY mem_available_kb ASC LIMIT :n"""),
+    # Pressure stall information: the kernel's 10 s average of the share of time in which some
+    # (or, "full", all) non-idle tasks stalled on the resource. cpu "full" is left out: the
+    # kernel defines it at the system level as zero (psi.rst), so it could only be noise.
+    SignalDef("psi.{key}.some_avg10_pct", "pressure_stats", "%", GAUGE,
+              """SELECT timestamp, resource, some_avg10_pct FROM pressure_stats
+              WHERE timestamp BETWEEN :lo AND :hi""", agg="max", floor=5.0,
+              evidence_sql="""SELECT id, 0, resource, some_avg10_pct FROM pressure_stats
+              WHERE timestamp BETWEEN :lo AND :hi AND resource = :key
+              ORDER BY some_avg10_pct DESC LIMIT :n"""),
+    SignalDef("psi.{key}.full_avg10_pct", "pressure_stats", "%", GAUGE,
+              """SELECT timestamp, resource, full_avg10_pct FROM pressure_stats
+              WHERE timestamp BETWEEN :lo AND :hi AND resource != 'cpu'""", agg="max",
+              floor=5.0,
+              evidence_sql="""SELECT id, 0, resource, full_avg10_pct FROM pressure_stats
+              WHERE timestamp BETWEEN :lo AND :hi AND resource = :key
+              ORDER BY full_avg10_pct DESC LIMIT :n"""),
+    # vmstat's cumulative counters as increases per interval (system-wide, every process).
+    _vmstat("pgmajfault_per_s", "1/s", "pgmajfault_total", 50.0),
+    _vmstat("pgscan_per_s", "pages/s", "pgscan_kswapd_total + pgscan_direct_total", 100.0),
+    _vmstat("pgsteal_per_s", "pages/s", "pgsteal_kswapd_total + pgsteal_direct_total", 100.0),
+    _vmstat("oom_kills", "kills", "oom_kill_total", 1.0, per_second=False),
     SignalDef("tcp.retrans_per_s", "tcp_retransmit_stats", "1/s", COUNT,
               """SELECT timestamp, '', retrans_segs FROM tcp_retransmit_stats
               WHERE timestamp BETWEEN :lo AND :hi""", per_second=True, diff=True, floor=5.0,

@@ -1,11 +1,13 @@
-"""The /proc scraper: memory, load, block devices, network interfaces, TCP states and TCP
-retransmits, every ``--interval`` seconds.
+"""The /proc scraper: memory, load, block devices, network interfaces, TCP states, TCP
+retransmits, pressure stall information (PSI) and vmstat counters, every ``--interval`` seconds.
 
-Reads: meminfo, loadavg, diskstats, net/dev, net/tcp, net/tcp6, net/snmp under ``--procfs``
-(node_exporter's --path.procfs). Raw kernel values, no derived rates. Cost: about a dozen
-small file reads per interval; /proc/net/tcp grows with the number of sockets. Each part is
-independent: a file that cannot be read or parsed is counted (dropped, reason
-``read_error``/``parse_error``) and the other parts go on.
+Reads: meminfo, loadavg, diskstats, net/dev, net/tcp, net/tcp6, net/snmp, pressure/{cpu,memory,
+io} and vmstat under ``--procfs`` (node_exporter's --path.procfs). Raw kernel values, no derived
+rates. Cost: about fifteen small file reads per interval; /proc/net/tcp grows with the number of
+sockets. Each part is independent: a file that cannot be read or parsed is counted (dropped,
+reason ``read_error``/``parse_error``) and the other parts go on. A kernel without PSI
+(CONFIG_PSI off, or ``psi=0``) has no pressure directory: that is counted once, at start
+(pressure_stats dropped, reason ``psi_unavailable``), logged once, and not read again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 class Scraper(Collector):
     name = "scraper"
     event_types = ("memory_metrics", "load_metrics", "block_stats", "network_interface_stats",
-                   "tcp_stats", "tcp_retransmit_stats")
+                   "tcp_stats", "tcp_retransmit_stats", "pressure_stats", "vmstat_stats")
 
     def start(self) -> None:
         self.root = Path(self.settings.procfs)
@@ -42,7 +44,20 @@ class Scraper(Collector):
                 self._read("net/tcp"), self._read("net/tcp6", missing_ok=True))]),
             ("tcp_retransmit_stats", lambda: [procfs.tcp_retransmits(
                 procfs.parse_snmp(self._read("net/snmp")))]),
+            ("vmstat_stats", lambda: [procfs.parse_vmstat(self._read("vmstat"))]),
         ]
+        # One part per PSI resource, so one unreadable file costs only its own row.
+        if (self.root / "pressure").is_dir():
+            for res in procfs.PSI_RESOURCES:
+                self._parts.append(("pressure_stats", self._pressure(res)))
+        else:
+            self.pub.lost("pressure_stats", "psi_unavailable", 1)
+            log.warning("scraper: %s/pressure does not exist (kernel without PSI: "
+                        "CONFIG_PSI off or booted with psi=0); pressure_stats is not collected",
+                        self.root)
+
+    def _pressure(self, resource: str) -> Callable[[], list[dict]]:
+        return lambda: [procfs.parse_pressure(self._read(f"pressure/{resource}"), resource)]
 
     def _read(self, rel: str, missing_ok: bool = False) -> str:
         try:
