@@ -25,6 +25,7 @@ from rich.console import Console
 
 from kernelsight import schema
 from kernelsight.db import open_db
+from kernelsight.loadgen import make_event
 from kernelsight.report import build, render, to_json
 from kernelsight.runner import Stack
 from kernelsight.runs import RunRecorder, resolve, wait_drained_until
@@ -151,3 +152,34 @@ def test_sigkilled_producer_balances_and_its_late_rows_are_shown(settings, pipel
     for t in SCRAPER_TABLES:
         assert j["event_types"][t]["produced_after_last_snapshot"] == whole.late.get(t, 0)
         assert j["event_types"][t]["unaccounted"] == 0
+
+
+def test_many_producer_instances_sum_without_overflow(settings, pipeline):
+    """Every Publisher carries its start mark; twelve instances of one collector (restarts)
+    must still sum in the report and in `status`/metrics' aggregation (the mark once rode in
+    the counter's value, ~9.4e17 each, and twelve of them overflowed SQLite's SUM)."""
+    from kernelsight.status import ACCOUNTING_BY_SOURCE_SQL
+    from kernelsight.streams import Publisher
+
+    et = schema.BY_NAME["memory_metrics"]
+    rng = random.Random(3)
+    for _ in range(12):
+        pub = Publisher(settings, "scraper")
+        pub.publish(et.name, [make_event(et, rng, settings.host, time.time_ns())
+                              for _ in range(5)])
+        pub.close()
+    assert wait_drained_until(settings.redis_url, ns_to_id(time.time_ns()), 60)
+    eng = open_db(settings.db_path, create=False)
+    try:
+        rep = build(eng, settings.db_path, None, ["scraper"], resolve(eng, None))
+        with eng.connect() as c:
+            by_source = c.exec_driver_sql(ACCOUNTING_BY_SOURCE_SQL).all()
+            marks = c.exec_driver_sql(
+                "SELECT COUNT(DISTINCT instance), COUNT(DISTINCT detail), MAX(value) FROM "
+                "pipeline_accounting WHERE metric = ?", (schema.START_MARK,)).one()
+    finally:
+        eng.dispose()
+    assert rep.produced[et.name] == rep.counts[et.name] == 60 and rep.balance(et.name) == 0
+    assert schema.START_MARK not in rep.ingest
+    assert ("scraper", et.name, schema.PRODUCED, "", 60) in [tuple(r) for r in by_source]
+    assert tuple(marks) == (12, 12, 0)

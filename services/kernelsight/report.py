@@ -39,18 +39,18 @@ Conservation per window is exact, however long the database has collected. The r
 
 * Produced after the last snapshot. A producer killed (SIGKILL, OOM, a container killed)
   between two snapshots leaves rows stored after its last snapshot that no snapshot counts.
-  Every producer records a start mark (schema.START_MARK: an id below all of its ids) in each
-  snapshot. For an instance I of a line with last snapshot at M, when no other instance of the
-  line was producing past M: E = (the start mark of the line's next instance) - 1, or +infinity
-  when none followed (yet). The rows of the line's event types on its host with
-  M < stream_id <= E, and dead letters likewise, were produced by I: they count as an implied
-  final snapshot of I at position E (value: its last one + those rows), shown as "produced
-  after its last snapshot" (Report.late), and E is a boundary position of the line like any
-  snapshot. A producer still running has such rows too until its next snapshot: with
-  E = +infinity only a window open at its end (the whole database, --since alone) sees them.
-  Not attributed: when the next instance has no start mark (older producers), or another
-  instance of the line overlapped. Events still in the killed process's memory never reached
-  Redis: nothing counts them, on either side.
+  Every producer records a start mark (schema.START_MARK's detail: an id below all of its
+  ids) in each snapshot. For an instance I of a line with last snapshot at M, when no other
+  instance of the line was producing past M: E = (the start mark of the line's next
+  instance) - 1, or +infinity when none followed (yet). The rows of the line's event types
+  on its host with M < stream_id <= E, and dead letters likewise, were produced by I: they
+  count as an implied final snapshot of I at position E (value: its last one + those rows),
+  shown as "produced after its last snapshot" (Report.late), and E is a boundary position
+  of the line like any snapshot. A producer still running has such rows too until its next
+  snapshot: with E = +infinity only a window open at its end (the whole database, --since
+  alone) sees them. Not attributed: when the next instance has no start mark (older
+  producers), or another instance of the line overlapped. Events still in the killed
+  process's memory never reached Redis: nothing counts them, on either side.
 
 It is exact when (a) one producer per line is alive at a time (one collector per kind per
 host, the deployment model) and (b) everything in Redis up to the window's end has been
@@ -110,7 +110,8 @@ FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY host, source"""
 # and its start mark (NULL for producers older than START_MARK).
 INSTANCES_SQL = f"""
 SELECT instance, host, source, MIN(stream_id), MAX(stream_id),
-  MAX(CASE WHEN event_type = '' AND metric = '{schema.START_MARK}' THEN value END)
+  MAX(CASE WHEN event_type = '' AND metric = '{schema.START_MARK}'
+      THEN CAST(detail AS INTEGER) END)
 FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY instance"""
 LATE_SQL = 'SELECT COUNT(*) FROM "{table}" WHERE host = :h AND stream_id > :lo AND stream_id <= :hi'
 DEAD_SQL = """SELECT event_type, reason, entry_id FROM dead_letters WHERE timestamp >= :since"""

@@ -359,7 +359,8 @@ FAILED = "failed"
 RETENTION_DELETED = "retention_deleted"  # raw rows removed by retention (reason time|size)
 DEAD_LETTERS_DELETED = "dead_letters_deleted"  # dead letters removed by time retention
 # A producer's first packed stream id, taken before any event (so below all of them), in every
-# snapshot: where its stretch of its (host, source) line begins (report.py, late rows).
+# snapshot as this metric's detail (its value is 0, so sums over instances never overflow):
+# where its stretch of its (host, source) line begins (report.py, late rows).
 START_MARK = "start_mark"
 
 DEADLETTER_PAYLOAD_MAX = 4096

@@ -161,12 +161,14 @@ class Publisher:
         self._buf: deque[tuple[str, bytes, str, bytes]] = deque()
         self._ids = IdSource()
         self._lock = threading.Lock()
-        # (event_type, metric, reason) -> cumulative value. START_MARK: an id below every id
-        # this instance takes, so the report can tell a SIGKILLed predecessor's uncounted rows
-        # (stored after its last snapshot) from this instance's own.
-        self.counters: dict[tuple[str, str, str], int] = {
-            ("", schema.START_MARK, ""): schema.stream_id_to_int(self._ids.next())}
-        self._details: dict[tuple[str, str, str], str] = {}
+        # (event_type, metric, reason) -> cumulative value. START_MARK: value 0 (sums over
+        # instances stay counts), detail = an id below every id this instance takes, so the
+        # report can tell a SIGKILLed predecessor's uncounted rows (stored after its last
+        # snapshot) from this instance's own.
+        start = ("", schema.START_MARK, "")
+        self.counters: dict[tuple[str, str, str], int] = {start: 0}
+        self._details: dict[tuple[str, str, str], str] = {
+            start: str(schema.stream_id_to_int(self._ids.next()))}
         self._dirty = True
         self._next_accounting = 0.0
         self._backoff = 0.0
