@@ -114,3 +114,39 @@ def test_reader_sees_live_writer(tmp_path):
     finally:
         con.close()
         eng.dispose()
+
+
+def test_reader_on_readonly_mount_sees_live_writer_and_its_restart(ro_mount):
+    """The compose reporter's case: ./data mounted read-only, the ingester writing through the
+    read-write path. Rows committed to the WAL (not checkpointed) are seen, after the writer
+    exits cleanly (-wal removed: read immutable) and after a new writer starts and commits
+    more (-wal back): every report sees every committed row, never an older state."""
+    rw, ro = ro_mount
+
+    def rows() -> int:
+        res = ks("report", "--db", str(ro / "ks.db"), "--json")
+        assert "Traceback" not in res.stderr, res.stderr
+        return json.loads(res.stdout)["event_types"]["memory_metrics"]["rows"]
+
+    def write(n: int) -> tuple:
+        eng = open_db(rw / "ks.db")
+        con = eng.raw_connection()
+        con.execute("PRAGMA wal_autocheckpoint=0")
+        con.executemany("INSERT INTO memory_metrics(timestamp, host, mem_total_kb) "
+                        "VALUES (?, 'h', 1)", [(i + 1,) for i in range(n)])
+        con.commit()
+        return eng, con
+
+    eng, con = write(3)
+    assert (rw / "ks.db-wal").stat().st_size > 0
+    assert rows() == 3  # live writer, rows only in the WAL
+    con.close()
+    eng.dispose()
+    assert not (rw / "ks.db-wal").exists()  # clean exit: checkpointed, -wal removed
+    assert rows() == 3
+    eng, con = write(4)  # the writer is back (docker compose up -d)
+    try:
+        assert rows() == 7
+    finally:
+        con.close()
+        eng.dispose()
