@@ -18,6 +18,7 @@
 #include <uapi/linux/ptrace.h>
 #include "ks_hist.h"
 #include "ks_io.h" /* DROP_* slots */
+#include "ks_self.h" /* ks_is_self(): KernelSight's own processes are not traced */
 
 #ifndef KS_MAP_ENTRIES
 #define KS_MAP_ENTRIES 65536
@@ -25,6 +26,7 @@
 
 #define OP_READ 0
 #define OP_WRITE 1
+#define OP_SELF 2 /* issued by KernelSight itself: closed silently, never counted */
 
 
 struct start_key {
@@ -98,7 +100,7 @@ TRACEPOINT_PROBE(block, block_rq_issue)
     struct start_val v = {};
     v.ts = bpf_ktime_get_ns();
     v.bytes = args->bytes;
-    v.op = op;
+    v.op = ks_is_self(bpf_get_current_pid_tgid() >> 32) ? OP_SELF : op;
     start.update(&k, &v);
     return 0;
 }
@@ -119,6 +121,10 @@ TRACEPOINT_PROBE(block, block_rq_complete)
     }
     u64 lat = now > s->ts ? now - s->ts : 0;
     u32 op = s->op;
+    if (op == OP_SELF) {
+        start.delete(&k);
+        return 0;
+    }
     u64 bytes = s->bytes;
     start.delete(&k);
 

@@ -6,6 +6,8 @@
 
 #define CNT_RINGBUF_FULL 0   /* a slow syscall's event did not fit in the ring buffer */
 #define CNT_START_MAP_FULL 1 /* a syscall not timed: the start hash (tids > slots) was full */
-#define CNT_MAX 2
+#define CNT_UNTIMED 2        /* returned without its entry seen, >= threshold after attach */
+#define CNT_UNTIMED_MAYBE 3  /* returned without its entry seen, sooner: maybe under it */
+#define CNT_MAX 4
 
 #endif

@@ -35,6 +35,7 @@
 #include <uapi/linux/bpf_perf_event.h>
 #include <linux/sched.h>
 #include "ks_pagefaults.h" /* DROP_* slots */
+#include "ks_self.h" /* ks_is_self(): KernelSight's own processes are not traced */
 
 #ifndef KS_MAP_ENTRIES
 #define KS_MAP_ENTRIES 65536
@@ -249,6 +250,8 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
     }
     if (!tgid) /* no entry seen for this task yet */
         tgid = bpf_get_current_pid_tgid() >> 32;
+    if (ks_is_self(tgid))
+        return 0;
 
     struct tval *v = totals_entry(tgid, major);
     if (v) {

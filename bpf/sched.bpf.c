@@ -36,6 +36,7 @@
 #include <uapi/linux/bpf_perf_event.h>
 #include "ks_hist.h"
 #include "ks_sched.h" /* CNT_* counter slots */
+#include "ks_self.h" /* ks_is_self(): KernelSight's own processes are not traced */
 
 #ifndef MAP_ENTRIES
 #define MAP_ENTRIES 65536
@@ -199,7 +200,7 @@ static __always_inline void charge_current(struct task_struct *t, u64 id, int ru
 RAW_TRACEPOINT_PROBE(sched_switch)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if ((u32)id == 0) /* each CPU's idle task */
+    if ((u32)id == 0 || ks_is_self(id >> 32)) /* each CPU's idle task; ours */
         return 0;
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     int runnable = ctx->args[0] || (u32)ctx->args[3] == 0; /* TASK_RUNNING */
@@ -212,7 +213,7 @@ static __always_inline int on_wakeup(struct task_struct *task)
 {
     u32 tgid = 0;
     bpf_probe_read_kernel(&tgid, sizeof(tgid), (char *)task + KS_OFF_TGID);
-    if (tgid == 0)
+    if (tgid == 0 || ks_is_self(tgid))
         return 0;
     struct proc_t *p = procs.lookup(&tgid);
     if (!p) {
@@ -243,7 +244,7 @@ RAW_TRACEPOINT_PROBE(sched_wakeup_new)
 int on_tick(struct bpf_perf_event_data *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if ((u32)id == 0)
+    if ((u32)id == 0 || ks_is_self(id >> 32))
         return 0;
     charge_current((struct task_struct *)bpf_get_current_task_btf(), id, -1);
     return 0;
@@ -276,7 +277,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
     u32 next = args->next_pid;
     long state = args->prev_state;
 
-    if (prev != 0) { /* pid 0 is each CPU's idle task, not a process */
+    if (prev != 0 && !ks_is_self(id >> 32)) { /* pid 0: each CPU's idle task; ours */
         u32 tgid = id >> 32;
         /* The kernel counts nvcsw when a task that is not preempted switches out in a
          * sleeping state; a preemption (TASK_REPORT_MAX) or a runnable task (0, e.g.
@@ -366,6 +367,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     struct thread_t *t = threads.lookup(&tid);
     if (!t)
         return 0;
+    if (ks_is_self(id >> 32)) {
+        threads.delete(&tid);
+        return 0;
+    }
     u64 now = bpf_ktime_get_ns();
     struct proc_t *p = get_proc(id >> 32, tid);
     if (p)
@@ -379,7 +384,7 @@ int on_tick(struct bpf_perf_event_data *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-    if (tid == 0)
+    if (tid == 0 || ks_is_self(id >> 32))
         return 0;
     struct thread_t *t = threads.lookup(&tid);
     if (!t || !t->oncpu)

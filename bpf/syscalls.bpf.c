@@ -21,9 +21,20 @@
  * headers BCC compiles against may be another kernel's); pt_regs is only read on x86_64/arm64,
  * whose layout is ABI.
  *
+ * KernelSight's own processes (ks_self.h) are skipped at sys_enter, so they are never timed;
+ * their exits take the no-entry path below, which returns for them before anything else.
+ *
+ * A sys_exit whose sys_enter was not seen is counted (CNT_UNTIMED*): a syscall that was in
+ * flight when tracing started, so its latency is unknown. A new task's first "return" (the
+ * child side of clone/fork) has no entry by nature and is not counted.
+ *
  * cflags (set by collectors/syscalls.py):
- *   -DMIN_LATENCY_NS=...  -DSELF_TGID=... (0: trace everything)  -DTID_SLOTS=...
- *   -DHASH_ENTRIES=...    -DRINGBUF_PAGES=...   -DSKIP_JIFFIES=...
+ *   -DMIN_LATENCY_NS=...  -DTID_SLOTS=...  -DHASH_ENTRIES=...  -DRINGBUF_PAGES=...
+ *   -DSKIP_JIFFIES=...    -DKS_SELF_SLOTS=...
+ *   -DFILTER_TGID=N       only this process (`kernelsight trace --pid`); 0: everyone
+ *   -DFILTER_COMM_LO/HI   only tasks whose 16-byte comm is these two words (`--comm`)
+ *   -DCOUNT_MODE=1        no events: per-syscall count and latency sum in `counts`
+ *                         (`kernelsight trace syscalls --count`, like bcc's syscount -L)
  */
 #include <uapi/linux/ptrace.h>
 #include <asm/unistd.h>
@@ -31,9 +42,20 @@
 #ifndef MIN_LATENCY_NS
 #define MIN_LATENCY_NS 10000000ULL
 #endif
-#ifndef SELF_TGID
-#define SELF_TGID 0
+#ifndef FILTER_TGID
+#define FILTER_TGID 0
 #endif
+#ifndef FILTER_COMM_LO
+#define FILTER_COMM_LO 0
+#endif
+#ifndef FILTER_COMM_HI
+#define FILTER_COMM_HI 0
+#endif
+#define FILTERED (FILTER_TGID || FILTER_COMM_LO)
+#ifndef COUNT_MODE
+#define COUNT_MODE 0
+#endif
+#define COUNT_NRS 1024
 #ifndef TID_SLOTS
 #define TID_SLOTS 32768
 #endif
@@ -49,6 +71,8 @@
 
 /* Drop/loss counters (CNT_*), per CPU so the hot path never contends. */
 #include "ks_syscalls.h"
+/* KernelSight's own processes: ks_is_self(tgid). */
+#include "ks_self.h"
 
 struct start_t {
     u64 ts;   /* bpf_ktime_get_ns() at sys_enter; 0 = no syscall in flight */
@@ -75,6 +99,14 @@ BPF_ARRAY(start_slots, struct start_t, TID_SLOTS);
 BPF_HASH(start_hash, u32, struct start_t, HASH_ENTRIES);
 BPF_PERCPU_ARRAY(counters, u64, CNT_MAX);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_ARRAY(attach_ns, u64, 1); /* bpf_ktime_get_ns() once attached (user space sets it) */
+#if COUNT_MODE
+struct count_t {
+    u64 count;
+    u64 latency_ns;
+};
+BPF_PERCPU_ARRAY(counts, struct count_t, COUNT_NRS);
+#endif
 
 static __always_inline void count(int idx)
 {
@@ -98,8 +130,16 @@ RAW_TRACEPOINT_PROBE(sys_enter)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-#if SELF_TGID
-    if ((id >> 32) == SELF_TGID)
+    if (ks_is_self(id >> 32))
+        return 0;
+#if FILTER_TGID
+    if ((id >> 32) != FILTER_TGID)
+        return 0;
+#endif
+#if FILTER_COMM_LO
+    u64 comm[2] = {};
+    bpf_get_current_comm(&comm, sizeof(comm));
+    if (comm[0] != FILTER_COMM_LO || comm[1] != FILTER_COMM_HI)
         return 0;
 #endif
     s32 nr = (s32)ctx->args[1];
@@ -149,6 +189,25 @@ static __always_inline int exit_slow(struct bpf_raw_tracepoint_args *ctx, struct
     u64 delta = now - start;
     s->ts = 0;
     if (delta < MIN_LATENCY_NS) {
+        if (hashed)
+            start_hash.delete(&tid);
+        return 0;
+    }
+#if COUNT_MODE
+    u32 cnr = (u32)s->nr;
+    if (hashed)
+        start_hash.delete(&tid);
+    if (cnr < COUNT_NRS) {
+        struct count_t *c = counts.lookup(&cnr);
+        if (c) {
+            c->count++;
+            c->latency_ns += delta;
+        }
+    }
+    return 0;
+#endif
+    /* registered as ours while this syscall was in flight */
+    if (ks_is_self(id >> 32)) {
         if (hashed)
             start_hash.delete(&tid);
         return 0;
@@ -203,6 +262,45 @@ static __always_inline int exit_slow(struct bpf_raw_tracepoint_args *ctx, struct
     return 0;
 }
 
+/* A sys_exit without a recorded sys_enter (array path; off under a --pid/--comm filter, where
+ * every other task's exits come here). */
+static __always_inline int exit_no_entry(struct bpf_raw_tracepoint_args *ctx, u64 id)
+{
+    if (ks_is_self(id >> 32))
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    s64 nr = -1;
+#if defined(__x86_64__)
+    bpf_probe_read_kernel(&nr, sizeof(nr), &regs->orig_ax);
+#elif defined(__aarch64__)
+    int nr32 = -1;
+    bpf_probe_read_kernel(&nr32, sizeof(nr32), &regs->syscallno);
+    nr = nr32;
+#endif
+    /* a new task's first return: the child side of clone/fork never entered */
+    if ((s64)ctx->args[1] == 0) {
+#ifdef __NR_fork
+        if (nr == __NR_fork)
+            return 0;
+#endif
+#ifdef __NR_vfork
+        if (nr == __NR_vfork)
+            return 0;
+#endif
+        if (nr == __NR_clone || nr == __NR_clone3)
+            return 0;
+    }
+    int k = 0;
+    u64 *t0 = attach_ns.lookup(&k);
+    u64 now = bpf_ktime_get_ns();
+    /* in flight since before the attach: certainly slow once MIN_LATENCY_NS have passed */
+    if (t0 && *t0 && now - *t0 >= MIN_LATENCY_NS)
+        count(CNT_UNTIMED);
+    else
+        count(CNT_UNTIMED_MAYBE);
+    return 0;
+}
+
 RAW_TRACEPOINT_PROBE(sys_exit)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -212,8 +310,15 @@ RAW_TRACEPOINT_PROBE(sys_exit)
      * keep a real (retpolined, indirect) map lookup call instead of inlining the array's. */
     if (tid < TID_SLOTS) {
         s = start_slots.lookup(&tid);
-        if (!s || !s->ts)
+        if (!s)
             return 0;
+        if (!s->ts) {
+#if FILTERED
+            return 0;
+#else
+            return exit_no_entry(ctx, id);
+#endif
+        }
 #if SKIP_JIFFIES >= 0
         /* the fast path: no timer tick since sys_enter proves the syscall was fast */
         if ((u32)bpf_jiffies64() - s->jif <= (u32)SKIP_JIFFIES) {

@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # systemd: for `systemd-analyze verify` of deploy/systemd (tests; it need not be PID 1).
+# bpfcc-tools: bcc's syscount/runqlat, which `make bench` compares ours with (peers.py).
 for p in python3 python3-venv python3-pip python3-bpfcc redis-server redis-tools stress-ng \
-         sqlite3 iproute2 procps util-linux chromium systemd; do
+         sqlite3 iproute2 procps util-linux chromium systemd bpfcc-tools; do
   have "$p" || need+=("$p")
 done
 arch=$(dpkg --print-architecture)

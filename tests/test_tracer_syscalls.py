@@ -111,6 +111,7 @@ def test_syscall_names() -> None:
 
 def test_slow_syscalls_exact(settings: Settings, tmp_path: Path) -> None:
     need_root()
+    settings = settings.with_(record_waits=True)  # nanosleeps are waits: one row each
     with running_pipeline(settings, ["syscalls"], tmp_path / "logs"):
         t0 = time.time_ns()
         run_child(SLEEPER)
@@ -135,6 +136,7 @@ def test_slow_syscalls_exact(settings: Settings, tmp_path: Path) -> None:
 
 def test_arg0_and_errors_round_trip(settings: Settings, tmp_path: Path) -> None:
     need_root()
+    settings = settings.with_(record_waits=True)  # clock_nanosleep and futex are waits
     with running_pipeline(settings, ["syscalls"], tmp_path / "logs"):
         t0 = time.time_ns()
         addr = int(run_child(ARG0))
@@ -180,3 +182,96 @@ def test_ringbuf_overflow_is_counted(settings: Settings, tmp_path: Path) -> None
     assert counts.get(("dropped", "ringbuf_full"), 0) > 0, counts
     assert dead == 0
     assert stored + dropped == produced, (stored, counts)
+
+
+# Waits and service time in one known process: N nanosleeps (waits) and one mmap that
+# populates 256 MiB (service time, well over 10 ms: the kernel zeroes every page).
+MIXED = PRELUDE + textwrap.dedent("""
+    import mmap
+    name("ks_mixed")
+    print(os.getpid(), flush=True)
+    for _ in range(N):
+        nanosleep(20_000_000)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    size = 256 << 20
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x8000  # MAP_POPULATE
+    p = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+    assert p not in (None, ctypes.c_void_p(-1).value)
+""")
+N_WAITS = 37
+NR_MMAP = 9
+
+
+def test_waits_summarised_exactly(settings: Settings, tmp_path: Path) -> None:
+    """By default a known number of waits in a known process is one set of summary rows
+    whose counts add up to exactly that number, with the right total latency; the slow
+    service-time syscall is still one syscall_events row, and the runbook query works."""
+    need_root()
+    with running_pipeline(settings, ["syscalls"], tmp_path / "logs"):
+        t0 = time.time_ns()
+        pid = int(run_child(MIXED.replace("range(N)", f"range({N_WAITS})")))
+        t1 = time.time_ns()
+        time.sleep(1.5)  # one more interval: the last summaries are published
+    con = sqlite3.connect(settings.db_path)
+    try:
+        summ = con.execute(
+            "SELECT comm, syscall_nr, syscall_name, wait_count, latency_sum_ns, latency_max_ns,"
+            " interval_ns, timestamp FROM syscall_wait_summaries WHERE pid = ?",
+            (pid,)).fetchall()
+        events = con.execute(
+            "SELECT syscall_name, latency_ns, comm FROM syscall_events WHERE pid = ?",
+            (pid,)).fetchall()
+        runbook = con.execute(
+            "SELECT comm, syscall_name, latency_ns / 1000000.0 as latency_ms FROM "
+            "syscall_events ORDER BY latency_ns DESC LIMIT 10").fetchall()
+    finally:
+        con.close()
+    sleeps = [r for r in summ if r[2] == "nanosleep"]
+    assert {r[0] for r in sleeps} == {"ks_mixed"} and {r[1] for r in sleeps} == {NR_NANOSLEEP}
+    count = sum(r[3] for r in sleeps)
+    total = sum(r[4] for r in sleeps)
+    assert count == N_WAITS, summ
+    # each sleep lasts at least 20 ms; a loaded machine adds scheduling delay, bounded here
+    assert N_WAITS * 20_000_000 <= total <= N_WAITS * 20_000_000 + N_WAITS * 30_000_000, total
+    assert 20_000_000 <= max(r[5] for r in sleeps) <= 50_000_000 + 20_000_000
+    assert all(r[6] > 0 for r in sleeps)
+    assert all(t0 <= r[7] <= t1 + 2_000_000_000 for r in sleeps)
+    assert [e for e in events if e[0] == "nanosleep"] == []  # waits are not rows any more
+    mm = [e for e in events if e[0] == "mmap"]
+    assert len(mm) == 1 and mm[0][1] >= 10_000_000 and mm[0][2] == "ks_mixed", events
+    assert ("ks_mixed", "mmap") in {(r[0], r[1]) for r in runbook}
+
+
+def test_untimed_syscalls_are_counted(settings: Settings, tmp_path: Path) -> None:
+    """A thread already in a syscall when the tracer attaches is counted when it returns
+    (in the accounting, reason untimed), not only logged."""
+    need_root()
+    child = subprocess.Popen([sys.executable, "-c", PRELUDE + textwrap.dedent("""
+        name("ks_inflight")
+        print("in", flush=True)
+        ts = TS(4, 0)
+        libc.syscall(35, ctypes.byref(ts), None)   # 4 s: spans the tracer's start
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout and child.stdout.readline() == "in\n"
+        with running_pipeline(settings, ["syscalls"], tmp_path / "logs"):
+            assert child.wait(30) == 0
+            time.sleep(1.5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    con = sqlite3.connect(settings.db_path)
+    try:
+        acc = dict(con.execute(
+            "SELECT reason, SUM(v) FROM (SELECT instance, reason, MAX(value) AS v FROM "
+            "pipeline_accounting WHERE event_type = 'syscall_events' AND metric = 'dropped' "
+            "GROUP BY instance, reason) GROUP BY reason").fetchall())
+        rows = con.execute("SELECT COUNT(*) FROM syscall_wait_summaries WHERE comm = "
+                           "'ks_inflight'").fetchone()[0]
+    finally:
+        con.close()
+    assert acc.get("untimed", 0) >= 1, acc
+    assert rows == 0  # its sleep's start was never seen: no latency is made up

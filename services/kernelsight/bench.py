@@ -25,7 +25,7 @@ import orjson
 import psutil
 import redis
 
-from kernelsight import defaults, schema
+from kernelsight import defaults, peers, schema
 from kernelsight.config import Settings
 from kernelsight.ingest import Ingester, run_ingest
 from kernelsight.loadgen import pool
@@ -508,6 +508,9 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
             "stack": lambda: b.stack_cpu(rs.url),
             "lossless": b.max_lossless,
             "report": b.report_1m,
+            # bcc's syscount/runqlat beside ours (peers.py); minutes of compiling: full runs only
+            "peers": lambda: None if quick else peers.run(
+                b, dd, sched_workload(quick), lambda cls: _running_tracer(cls, rs.url)),
         }
         for name, fn in steps.items():
             if only and name not in only:
@@ -529,7 +532,7 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
 @click.option("--quick", is_flag=True, envvar="QUICK", help="Short runs (for CI).")
 @click.option("--out", default="bench/results.json", show_default=True, type=click.Path())
 @click.option("--only", default=None, help="Comma list of steps: ingest, pruning, publish, "
-              "syscalls, pagefaults, sched, scraper, stack, lossless, report.")
+              "syscalls, pagefaults, sched, scraper, stack, lossless, report, peers.")
 def command(quick: bool, out: str, only: str | None) -> None:
     """Measure throughput and overhead against bare floors (root for the tracer figures).
 

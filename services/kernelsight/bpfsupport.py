@@ -122,12 +122,23 @@ def ensure_headers() -> Headers:
     return Headers(b, True, f"{b} (fallback linked in {mod}; kernel {rel} ships none)")
 
 
+# Headers that declare maps and use them: BCC rewrites map calls (m.lookup()) in the main
+# file only, so their #include line is replaced by their text before compiling.
+INLINE_HEADERS = ("ks_self.h",)
+
+
 def bpf_source(settings: Settings, name: str) -> str:
     path = settings.bpf_path / f"{name}.bpf.c"
     try:
-        return path.read_text()
+        text = path.read_text()
+        for h in INLINE_HEADERS:
+            inc = f'#include "{h}"'
+            if inc in text:
+                text = text.replace(inc, (settings.bpf_path / h).read_text(), 1)
+        return text
     except OSError as e:
-        raise CollectorError(f"{name}: cannot read {path}: {e.strerror}; set KS_BPF_DIR") from None
+        raise CollectorError(f"{name}: cannot read {e.filename}: {e.strerror}; set KS_BPF_DIR") \
+            from None
 
 
 _DEFINE = re.compile(r"#\s*define\s+(\w+)\s+\(?\s*(0[xX][0-9a-fA-F]+|\d+)[uUlL]*\s*\)?"

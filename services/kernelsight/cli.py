@@ -49,6 +49,11 @@ RETENTION = _opt("--retention", field="retention",
 RETENTION_SIZE = _opt("--retention-size", field="retention_size",
                       help="Also delete the oldest raw rows when the database's data passes "
                            "this size, e.g. 64MiB, 2GiB [default: no size cap].")
+RECORD_WAITS = click.option(
+    "--record-waits", "record_waits", is_flag=True, default=None, envvar="KS_RECORD_WAITS",
+    show_envvar=True,
+    help="syscalls: one syscall_events row per slow blocking wait (futex, poll, nanosleep, "
+         "...) as well, instead of exact per-interval summaries in syscall_wait_summaries.")
 ROLLUP_RETENTION = _opt("--rollup-retention", field="rollup_retention",
                         help="Keep the per-minute rollups (<table>_1m) this long "
                              f"[default: {defaults.ROLLUP_RETENTION}].")
@@ -103,7 +108,7 @@ def cli(log_level: str) -> None:
               help="Restarts of an ingester that exits before the run ends (pause 1 s, "
                    "doubling up to 30 s); 0: the run stops when it exits.")
 @common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RETENTION, RETENTION_SIZE,
-        ROLLUP_RETENTION, METRICS)
+        ROLLUP_RETENTION, METRICS, RECORD_WAITS)
 def run(duration: float | None, collector_list: str, log_dir: str | None,
         ingest_restarts: int, **kw: Any) -> None:
     """Run collectors and the ingester natively until SIGTERM/SIGINT (or for DURATION
@@ -155,10 +160,12 @@ def collect(duration: float | None, **kw: Any) -> None:
       KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight collect --interval 1
       KS_REDIS_URL=redis://:pw@redis:6379/0 kernelsight collect --procfs /host/proc
     """
+    from kernelsight import selfpids
     from kernelsight.runner import run_collector
 
     s = settings_from(kw)
     _need_redis(s)
+    selfpids.mark(s.redis_url, s.host, collectors.SCRAPER)
     sys.exit(run_collector(collectors.SCRAPER, s, duration))
 
 
@@ -166,7 +173,7 @@ def collect(duration: float | None, **kw: Any) -> None:
 @click.argument("tracer", type=click.Choice(collectors.TRACERS))
 @click.option("--duration", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds [default: run until SIGTERM].")
-@common(REDIS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN)
+@common(REDIS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RECORD_WAITS)
 @_opt("--min-latency-ms", field="min_latency_ms", type=float,
       help=f"syscalls: record syscalls slower than this [default: "
            f"{defaults.SYSCALL_MIN_LATENCY_MS:g}].")
@@ -177,18 +184,47 @@ def collect(duration: float | None, **kw: Any) -> None:
 @_opt("--minor-fault-rate", field="minor_fault_rate", type=int,
       help="pagefaults: minor-fault events stored per second (totals stay exact) "
            f"[default: {defaults.PAGEFAULT_MINOR_RATE}].")
-def trace(tracer: str, duration: float | None, **kw: Any) -> None:
+@click.option("--stdout", "to_stdout", is_flag=True, envvar="KS_STDOUT", show_envvar=True,
+              help="Ad-hoc: print rows (a table, or JSON lines with --json) instead of "
+                   "publishing them; no Redis needed.")
+@click.option("--pid", type=int, default=0, envvar="KS_PID", show_envvar=True,
+              help="With --stdout: only this process (syscalls: filtered in the kernel).")
+@click.option("--comm", default="", envvar="KS_COMM", show_envvar=True,
+              help="With --stdout: only tasks of this name (the kernel's 15-character comm; "
+                   "syscalls: filtered in the kernel).")
+@click.option("--json", "as_json", is_flag=True, envvar="KS_JSON", show_envvar=True,
+              help="With --stdout: one JSON object per line.")
+@click.option("--count", is_flag=True, envvar="KS_COUNT", show_envvar=True,
+              help="With --stdout, syscalls: count per syscall in the kernel (no events) and "
+                   "print COUNT and TIME_MS at the end, like bcc's syscount -L.")
+def trace(tracer: str, duration: float | None, to_stdout: bool, pid: int, comm: str,
+          as_json: bool, count: bool, **kw: Any) -> None:
     """Run one eBPF tracer (root): syscalls, pagefaults, io or sched.
+
+    Publishes to Redis for the ingester, or with --stdout prints what it sees (ad-hoc, like
+    bcc's tools; Ctrl-C or --duration ends it).
 
     \b
     Examples:
       sudo kernelsight trace syscalls --min-latency-ms 20
       sudo kernelsight trace io --interval 1 --duration 60
+      sudo kernelsight trace syscalls --stdout --pid 1234 --min-latency-ms 1
+      sudo kernelsight trace syscalls --stdout --min-latency-ms 0 --count --duration 10
+      sudo kernelsight trace sched --stdout --comm postgres --json
     """
+    from kernelsight import adhoc, selfpids
     from kernelsight.runner import run_collector
 
+    adhoc.check_options(tracer, to_stdout, pid, comm, count, as_json)
+    if to_stdout:
+        kw["redis_url"] = ""
+        s = settings_from(kw)
+        selfpids.mark("", s.host)
+        sys.exit(adhoc.run_stdout(tracer, s, duration, pid=pid, comm=comm, count=count,
+                                  as_json=as_json))
     s = settings_from(kw)
     _need_redis(s)
+    selfpids.mark(s.redis_url, s.host, tracer)
     sys.exit(run_collector(tracer, s, duration))
 
 
@@ -219,11 +255,13 @@ def ingest(drain: bool, **kw: Any) -> None:
       kernelsight ingest --retention 30d --retention-size 10GiB --rollup-retention 52w
       kernelsight ingest --metrics-addr 0.0.0.0:9477   # scrape from other hosts
     """
+    from kernelsight import selfpids
     from kernelsight.ingest import run_ingest
     from kernelsight.metrics import OFF, resolve_addr
 
     s = settings_from(kw)
     _need_redis(s)
+    selfpids.mark(s.redis_url, s.host, "ingest", tree=True)  # its --workers too
     addr = resolve_addr(s.metrics_addr or None)
     metrics = None
     if addr != OFF:

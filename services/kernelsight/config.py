@@ -34,6 +34,7 @@ class Settings:
     ringbuf_pages: int = defaults.RINGBUF_PAGES
     map_entries: int = defaults.MAP_ENTRIES
     minor_fault_rate: int = defaults.PAGEFAULT_MINOR_RATE
+    record_waits: bool = False  # syscalls: one syscall_events row per slow wait (not summaries)
     ignored_devices: str = defaults.IGNORED_DEVICES
     retention: str = defaults.RETENTION
     retention_size: str = defaults.RETENTION_SIZE

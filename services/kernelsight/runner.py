@@ -180,7 +180,19 @@ class Stack:
             return self.settings.redis_url
         self.redis = PrivateRedis().start()
         self.settings = self.settings.with_(redis_url=self.redis.url)
+        if self.redis.proc:
+            self.register_self(self.redis.proc.pid)
         return self.redis.url
+
+    def register_self(self, pid: int | None = None, tree: bool = False) -> None:
+        """This process (or ``pid`` and its descendants) is KernelSight's own: no tracer
+        records it (selfpids.py)."""
+        from kernelsight import selfpids
+
+        if pid is None:
+            selfpids.register_url(self.settings.redis_url, self.settings.host, role="run")
+        else:
+            selfpids.register_url(self.settings.redis_url, self.settings.host, pid, tree=tree)
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -193,9 +205,7 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log_path = None
-        # Without a log directory the children write to our stderr (the terminal, or the
-        # journal under systemd): an ingester that exits must say why somewhere.
-        out: int | object = sys.stderr.fileno()
+        out: int | object = subprocess.DEVNULL
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{name}.log"
@@ -204,6 +214,7 @@ class Stack:
                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if log_path:
             out.close()  # type: ignore[attr-defined]
+        self.register_self(p.pid, tree=True)
         return Proc(name, p, log_path)
 
     def start_ingest(self) -> Proc:
@@ -443,6 +454,7 @@ def run(settings: Settings, duration: float | None, names: list[str],
     start_ns = time.time_ns()
     try:
         url = stack.start_redis()
+        stack.register_self()  # the `kernelsight run` parent: not traced either
         echo(f"redis: {redact(url)}" + (" (private)" if stack.redis else ""))
         ing = stack.start_ingest()
         echo(f"ingest: pid {ing.popen.pid} -> {settings.db_path}")

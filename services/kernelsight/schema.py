@@ -27,8 +27,9 @@ from sqlalchemy import (
 
 from kernelsight import streamid as _streamid
 
-# 4 added pressure_stats and vmstat_stats (and their rollups) and nothing else: a version 3
-# database is upgraded in place by creating the tables it lacks (db._create_schema).
+# 4 added pressure_stats, vmstat_stats and syscall_wait_summaries (and their rollups) and
+# nothing else: a version 3 database is upgraded in place by creating the tables it lacks
+# (db._create_schema).
 SCHEMA_VERSION = 4
 ADDITIVE_UPGRADES = {3: 4}  # from -> to: only new tables, existing ones unchanged
 
@@ -206,6 +207,18 @@ EVENT_TYPES: tuple[EventType, ...] = (
             "pgsteal_kswapd_total", "pgsteal_direct_total", "oom_kill_total", "pswpin_total",
             "pswpout_total", "workingset_refault_anon_total", "workingset_refault_file_total",
             "compact_stall_total", "allocstall_total")),
+        core=False,
+    ),
+    # Blocking waits (waits.py: futex, epoll/poll/select, nanosleep, wait4, reads on fd 0, ...)
+    # slower than the syscall tracer's threshold, summarised exactly per interval and
+    # (pid, comm, syscall): how many, their total and their longest latency. Service-time
+    # slow syscalls stay one row each in syscall_events; `--record-waits` puts waits there too.
+    EventType(
+        "syscall_wait_summaries", "syscalls", "eBPF Syscall Tracer (wait summaries)",
+        (I("pid"), COMM, I("syscall_nr", -1), S("syscall_name", 64, role=KEY),
+         I("wait_count", role=SUM), I("latency_sum_ns", role=SUM),
+         I("latency_max_ns", role=MAX), I("interval_ns")),
+        (("pid", "timestamp"),),
         core=False,
     ),
     # Run records (`kernelsight run`, the stress tests, the soak), written through the pipeline

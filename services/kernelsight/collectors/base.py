@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from kernelsight.config import Settings
 from kernelsight.streams import Publisher
@@ -18,10 +18,30 @@ class Collector:
 
     name: ClassVar[str] = ""
     event_types: ClassVar[tuple[str, ...]] = ()
+    # Never record this process, even when it is not a KernelSight command (a collector run
+    # inside another program, e.g. a test): the syscall tracer's own polling would report
+    # itself. Otherwise this process is skipped when it is marked as ours (selfpids.mark).
+    skip_own_process: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         self.settings = settings
-        self.pub = publisher
+        self.pub: Any = _OwnRowsDropped(publisher, self)
+        self.self_filter: Any = None
+
+    def watch_self(self, bpf: Any) -> None:
+        """Tracers: after loading ``bpf`` (which includes bpf/ks_self.h), keep KernelSight's
+        own processes out of it until :meth:`unwatch_self`."""
+        from kernelsight import selfpids
+
+        self.self_filter = selfpids.SelfFilter(
+            bpf, self.settings.redis_url, self.settings.host,
+            own=self.skip_own_process or selfpids.marked()).start()
+
+    def unwatch_self(self) -> None:
+        """Before ``bpf.cleanup()``: stop writing into its maps."""
+        if self.self_filter is not None:
+            self.self_filter.stop()
+            self.self_filter = None
 
     def start(self) -> None:
         pass
@@ -57,3 +77,23 @@ class Ticker:
         if left > 0:
             time.sleep(min(left, max_sleep))
         return self.due()
+
+
+class _OwnRowsDropped:
+    """The publisher as a collector sees it: rows whose ``pid`` is one of KernelSight's own
+    processes are not published. The kernel filters them (bpf/ks_self.h); this catches what a
+    tracer's maps and ring buffer gathered between its attach and its first filter sync."""
+
+    def __init__(self, pub: Publisher, col: Collector) -> None:
+        self._pub = pub
+        self._col = col
+
+    def publish(self, event_type: str, rows: Any) -> None:
+        f = self._col.self_filter
+        if f is not None:
+            own = f.pids
+            rows = [r for r in rows if r.get("pid") not in own]
+        self._pub.publish(event_type, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pub, name)

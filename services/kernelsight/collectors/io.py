@@ -160,6 +160,7 @@ class IoLatency(Collector):
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
         self.ticker = Ticker(s.interval)
+        self.watch_self(self.bpf)
         self._read()  # baseline: only what completes from now on counts
 
     def device_name(self, dev: int) -> str:
@@ -256,6 +257,7 @@ class IoLatency(Collector):
             log.info("io: %d completions had no matching issue (issued before start or "
                      "completed in parts)", self.drops_seen[self.slots["DROP_UNMATCHED"]])
         finally:
+            self.unwatch_self()
             bpf.cleanup()
 
 

@@ -222,6 +222,7 @@ class PageFaults(Collector):
         self.procfs = Path(s.procfs)
         self.interval_start = mono_ns()
         self.ticker = Ticker(s.interval)
+        self.watch_self(self.bpf)
 
     def _attach_perf_events(self) -> None:
         try:
@@ -335,6 +336,7 @@ class PageFaults(Collector):
             log.info("pagefaults: %d completions had no matching entry (latency 0)",
                      self.drops_seen[self.slots["DROP_NO_ENTRY"]])
         finally:
+            self.unwatch_self()
             bpf.cleanup()
 
 

@@ -363,6 +363,7 @@ class SchedTracer(Collector):
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
         self.ticker = Ticker(s.interval)
+        self.watch_self(self.bpf)
 
     def _check_attached(self, missing: list[bytes]) -> None:
         if missing:
@@ -434,6 +435,7 @@ class SchedTracer(Collector):
         try:
             self.interval()
         finally:
+            self.unwatch_self()
             self.bpf.cleanup()
             self.bpf = None
 

@@ -1,4 +1,5 @@
-"""eBPF syscall latency tracer -> ``syscall_events``."""
+"""eBPF syscall latency tracer -> ``syscall_events`` (service time) and
+``syscall_wait_summaries`` (blocking waits, summarised per interval)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import re
 import time
 from typing import Any, ClassVar
 
-from kernelsight import bpfsupport
+from kernelsight import bpfsupport, waits
 from kernelsight.clock import MonoToEpoch
-from kernelsight.collectors.base import Collector
+from kernelsight.collectors.base import Collector, Ticker
 from kernelsight.config import Settings
 from kernelsight.exceptions import CollectorError
 from kernelsight.streams import Publisher
@@ -20,12 +21,21 @@ from kernelsight.streams import Publisher
 log = logging.getLogger(__name__)
 
 EVENT = "syscall_events"
+WAITS = "syscall_wait_summaries"
 POLL_MS = 100
 # Slots of the per-thread start array: pid_max, capped (24 bytes each, so 6 MiB at the cap).
 # Threads whose tid is beyond it use a hash map of --map-entries entries instead.
 TID_SLOTS_MAX = 262_144
 # Slots of the per-CPU counters, defined in bpf/ks_syscalls.h (read from there at start).
-SLOTS = ("CNT_RINGBUF_FULL", "CNT_START_MAP_FULL")
+SLOTS = ("CNT_RINGBUF_FULL", "CNT_START_MAP_FULL", "CNT_UNTIMED", "CNT_UNTIMED_MAYBE")
+# Accounting reasons of syscall_events drops (pipeline_accounting.reason)
+R_RINGBUF_FULL = "ringbuf_full"
+R_START_MAP_FULL = "start_map_full"  # not timed: the start hash (tids > slots) was full
+R_UNTIMED = "untimed"  # in flight when tracing started, returned >= threshold after: slow
+R_UNTIMED_MAYBE = "untimed_maybe"  # in flight at the start, returned sooner: maybe slow
+LOSSES = (("CNT_RINGBUF_FULL", R_RINGBUF_FULL), ("CNT_START_MAP_FULL", R_START_MAP_FULL),
+          ("CNT_UNTIMED", R_UNTIMED), ("CNT_UNTIMED_MAYBE", R_UNTIMED_MAYBE))
+COUNT_NRS = 1024  # slots of the --count map (syscall numbers below it)
 
 # bcc's syscall table (from strace) stops at 334 on x86_64; these are the newer ones, so that
 # common slow syscalls (io_uring_enter, futex_waitv, epoll_pwait2) get a name.
@@ -98,7 +108,10 @@ def skip_jiffies(min_latency_ns: int, hz: int | None) -> int:
 
 
 class SyscallTracer(Collector):
-    """Every syscall slower than ``--min-latency-ms`` (default 10 ms), one row each.
+    """Every syscall slower than ``--min-latency-ms`` (default 10 ms): service time one row
+    each in ``syscall_events``; blocking waits (``waits.classify``) summarised per interval and
+    (pid, comm, syscall) in ``syscall_wait_summaries`` (count, total and max latency: exact,
+    every wait the kernel reported is in them), or one row each with ``--record-waits``.
 
     Hooks: raw tracepoints ``sys_enter`` and ``sys_exit`` (RAW_TRACEPOINT_PROBE; no kprobes,
     no fentry, no task_struct reads, so it runs on kernels whose headers BCC only has a
@@ -134,13 +147,18 @@ class SyscallTracer(Collector):
       (768 KiB at pid_max 32768) plus the ring buffer.
 
     Caveats:
-    - This collector's own process is not traced (its poll waits would report themselves).
-    - Syscalls already in flight when the tracer starts, and exit()/exit_group()/a
-      successful execve() from another thread (they never return to the same tid), are not
-      recorded; a stale start left by such a thread is never paired with another syscall.
+    - KernelSight's own processes are not traced (bpf/ks_self.h, selfpids.py): their waits
+      would report themselves.
+    - Syscalls already in flight when the tracer starts are not recorded; they are counted
+      (tids within the slots) when they return: ``untimed`` (returned at least the threshold
+      after the attach: certainly slow) or ``untimed_maybe`` (sooner: maybe not slow).
+      exit()/exit_group()/a successful execve() from another thread never return to the same
+      tid; a stale start left by such a thread is never paired with another syscall.
     - Ring buffer full: the event is counted as lost (``ringbuf_full``) in the accounting.
     - Threads with a tid beyond the slots share a --map-entries hash; when it is full their
-      syscalls are not timed (logged as a warning, not an event loss).
+      syscalls are not timed, counted as ``start_map_full`` (maybe not slow either).
+    - Waits are classified without the descriptor's kind (waits.py): a slow read or write is
+      a wait only on fd 0 or a socket call; on other fds it is service time.
     - The jiffies shortcut assumes jiffies lag the clock by at most one tick. If the CPU that
       advances jiffies stalls longer (a vCPU descheduled by the hypervisor; the kernel hands
       the duty over after 5 stalled ticks), a syscall at most that stall over the threshold
@@ -154,38 +172,58 @@ class SyscallTracer(Collector):
     """
 
     name: ClassVar[str] = "syscalls"
-    event_types: ClassVar[tuple[str, ...]] = (EVENT,)
-    # Trace this collector's own process too (off: its waits would be reported as slow).
-    trace_self: ClassVar[bool] = False
+    event_types: ClassVar[tuple[str, ...]] = (EVENT, WAITS)
+    skip_own_process: ClassVar[bool] = True  # its ring-buffer polls would report themselves
     # Skip the clock read at sys_exit when jiffies prove the syscall was fast (see Caveats).
     jiffies_shortcut: ClassVar[bool] = True
 
-    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, *, pid: int = 0,
+                 comm: str = "", count: bool = False) -> None:
+        """``pid``/``comm``: only that process / task name (filtered in the kernel, at
+        sys_enter); ``count``: no events, per-syscall counts (`trace --count`)."""
         super().__init__(settings, publisher)
         self.bpf: Any = None
         self.clock = MonoToEpoch()
+        self.filter_pid = pid
+        self.filter_comm = comm
+        self.count_mode = count
         self._names: dict[int, str] = {}
+        self._wait_of: dict[int, bool | None] = {}  # nr -> wait / service / depends on fd
         self._rows: list[dict] = []
-        self._lost_seen = 0
-        self._map_full_seen = 0
+        self._waits: dict[tuple[int, str, int], list[int]] = {}
+        self._seen: dict[str, int] = {}
+        self.counts_final: dict[str, tuple[int, int]] = {}
+        self.ticker = Ticker(settings.interval)
+        self._interval_start = time.monotonic_ns()
 
     def cflags(self) -> list[str]:
         s = self.settings
         min_ns = int(s.min_latency_ms * 1_000_000)
-        return [
+        shortcut = self.jiffies_shortcut and not self.count_mode
+        slots = tid_slots(s.procfs)
+        flags = [
             f"-DMIN_LATENCY_NS={min_ns}ULL",
-            f"-DSKIP_JIFFIES="
-            f"{skip_jiffies(min_ns, kernel_hz(s.procfs)) if self.jiffies_shortcut else -1}",
-            f"-DSELF_TGID={0 if self.trace_self else os.getpid()}",
-            f"-DTID_SLOTS={tid_slots(s.procfs)}",
+            f"-DSKIP_JIFFIES={skip_jiffies(min_ns, kernel_hz(s.procfs)) if shortcut else -1}",
+            f"-DTID_SLOTS={slots}",
+            f"-DKS_SELF_SLOTS={slots}",
             f"-DHASH_ENTRIES={s.map_entries}",
             f"-DRINGBUF_PAGES={s.ringbuf_pages}",
             f"-I{s.bpf_path}",
         ]
+        if self.filter_pid:
+            flags.append(f"-DFILTER_TGID={int(self.filter_pid)}")
+        if self.filter_comm:
+            lo, hi = comm_words(self.filter_comm)
+            flags += [f"-DFILTER_COMM_LO={lo}ULL", f"-DFILTER_COMM_HI={hi}ULL"]
+        if self.count_mode:
+            flags.append("-DCOUNT_MODE=1")
+        return flags
 
     def start(self) -> None:
         # RAW_TRACEPOINT_PROBE programs attach while loading (a failure there is a load
         # error with its own message); make sure both really are attached.
+        import ctypes as ct
+
         self.slots = bpfsupport.header_slots(self.settings, self.name, SLOTS)
         self.bpf = bpfsupport.load(self.settings, self.name, self.cflags())
         missing = [tp for tp in (b"sys_enter", b"sys_exit")
@@ -197,9 +235,14 @@ class SyscallTracer(Collector):
                 f"syscalls: raw tracepoint(s) {b', '.join(missing).decode()} did not attach; "
                 "the kernel needs CONFIG_BPF_EVENTS and CONFIG_FTRACE_SYSCALLS; run "
                 "`kernelsight doctor`")
+        # Both programs are attached: a syscall returning from now on without its entry
+        # was in flight before this instant.
+        self.bpf[b"attach_ns"][0] = ct.c_uint64(time.monotonic_ns())
+        self.watch_self(self.bpf)
         self._events = self.bpf[b"events"]
         self._events.open_ring_buffer(self._on_event)
         self._counters = self.bpf[b"counters"]
+        self._interval_start = time.monotonic_ns()
 
     def _name(self, nr: int) -> str:
         n = self._names.get(nr)
@@ -207,8 +250,32 @@ class SyscallTracer(Collector):
             n = self._names[nr] = syscall_name(nr)
         return n
 
+    def _is_wait(self, nr: int, name: str, arg0: int) -> bool:
+        """waits.classify, cached per syscall unless the answer depends on the descriptor."""
+        if nr not in self._wait_of:
+            depends = name in waits.FD_IO_NAMES and name not in waits.WAIT_NAMES
+            self._wait_of[nr] = None if depends else waits.classify(name) == waits.WAIT
+        w = self._wait_of[nr]
+        return waits.classify(name, fd=arg0) == waits.WAIT if w is None else w
+
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> None:
         e = self._events.event(data)
+        nr = int(e.nr)
+        name = self._name(nr)
+        comm = bytes(e.comm).split(b"\0", 1)[0].decode(errors="replace")
+        arg0 = int(e.arg0)
+        lat = int(e.latency_ns)
+        if not self.settings.record_waits and self._is_wait(nr, name, arg0):
+            key = (int(e.tgid), comm, nr)
+            agg = self._waits.get(key)
+            if agg is None:
+                self._waits[key] = [1, lat, lat]
+            else:
+                agg[0] += 1
+                agg[1] += lat
+                if lat > agg[2]:
+                    agg[2] = lat
+            return
         ret = int(e.ret)
         self._rows.append({
             "timestamp": self.clock(int(e.ts_ns)),
@@ -217,35 +284,59 @@ class SyscallTracer(Collector):
             "tid": int(e.tid),
             "cpu": int(e.cpu),
             "uid": int(e.uid),
-            "syscall_nr": max(int(e.nr), -1),  # the column allows -1 (no syscall) and up
-            "syscall_name": self._name(int(e.nr)),
-            "latency_ns": int(e.latency_ns),
+            "syscall_nr": max(nr, -1),  # the column allows -1 (no syscall) and up
+            "syscall_name": name,
+            "latency_ns": lat,
             "ret_value": ret,
             "is_error": 1 if -4095 <= ret <= -1 else 0,
-            "arg0": int(e.arg0),
-            "comm": bytes(e.comm).split(b"\0", 1)[0].decode(errors="replace"),
+            "arg0": arg0,
+            "comm": comm,
         })
 
-    def _drain(self, timeout_ms: int) -> None:
+    def _wait_rows(self) -> list[dict]:
+        """The interval's wait summaries (and a new interval)."""
+        now = time.monotonic_ns()
+        interval_ns = max(1, now - self._interval_start)
+        self._interval_start = now
+        if not self._waits:
+            return []
+        ts = self.clock(now)
+        rows = [{"timestamp": ts, "host": self.settings.host, "pid": pid, "comm": comm,
+                 "syscall_nr": max(nr, -1), "syscall_name": self._name(nr),
+                 "wait_count": n, "latency_sum_ns": total, "latency_max_ns": mx,
+                 "interval_ns": interval_ns}
+                for (pid, comm, nr), (n, total, mx) in self._waits.items()]
+        self._waits = {}
+        return rows
+
+    def _drain(self, timeout_ms: int, final: bool = False) -> None:
         if timeout_ms > 0:
             self.bpf.ring_buffer_poll(timeout_ms)
         self.bpf.ring_buffer_consume()
         if self._rows:
             rows, self._rows = self._rows, []
             self.pub.publish(EVENT, rows)
+        if final or self.ticker.due():
+            summaries = self._wait_rows()
+            if summaries:
+                self.pub.publish(WAITS, summaries)
         self._count_losses()
 
     def _count_losses(self) -> None:
-        lost = bpfsupport.read_percpu_sum(self._counters, self.slots["CNT_RINGBUF_FULL"])
-        if lost > self._lost_seen:
-            self.pub.lost(EVENT, "ringbuf_full", lost - self._lost_seen)
-            self._lost_seen = lost
-        full = bpfsupport.read_percpu_sum(self._counters, self.slots["CNT_START_MAP_FULL"])
-        if full > self._map_full_seen:
-            # Not lost events (those syscalls were just not timed), so not in the accounting.
-            log.warning("syscalls: %d syscalls untimed: start hash full (raise --map-entries)",
-                        full - self._map_full_seen)
-            self._map_full_seen = full
+        for slot, reason in LOSSES:
+            n = bpfsupport.read_percpu_sum(self._counters, self.slots[slot])
+            if n > self._seen.get(slot, 0):
+                self.pub.lost(EVENT, reason, n - self._seen.get(slot, 0))
+                self._seen[slot] = n
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """--count mode: syscall name -> (count, latency sum ns), summed over CPUs."""
+        out: dict[str, tuple[int, int]] = {}
+        for k, per_cpu in self.bpf[b"counts"].items():
+            n = sum(int(v.count) for v in per_cpu)
+            if n:
+                out[self._name(int(k.value))] = (n, sum(int(v.latency_ns) for v in per_cpu))
+        return out
 
     def poll(self) -> None:
         self._drain(POLL_MS)
@@ -255,10 +346,20 @@ class SyscallTracer(Collector):
             return
         try:
             time.sleep(0.01)  # let in-flight exits land in the ring buffer
-            self._drain(0)
+            self._drain(0, final=True)
+            if self.count_mode:
+                self.counts_final = self.counts()
         finally:
+            self.unwatch_self()
             self.bpf.cleanup()
             self.bpf = None
+
+
+def comm_words(comm: str) -> tuple[int, int]:
+    """A task name as the kernel holds it (16 bytes, NUL-padded, at most 15 used) as two
+    little-endian words, for the in-kernel --comm filter."""
+    raw = comm.encode()[:15].ljust(16, b"\0")
+    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
 
 
 COLLECTOR = SyscallTracer

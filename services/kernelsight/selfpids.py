@@ -1,0 +1,244 @@
+"""KernelSight's own processes, which no tracer records (issue 16 item 1).
+
+Without this, the collectors' and ingester's waits, the private Redis's epoll_wait and their
+page faults and context switches are recorded, ingested, and cause more of themselves.
+
+Who is ours: each KernelSight process registers in the Redis hash ``kernelsight:self:<host>``
+(pid -> its start time, pid namespace and whether its descendants are ours too). `kernelsight
+run` registers itself, the private redis-server and every child it starts or restarts (the
+ingester with its workers as a tree); each collector registers itself when it starts. A
+tracer also always ignores its own process, with or without Redis.
+
+How it is applied: every tracer loads ``bpf/ks_self.h`` (a tgid array the verifier inlines)
+and runs a :class:`SelfFilter`, a thread that every ``SYNC_S`` reads the hash, checks each
+entry against /proc (same start time, so a recycled pid is never filtered; same pid namespace,
+so a container's own pid numbers are never taken for host pids) and updates the BPF map with
+only the differences. Dead entries are removed from the hash. A restarted process is filtered
+within ``SYNC_S`` of its registration (``kernelsight run`` registers a child right after
+starting it, before its first import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import logging
+import os
+import threading
+from typing import Any
+
+import orjson
+import redis
+
+log = logging.getLogger(__name__)
+
+KEY = "kernelsight:self:{host}"
+SYNC_S = 2.0  # how often a tracer re-reads the registry (a restarted process waits this long)
+TTL_S = 7 * 86400  # the hash expires if nothing registers for a week
+
+
+def proc_start(pid: int, procfs: str = "/proc") -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22) or None."""
+    try:
+        with open(f"{procfs}/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    try:  # comm may hold spaces and parentheses: fields start after the last ')'
+        return int(raw[raw.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def pid_namespace(pid: int | str = "self", procfs: str = "/proc") -> int:
+    try:
+        return os.stat(f"{procfs}/{pid}/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def register(r: redis.Redis, host: str, pid: int | None = None, tree: bool = False,
+             role: str = "") -> bool:
+    """Record ``pid`` (default: this process) as KernelSight's own; ``tree``: its
+    descendants too. Never raises: a tracer that misses it only records a little more."""
+    pid = pid or os.getpid()
+    start = proc_start(pid)
+    if start is None:
+        return False
+    entry = {"start": start, "ns": pid_namespace(), "tree": tree, "role": role}
+    try:
+        key = KEY.format(host=host)
+        r.hset(key, str(pid), orjson.dumps(entry))
+        r.expire(key, TTL_S)
+        return True
+    except redis.RedisError as e:  # the command itself reports an unreachable Redis
+        log.debug("could not register pid %d as KernelSight's own: %s", pid, e)
+        return False
+
+
+_MARK: dict[str, bool] = {"self": False}
+
+
+def mark(redis_url: str, host: str, role: str = "", tree: bool = False) -> None:
+    """This process is a KernelSight command (`trace`, `collect`, `ingest`): register it, and
+    have this process's own tracers skip it too. Collectors created inside other programs
+    (tests) are not marked: their host process is traced like any other."""
+    _MARK["self"] = True
+    register_url(redis_url, host, tree=tree, role=role)
+
+
+def marked() -> bool:
+    return _MARK["self"]
+
+
+def unmark() -> None:
+    """For tests that mark their own process."""
+    _MARK["self"] = False
+
+
+def register_url(redis_url: str, host: str, pid: int | None = None, tree: bool = False,
+                 role: str = "") -> bool:
+    """:func:`register` through a short-lived connection (no-op without a Redis URL)."""
+    if not redis_url:
+        return False
+    from kernelsight.streams import connect
+
+    r = connect(redis_url, 2)
+    try:
+        return register(r, host, pid, tree, role)
+    finally:
+        r.close()
+
+
+def descendants(pid: int, procfs: str = "/proc", limit: int = 4096) -> set[int]:
+    """Every live descendant of ``pid`` (/proc/PID/task/TID/children, all threads)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo and len(out) < limit:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"{procfs}/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"{procfs}/{p}/task/{tid}/children", "rb") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            for k in kids:
+                if k not in out:
+                    out.add(k)
+                    todo.append(k)
+    return out
+
+
+def registered(r: redis.Redis, host: str, procfs: str = "/proc",
+               prune: bool = True) -> set[int]:
+    """The pids (host pid namespace = ours) that are KernelSight's own right now: every
+    live registered entry and the descendants of tree entries. Dead entries are pruned."""
+    key = KEY.format(host=host)
+    raw = r.hgetall(key)
+    ns = pid_namespace()
+    out: set[int] = set()
+    dead: list[bytes] = []
+    for k, v in raw.items():
+        try:
+            pid = int(k)
+            e = orjson.loads(v)
+            start, ens, tree = int(e["start"]), int(e["ns"]), bool(e.get("tree"))
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+            dead.append(k)
+            continue
+        if ens != ns:
+            continue  # another pid namespace's numbers (a container): not ours to apply
+        if proc_start(pid, procfs) != start:
+            dead.append(k)  # exited (or the pid was recycled)
+            continue
+        out.add(pid)
+        if tree:
+            out |= descendants(pid, procfs)
+    if dead and prune:
+        with contextlib.suppress(redis.RedisError):
+            r.hdel(key, *dead)
+    return out
+
+
+class SelfFilter:
+    """Keeps a loaded tracer's ``ks_self`` maps equal to KernelSight's own processes."""
+
+    def __init__(self, bpf: Any, redis_url: str, host: str, procfs: str = "/proc",
+                 interval_s: float = SYNC_S, own: bool = True) -> None:
+        """``own``: this process is ours too (always, with or without Redis)."""
+        self.bpf = bpf
+        self.redis_url = redis_url
+        self.host = host
+        self.procfs = procfs
+        self.interval_s = interval_s
+        self.own = own
+        self.pids: set[int] = set()
+        self.syncs = 0
+        self._arr = bpf[b"ks_self"]
+        self._big = bpf[b"ks_self_big"]
+        self._slots = int(self._arr.max_entries)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._r: redis.Redis | None = None
+
+    def start(self) -> SelfFilter:
+        """Apply this process at once, the registry now, then every ``interval_s``."""
+        self.sync()
+        self._thread = threading.Thread(target=self._run, name="ks-self-filter", daemon=True)
+        self._thread.start()
+        return self
+
+    def _want(self) -> set[int]:
+        want = {os.getpid()} if self.own else set()
+        if not self.redis_url:
+            return want
+        try:
+            if self._r is None:
+                from kernelsight.streams import connect
+
+                self._r = connect(self.redis_url, 2)
+            want |= registered(self._r, self.host, self.procfs)
+        except redis.RedisError as e:  # keep what we have; Redis may come back
+            log.debug("self filter: registry unreadable: %s", e)
+            return want | self.pids
+        return want
+
+    def sync(self) -> None:
+        want = self._want()
+        for pid in want - self.pids:
+            self._set(pid, 1)
+        for pid in self.pids - want:
+            self._set(pid, 0)
+        self.pids = want
+        self.syncs += 1
+
+    def _set(self, pid: int, on: int) -> None:
+        try:
+            if pid < self._slots:
+                self._arr[pid] = ct.c_uint8(on)
+            elif on:
+                self._big[ct.c_uint32(pid)] = ct.c_uint8(1)
+            else:
+                with contextlib.suppress(KeyError):
+                    del self._big[ct.c_uint32(pid)]
+        except Exception as e:  # noqa: BLE001 - a full hash: that pid is traced, say so
+            log.warning("self filter: pid %d not %s: %s", pid, "added" if on else "removed", e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sync()
+            except Exception:  # the filter must not kill the tracer
+                log.exception("self filter: sync failed")
+
+    def stop(self) -> None:
+        """Before the BPF object is cleaned up (the thread writes into its maps)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._r is not None:
+            self._r.close()

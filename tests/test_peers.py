@@ -1,0 +1,86 @@
+"""The bcc peer comparisons of `make bench` run with the real tools (short workloads): the
+parsers read the real tools' output, and on a workload of known counts both our --count mode
+and syscount count exactly the truth."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kernelsight import peers
+
+from conftest import need_root
+
+LOG2 = """
+     usecs               : count     distribution
+         0 -> 1          : 6        |**                                      |
+         2 -> 3          : 0        |                                        |
+         4 -> 7          : 24       |*********                               |
+         8 -> 15         : 70       |************************************    |
+"""
+
+
+def test_log2_histogram_percentile_bucket() -> None:
+    hist = peers.parse_log2_hist(LOG2 + LOG2)  # two histograms are summed
+    assert hist == [(0, 1, 12), (2, 3, 0), (4, 7, 48), (8, 15, 140)]
+    assert peers.log2_bucket_of(hist, 50) == (8, 15)
+    assert peers.log2_bucket_of(hist, 5) == (0, 1)
+    assert peers.log2_bucket_of([], 50) is None
+
+
+class Figures:
+    def __init__(self) -> None:
+        self.got: dict[str, tuple[float | None, str]] = {}
+        self.lines: list[str] = []
+
+    def put(self, name: str, value: float | None, note: str = "") -> None:
+        self.got[name] = (value, note)
+
+
+def need_bcc_tools() -> None:
+    need_root()
+    if peers.tool("syscount") is None or peers.tool("runqlat") is None:
+        pytest.fail("bpfcc-tools missing: scripts/setup.sh installs it")
+
+
+def test_counts_match_syscount_and_the_truth() -> None:
+    need_bcc_tools()
+    f = Figures()
+    p = peers.Peers(f.put, f.lines.append, lambda argv: 0.0, None, quick=True)
+    p.syscount_counts(n=4000, k=2)
+    assert f.got["peer_ours_getppid_count"][0] == 4000, f.got
+    assert f.got["peer_syscount_getppid_count"][0] == 4000, f.got
+    assert f.got["peer_count_syscalls_differing"][0] == 0, f.got
+
+
+def test_runqlat_percentiles_run() -> None:
+    need_bcc_tools()
+    f = Figures()
+    ran: list[list[str]] = []
+
+    def time_fn(argv: list[str]) -> float:
+        import subprocess
+
+        ran.append(argv)
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        return 0.0
+
+    p = peers.Peers(f.put, f.lines.append, time_fn, None, quick=True)
+    workload = ["dd", "if=/dev/zero", "of=/dev/null", "bs=512", "count=200000"]
+    p.runqlat_percentiles(workload)
+    assert ran == [workload]
+    for q in (50, 95):
+        value, note = f.got[f"peer_runq_p{q}_us_ours"]
+        assert value is not None and value > 0, f.got
+        assert "runqlat's" in note and "bucket" in note, note
+        assert f.got[f"peer_runq_p{q}_in_runqlat_bucket"][0] in (0.0, 1.0)
+
+
+def test_biolatency_line_says_why() -> None:
+    lines: list[str] = []
+    p = peers.Peers(lambda *a: None, lines.append, lambda argv: 0.0, None, quick=True)
+    p.biolatency()
+    assert len(lines) == 1 and lines[0].startswith("peer_io_vs_biolatency: n/a   # ")
+    if shutil.which("biolatency-bpfcc") and peers.kernel_has_kprobes() is False:
+        assert "CONFIG_KPROBES" in lines[0]
