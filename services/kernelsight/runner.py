@@ -205,7 +205,9 @@ class Stack:
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
         log_path = None
-        out: int | object = subprocess.DEVNULL
+        # Without a log directory the children write to our stderr (the terminal, or the
+        # journal under systemd): an ingester that exits must say why somewhere.
+        out: int | object = sys.stderr.fileno()
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{name}.log"
