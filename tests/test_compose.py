@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from kernelsight import schema
+from kernelsight.window import ns_to_id
 
 pytestmark = pytest.mark.docker
 
@@ -38,6 +39,7 @@ DURATION = int(os.environ.get("KS_COMPOSE_TEST_DURATION", "40"))
 LONG_RUNNING = {"redis", "collector", "tracer", "ingest", "reporter"}
 ALL_SERVICES = LONG_RUNNING | {"stress"}
 DB_NAME = "kernelsight.db"
+SNAPSHOT_MARGIN_S = 10  # after a window's end: every producer's next snapshot is past it
 
 
 @dataclass
@@ -320,8 +322,9 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     """`docker compose restart`, kill -9 of a container's process from outside (Docker
     restarts it), then `down` + `up -d` with volumes kept: the stored rows stay, no stream
     entry is stored twice, Redis kept its consumer group, collection goes on, and over the
-    windows spanning the restart and the down + up, nothing produced is missing for any event
-    type (the kill -9 window is left out: see the README)."""
+    windows spanning each of the three, nothing produced is missing for any event type, and
+    around the kill -9 produced = stored + counted drops exactly (the killed producer's rows
+    stored after its last snapshot count as produced after it)."""
     env, data = stack.env, stack.data
     pw = password()
 
@@ -345,14 +348,14 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     assert_kept_and_unique(data, before, "after docker compose restart")
     wait_for("new rows after restart", lambda: grows(data, before, ("syscall_events",)), 90)
     until = time.time()
-    # A window's end needs each producer's next snapshot past it (io and the scraper publish
-    # theirs every few seconds); a producer killed before that leaves its last interval
-    # uncounted, so the kill -9 comes after this check.
-    time.sleep(20)
-    assert_conserved(env, since, until, "docker compose restart")
+    # A window's end needs each producer's next snapshot past it (published every second or
+    # so; a loaded machine delays them): then assert_conserved waits until all is stored.
+    time.sleep(SNAPSHOT_MARGIN_S)
+    assert_conserved(env, data, since, until, "docker compose restart", exact=False)
     stack.timings["restart"] = time.monotonic() - t
 
     t = time.monotonic()
+    since = time.time() - 5
     before = snapshot(data)
     pid = containers()["collector"]["State"]["Pid"]
     os.kill(pid, 9)  # as the OOM killer would: Docker's restart policy brings it back
@@ -361,6 +364,9 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     wait_for("new scraper rows after kill -9",
              lambda: grows(data, before, ("memory_metrics",)), 60)
     assert_kept_and_unique(data, before, "after kill -9 of the collector")
+    until = time.time()
+    time.sleep(SNAPSHOT_MARGIN_S)
+    assert_conserved(env, data, since, until, "kill -9 of the collector")
     stack.timings["kill -9"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -375,46 +381,97 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
     wait_for("new rows after down + up -d",
              lambda: grows(data, before, ("syscall_events", "memory_metrics")), 90)
     until = time.time()
-    time.sleep(20)  # every producer publishes a snapshot past `until`, and it is stored
-    assert_conserved(env, since, until, "down + up -d")
+    time.sleep(SNAPSHOT_MARGIN_S)
+    assert_conserved(env, data, since, until, "down + up -d", exact=False)
     stack.timings["down + up -d"] = time.monotonic() - t
 
 
-def assert_conserved(env: dict[str, str], since: float, until: float, what: str) -> None:
-    """Nothing produced in the window [since, until] is missing from the report (through the
-    reporter, as a user would run it): produced <= stored + dropped + dead letters + retention
-    for every event type. The other direction is a known gap: `restart` stops Redis together
-    with the producers, so a producer's final snapshot can miss its last chunk (measured:
-    page_fault_events -10,000, io_latency_stats -1); those are printed, not asserted."""
-    def report() -> dict:
-        p = sh(compose("exec", "-T", "reporter", "kernelsight", "report", "--db",
-                       f"/data/{DB_NAME}", "--since", f"{since:.3f}", "--until",
-                       f"{until:.3f}", "--json"), 300, env, check=False)
-        try:
-            return json.loads(p.stdout)
-        except ValueError:
-            pytest.fail(f"report --json over {what} gave no JSON:\n{p.stdout[-3000:]}"
-                        f"{p.stderr}")
+def wait_stored(env: dict[str, str], upto_s: float, what: str, timeout: float = 300) -> float:
+    """Wait until the ingester has stored every entry up to ``upto_s`` (epoch s), checked in
+    Redis from the ingest container (no Redis port on the host), as compose-stress waits for
+    its run's end. Returns the seconds waited."""
+    code = ("import os, sys\n"
+            "from kernelsight.runs import wait_drained_until\n"
+            "from kernelsight.window import ns_to_id\n"
+            f"ok = wait_drained_until(os.environ['KS_REDIS_URL'], ns_to_id({int(upto_s * 1e9)}), "
+            f"{timeout})\n"
+            "sys.exit(0 if ok else 3)\n")
+    t = time.monotonic()
+    p = sh(compose("exec", "-T", "ingest", "ks-env", "python", "-c", code), timeout + 120, env,
+           check=False)
+    if p.returncode != 0:
+        pytest.fail(f"the ingester did not store everything up to the end of {what} within "
+                    f"{timeout:.0f}s (exit {p.returncode}):\n{p.stdout[-2000:]}{p.stderr[-2000:]}"
+                    f"\n{logs_tail(env)}")
+    return time.monotonic() - t
 
-    # Once in a CI-like run (after down + up -d) one report saw no row at all in the window,
-    # every type 0 (not a loss: produced was 0 too); the next runs saw them. Until that is
-    # understood, the report is asked again (each answer printed) for up to 90 s, and a window
-    # that still shows nothing fails.
-    seen: list[dict] = []
 
-    def has_rows() -> dict | None:
-        rep = report()
-        seen.append({t: v["stored"] for t, v in rep["event_types"].items()})
-        return rep if rep["event_types"]["syscall_events"]["stored"] > 0 else None
+def host_view(data: Path, since: float, until: float) -> dict[str, int]:
+    """What the host's own SQLite reader sees of the window: rows by timestamp and accounting
+    snapshots by position (diagnostics when the reporter's answer differs)."""
+    lo, hi = (ns_to_id(int(x * 1e9)) for x in (since, until))
+    con = db_connect(data)
+    try:
+        out = {t: con.execute(f'SELECT COUNT(*) FROM "{t}" WHERE timestamp BETWEEN ? AND ?',
+                              (int(since * 1e9), int(until * 1e9))).fetchone()[0]
+               for t in ("syscall_events", "memory_metrics")}
+        out["snapshots"] = con.execute("SELECT COUNT(DISTINCT stream_id) FROM "
+                                       "pipeline_accounting WHERE stream_id > ? AND "
+                                       "stream_id <= ?", (lo, hi)).fetchone()[0]
+    finally:
+        con.close()
+    out["wal_bytes"] = (data / f"{DB_NAME}-wal").stat().st_size if (
+        data / f"{DB_NAME}-wal").exists() else -1
+    return out
 
-    rep = wait_for(f"the report over {what} to show its rows", has_rows, 90, 5)
-    if len(seen) > 1:
-        print(f"over {what}: the first {len(seen) - 1} report(s) showed no rows: {seen[:-1]}")
+
+def assert_conserved(env: dict[str, str], data: Path, since: float, until: float,
+                     what: str, exact: bool = True) -> None:
+    """Over the window [since, until], through the reporter as a user would run it, once the
+    ingester has stored everything up to now (each producer's next snapshot past `until`
+    included): produced = stored + dropped + dead letters + retention for every event type,
+    rows of a producer stopped or killed after its last snapshot counted as produced after it.
+
+    The report used to be asked right after a fixed sleep: once (CI-like load, after down +
+    up -d) every type read 0, produced 0 too, and asking again later showed the rows. A report
+    only covers what is stored, and the window had not been stored yet (the ingester catching
+    up after the restart); the readers themselves see every committed row (test_readonly's
+    read-only-mount test). So this waits for the ingester, as compose-stress does, then asks
+    once.
+
+    ``exact=False`` (restart, down + up -d, where Redis stops with the producers) asserts only
+    that nothing produced is missing, and prints any excess: once in two runs here the restart
+    window read syscall_events produced 5,158, stored 4,894, 466 counted dropped (202 more
+    than the counted side allows; the drop reasons were not kept). The likely cause: a
+    producer stopping while Redis stops counts its buffered chunk as unflushed_at_exit when
+    Redis cannot be reached before its 5 s close deadline, although Redis ran the chunk and
+    only the reply was lost; the chunk is then both stored and counted dropped."""
+    waited = wait_stored(env, time.time(), what)
+    p = sh(compose("exec", "-T", "reporter", "kernelsight", "report", "--db",
+                   f"/data/{DB_NAME}", "--since", f"{since:.3f}", "--until", f"{until:.3f}",
+                   "--json"), 300, env, check=False)
+    try:
+        rep = json.loads(p.stdout)
+    except ValueError:
+        pytest.fail(f"report --json over {what} gave no JSON:\n{p.stdout[-3000:]}{p.stderr}")
+    types = rep["event_types"]
+    assert types["syscall_events"]["stored"] > 0, (
+        f"over {what}, after the ingester stored everything up to now ({waited:.0f}s wait), "
+        f"the reporter shows no rows: { {t: v['stored'] for t, v in types.items()} }; "
+        f"the host's reader sees {host_view(data, since, until)}")
     off = {t: (v["produced"], v["stored"], v["unaccounted"])
-           for t, v in rep["event_types"].items() if v["unaccounted"] != 0}
-    lost = {t: v for t, v in off.items() if v[2] > 0}
-    assert not lost, f"over {what}: (produced, stored, unaccounted) {off}"
-    print(f"over {what}: stored beyond the producers' snapshots: {off or 'none'}")
+           for t, v in types.items() if v["unaccounted"] != 0}
+    late = {t: v["produced_after_last_snapshot"] for t, v in types.items()
+            if v["produced_after_last_snapshot"]}
+    print(f"over {what}: waited {waited:.0f}s for the ingester; produced after a last "
+          f"snapshot: {late or 'none'}")
+    detail = f"over {what}: (produced, stored, unaccounted) {off}; dropped " \
+             f"{ {t: types[t]['dropped'] for t in off} }"
+    if exact:
+        assert not off, detail
+    else:  # stored beyond the counted side: see the docstring
+        assert not {t: v for t, v in off.items() if v[2] > 0}, detail
+        print(detail)
 
 
 def test_down_v_leaves_nothing(stack: Stack) -> None:
