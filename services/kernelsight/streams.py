@@ -495,6 +495,21 @@ class Publisher:
         except redis.RedisError:
             pass
 
+    def _ran_in_doubt(self) -> int:
+        """How many entries at the head of the buffer Redis ran although their reply was lost
+        (the chunk in doubt; its marker key says): they are in Redis, so they are not
+        unflushed. 0 when no chunk is in doubt or Redis cannot tell now."""
+        if not self._resend_n or not self._buf:
+            return 0
+        key = CHUNK_MARKER.format(instance=self.instance, first=self._buf[0][3].decode())
+        try:
+            done = self._r.get(key)
+        except redis.RedisError:
+            return 0
+        if not done:
+            return 0
+        return min(int(done.split(b"|", 1)[0]), self._resend_n, len(self._buf))
+
     def close(self, deadline_s: float = 5.0) -> None:
         """Flush everything, retrying until the deadline; count what could not be sent, and
         deliver the accounting that says so (also when a long backlog is still buffered: the
@@ -505,9 +520,10 @@ class Publisher:
             if self.flush(final=True, deadline=end) and not self._dirty:
                 break
             if time.monotonic() >= end:
+                ran = self._ran_in_doubt()
                 with self._lock:
-                    for _, _, et, _ in self._buf:
-                        if et:
+                    for i, (_, _, et, _) in enumerate(self._buf):
+                        if et and i >= ran:
                             self._count(et, schema.DROPPED, 1, R_UNFLUSHED)
                     self._buf.clear()
                     self._buf_bytes = 0

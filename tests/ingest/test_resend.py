@@ -59,3 +59,31 @@ def test_lost_reply_resend_after_store_ack_trim_stores_once(settings, rclient, p
             "SELECT COUNT(*), COUNT(DISTINCT stream_id) FROM syscall_events")).one()
     assert total == n + 1, f"{total - n - 1} stored twice"
     assert distinct == total
+
+
+def test_chunk_run_by_redis_but_unconfirmed_at_close_is_not_counted_dropped(settings, rclient,
+                                                                             proxy):
+    """A chunk whose reply was lost is still in doubt when close() reaches its deadline (as
+    when Redis stops with the producers: `docker compose restart`). Redis ran it: its entries
+    are stored, so they must not also be counted dropped (unflushed_at_exit); the report then
+    balances. It used to count them, and the window read stored beyond produced - dropped."""
+    from kernelsight.report import build
+    from kernelsight.streams import R_UNFLUSHED
+
+    lossy, url = proxy
+    pub = Publisher(replace(settings, redis_url=url), "test")
+    rng = random.Random(6)
+    pub.publish(SYS.name, [make_event(SYS, rng, "t", time.time_ns())])
+    assert pub.flush(final=True)
+    n = 300
+    pub.publish(SYS.name, [make_event(SYS, rng, "t", time.time_ns()) for _ in range(n)])
+    lossy.lose_next_reply.set()
+    assert not pub.flush()  # ran in Redis, reply lost: in doubt
+    assert rclient.xlen(SYS.stream) == n + 1
+    time.sleep(0.6)  # the proxy has cut that connection
+    pub.close(deadline_s=0)  # the deadline is already past: no re-send, only the count
+    assert pub.counters.get((SYS.name, schema.DROPPED, R_UNFLUSHED), 0) == 0
+    ing = drain(settings)
+    rep = build(ing.engine, settings.db_path)
+    assert rep.counts[SYS.name] == rep.produced[SYS.name] == n + 1
+    assert rep.balance(SYS.name) == 0, rep.dropped.get(SYS.name)
