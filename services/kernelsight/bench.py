@@ -39,7 +39,10 @@ FIGURES = (
     "sched_tracer_overhead_ratio", "scraper_cpu_percent", "stack_cpu_percent_under_stress",
     "max_lossless_events_per_s", "report_seconds_1m_rows",
     "ingest_while_pruning_events_per_s", "ingest_while_pruning_ratio",
+    "idle_cpu_percent", "idle_rss_mb", "idle_db_bytes_per_hour",
 )
+# What a quiet host pays, for comparison (README "Idle cost"): node_exporter and Netdata.
+IDLE_PEERS = "node_exporter ~0.8% of a core, ~20 MB; Netdata 1-5%, 100-200 MB"
 
 
 class Bench:
@@ -286,12 +289,21 @@ class Bench:
 
     # -- CPU of the scraper and of the stack under stress ---------------------------------
     def scraper_cpu(self, url: str) -> None:
-        secs = 10 if self.quick else 30
+        """Steady state only: measured from the first scrape after the collector said
+        "started" (a fixed 3 s after the spawn used to include part of its start-up on a
+        loaded host: 0.53 one run, 1.13 another)."""
+        from kernelsight.runner import wait_states
+
+        secs = 10 if self.quick else 60
         env = {**os.environ, "KS_REDIS_URL": url}
+        redis.Redis.from_url(url).delete("kernelsight:status:scraper")
         p = subprocess.Popen([sys.executable, "-m", "kernelsight", "collect"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(3)  # start-up (imports) is not steady-state cost
+            st = wait_states(url, ["scraper"], {"started", "failed"}, 120)
+            if st["scraper"]["state"] != "started":
+                raise RuntimeError(f"scraper did not start: {st['scraper']}")
+            time.sleep(1.5)  # its first scrape and first confirmation are done
             proc = psutil.Process(p.pid)
             c0 = sum(proc.cpu_times()[:2])
             time.sleep(secs)
@@ -300,7 +312,9 @@ class Bench:
             p.terminate()
             p.wait(10)
         self.put("scraper_cpu_percent", 100 * (c1 - c0) / secs,
-                 f"1 s interval, {secs} s steady state, % of one core")
+                 f"1 s interval, {secs} s steady state, % of one core; most of it is the "
+                 "kernel walking the whole TCP hash for /proc/net/tcp and tcp6 (~1.5 ms "
+                 "each per scrape here, memory-bound: more when the host is busy)")
 
     def stack_cpu(self, url: str) -> None:
         if os.geteuid() != 0:
@@ -334,6 +348,66 @@ class Bench:
         self.put("stack_cpu_percent_under_stress", 100 * (c1 - c0) / dt,
                  f"redis + ingest + scraper + 4 tracers during {secs} s of stress, "
                  "% of one core")
+
+    def idle(self) -> None:
+        """`kernelsight run --collectors all` (private Redis, default settings) on this host as
+        it is: CPU (user + system, every process of the stack, from /proc/PID/stat) and RSS
+        summed over the stack, and the database's growth (its pages in use, WAL included),
+        over ``secs`` after ``warm`` seconds of collecting. The host is not made idle: what
+        else runs here shows up in the tracers' and the ingester's figures (the load
+        average is in the note)."""
+        if os.geteuid() != 0:
+            for f in ("idle_cpu_percent", "idle_rss_mb", "idle_db_bytes_per_hour"):
+                self.put(f, None, "needs root")
+            return
+        warm, secs = (10, 20) if self.quick else (60, 90)
+        db = self.dir / "idle.db"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KS_")}
+        env["KS_METRICS_ADDR"] = "off"
+        p = subprocess.Popen([sys.executable, "-m", "kernelsight", "run", "--collectors", "all",
+                              "--db", str(db), "--log-dir", str(self.dir / "idlelogs")],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        collecting = threading.Event()
+
+        def watch() -> None:
+            assert p.stderr
+            for line in p.stderr:
+                if line.startswith(b"collecting"):
+                    collecting.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            if not collecting.wait(300):
+                raise RuntimeError("kernelsight run did not start collecting within 300 s")
+            time.sleep(warm)
+            procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+            c0 = {q.pid: sum(q.cpu_times()[:2]) for q in procs}
+            d0, t0 = _db_bytes(db), time.monotonic()
+            time.sleep(secs)
+            dt = time.monotonic() - t0
+            d1 = _db_bytes(db)
+            parts = []
+            cpu = rss = 0.0
+            for q in procs:
+                c = sum(q.cpu_times()[:2]) - c0[q.pid]
+                m = q.memory_info().rss / 1e6
+                cpu += c
+                rss += m
+                parts.append(f"{_proc_label(q)} {100 * c / dt:.2f}% {m:.0f} MB")
+            load = os.getloadavg()
+        finally:
+            p.terminate()
+            try:
+                p.wait(120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        note = (f"all collectors, {secs} s after {warm} s of collecting, load average "
+                f"{load[0]:.1f}: " + "; ".join(parts))
+        self.put("idle_cpu_percent", 100 * cpu / dt, note + f" (peers: {IDLE_PEERS})")
+        self.put("idle_rss_mb", rss, "sum of the stack's RSS (shared pages counted in each)")
+        self.put("idle_db_bytes_per_hour", (d1 - d0) / dt * 3600,
+                 f"pages in use, {d0:,} -> {d1:,} bytes in {dt:.0f} s")
 
     def max_lossless(self) -> None:
         from kernelsight.soak import soak
@@ -385,6 +459,25 @@ def _time_ok(argv: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return time.perf_counter() - t0
+
+
+def _db_bytes(db: Path) -> int:
+    """Bytes of the database's pages in use (WAL frames included: a reader sees them)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        pages, free, size = (con.execute(f"PRAGMA {p}").fetchone()[0]
+                             for p in ("page_count", "freelist_count", "page_size"))
+    finally:
+        con.close()
+    return (pages - free) * size
+
+
+def _proc_label(q: psutil.Process) -> str:
+    argv = q.cmdline()
+    if argv and argv[0].endswith("redis-server"):
+        return "redis"
+    rest = argv[argv.index("kernelsight") + 1:] if "kernelsight" in argv else argv[-1:]
+    return rest[0] if rest else "?"
 
 
 def _redis_proc(url: str) -> psutil.Process:
@@ -506,6 +599,7 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
                                         sched_workload(quick), EMPTY["sched"], rs.url),
             "scraper": lambda: b.scraper_cpu(rs.url),
             "stack": lambda: b.stack_cpu(rs.url),
+            "idle": b.idle,
             "lossless": b.max_lossless,
             "report": b.report_1m,
             # bcc's syscount/runqlat beside ours (peers.py); minutes of compiling: full runs only
@@ -532,7 +626,7 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
 @click.option("--quick", is_flag=True, envvar="QUICK", help="Short runs (for CI).")
 @click.option("--out", default="bench/results.json", show_default=True, type=click.Path())
 @click.option("--only", default=None, help="Comma list of steps: ingest, pruning, publish, "
-              "syscalls, pagefaults, sched, scraper, stack, lossless, report, peers.")
+              "syscalls, pagefaults, sched, scraper, stack, idle, lossless, report, peers.")
 def command(quick: bool, out: str, only: str | None) -> None:
     """Measure throughput and overhead against bare floors (root for the tracer figures).
 

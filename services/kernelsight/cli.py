@@ -77,7 +77,29 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(context_settings=CTX)
+class _Group(click.Group):
+    """Commands of their own modules are imported only when asked for (or listed): each
+    process of `run` (ingester, collectors) then loads what it runs, not the report, the
+    analysis and the stress workloads (~9 MB of RSS per process)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name == "host":  # what `run` starts: only its own module
+            from kernelsight.collectors.host import command as host
+
+            self.add_command(host)
+            cmd = host
+        if cmd is None:
+            _register_optional()
+            cmd = super().get_command(ctx, cmd_name)
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register_optional()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Group, context_settings=CTX)
 @click.option("--log-level", envvar="KS_LOG_LEVEL", default="info", show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.version_option(package_name="kernelsight")
@@ -107,10 +129,13 @@ def cli(log_level: str) -> None:
               envvar="KS_INGEST_RESTARTS", show_envvar=True,
               help="Restarts of an ingester that exits before the run ends (pause 1 s, "
                    "doubling up to 30 s); 0: the run stops when it exits.")
+@click.option("--process-per-collector", is_flag=True, envvar="KS_PROCESS_PER_COLLECTOR",
+              show_envvar=True, help="Each collector in its own process (each tracer then "
+              "loads its own BCC, ~200 MB each) instead of all in one process.")
 @common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RETENTION, RETENTION_SIZE,
         ROLLUP_RETENTION, METRICS, RECORD_WAITS)
 def run(duration: float | None, collector_list: str, log_dir: str | None,
-        ingest_restarts: int, **kw: Any) -> None:
+        ingest_restarts: int, process_per_collector: bool, **kw: Any) -> None:
     """Run collectors and the ingester natively until SIGTERM/SIGINT (or for DURATION
     seconds), then drain every stream into the database and exit.
 
@@ -128,6 +153,7 @@ def run(duration: float | None, collector_list: str, log_dir: str | None,
       kernelsight run --duration 10 --db /tmp/ks.db --collectors scraper
       sudo kernelsight run --db data/ks.db --collectors all
       sudo kernelsight run --retention 2m --retention-size 64MiB
+      sudo kernelsight run --collectors all --process-per-collector
     """
     from kernelsight import runner
     from kernelsight.config import check_db_path
@@ -142,7 +168,8 @@ def run(duration: float | None, collector_list: str, log_dir: str | None,
     check_db_path(s.db_path)
     open_db(s.db_path).dispose()
     rc = runner.run(s, duration, names, Path(log_dir) if log_dir else None,
-                    echo=lambda m: click.echo(m, err=True), ingest_restarts=ingest_restarts)
+                    echo=lambda m: click.echo(m, err=True), ingest_restarts=ingest_restarts,
+                    one_process=not process_per_collector)
     sys.exit(rc)
 
 
@@ -345,7 +372,7 @@ def _register_optional() -> None:
     import importlib
 
     for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "soak", "bench", "rqjobs",
-                "compose_stress", "analysis.command", "status", "service"):
+                "compose_stress", "collectors.host", "analysis.command", "status", "service"):
         try:
             m = importlib.import_module(f"kernelsight.{mod}")
         except ModuleNotFoundError as e:
@@ -359,7 +386,6 @@ def _register_optional() -> None:
 
 
 def main() -> None:
-    _register_optional()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -26,6 +26,15 @@ STREAM_RETAIN = 10_000  # the ingester trims acknowledged entries beyond this ma
 ACCOUNTING_INTERVAL_S = 1.0
 HEALTH_TTL_S = 15
 HEALTH_STALE_S = 10.0  # a heartbeat older than this is unhealthy (`status`, the watchdog)
+# Idle work (README "Idle cost"): heartbeats every HEARTBEAT_S (ingester and collectors; a
+# third of HEALTH_STALE_S, so one late beat is never "stale"); an ingester with nothing to
+# read blocks IDLE_BLOCK_MS per read and trims the streams every TRIM_IDLE_S only; the
+# private redis-server runs its timers REDIS_HZ times a second (Redis's default is 10; it
+# also bounds how late a blocking read's timeout fires: 1/REDIS_HZ s).
+HEARTBEAT_S = 3.0
+IDLE_BLOCK_MS = 1000
+TRIM_IDLE_S = 30.0
+REDIS_HZ = 2
 # Prometheus /metrics of `run` and `ingest`: loopback only unless asked ('off' disables).
 METRICS_ADDR = "127.0.0.1:9477"
 
@@ -40,10 +49,17 @@ PRUNE_CHUNK_ROWS = 2000  # rows per delete transaction (the ingest write lock is
 PRUNE_YIELD = 0.25  # after each chunk, leave the lock free for this x the time it was held
 SIZE_LOW_WATER = 0.95  # above the cap, delete down to this fraction of it
 
+# `run` hosts several collectors in one process (one BCC runtime): ~150 MB instead of ~200 MB
+# per tracer process (README, "Memory"). KS_ONE_PROCESS=0 / --process-per-collector.
+ONE_PROCESS = True
+
 # Tracers.
 SYSCALL_MIN_LATENCY_MS = 10.0
 RINGBUF_PAGES = 256
-PAGEFAULT_MINOR_RATE = 2000  # minor-fault events stored per second (totals stay exact)
+# Minor-fault events stored per second, whole host (majors: all). page_fault_totals stays
+# exact per process, so these are latency samples only: at 2000/s an idle host stored ~166
+# a second (~70 MB/h) and a busy one 2000 (~850 MB/h, and ~10% of a core of Python work).
+PAGEFAULT_MINOR_RATE = 10
 MAP_ENTRIES = 65536
 
 # Block devices ignored by the scraper, as node_exporter's diskstats collector does.

@@ -84,7 +84,7 @@ class PrivateRedis:
                 f"dir {self.dir}", "daemonize no", f"requirepass {self.password}",
                 "save ''" if not persistent else "save 1 1",
                 f"appendonly {'yes' if persistent else 'no'}", "appendfsync always",
-                "loglevel warning", "logfile ''",
+                "loglevel warning", "logfile ''", f"hz {defaults.REDIS_HZ}",
                 # Bounded memory: at the cap writes are refused (never evicted), and producers
                 # hold back (Publisher back-pressure) until the ingester frees memory.
                 f"maxmemory {self.maxmemory}", "maxmemory-policy noeviction"]

@@ -4,6 +4,7 @@ process, so one failing collector never stops the others."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -47,13 +48,18 @@ EXIT_CRASHED = 1  # a collector that raised in poll(): a bug, recorded as failed
 
 def run_collector(name: str, settings: Settings, duration: float | None = None,
                   stop: threading.Event | None = None,
-                  cls: type[collectors.Collector] | None = None) -> int:
+                  cls: type[collectors.Collector] | None = None,
+                  start_lock: threading.Lock | None = None, watch_stop_key: bool = True,
+                  on_started: Callable[[], None] | None = None) -> int:
     """Run one collector until SIGTERM/SIGINT, ``stop`` or ``duration``; returns the exit code.
 
     Redis may be down: the publisher buffers (bounded) and reconnects by itself. A collector
     that raises in ``poll()`` is recorded as FAILED (accounting and status key) with the
     exception, not as stopped: the report's "all collectors started" must not pass over it.
-    ``cls`` replaces the registry's class (tests)."""
+    ``cls`` replaces the registry's class (tests). ``start_lock`` serialises ``start()``
+    between collectors hosted in one process (collectors/host.py): BCC compiles there; the
+    host watches the stop key for all of them (``watch_stop_key=False``) and is told when
+    this one has started (``on_started``)."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,7 +67,8 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
     pub = Publisher(settings, name)
     try:
         col = (cls or collectors.get(name))(settings, pub)
-        col.start()
+        with start_lock or contextlib.nullcontext():
+            col.start()
     except (CollectorError, KernelSightError) as e:
         log.error("%s", e)
         pub.status(schema.FAILED, str(e))
@@ -72,6 +79,8 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
     pub.status(schema.STARTED)
     _set_status(settings, name, "started")
     log.info("%s started (pid %d)", name, os.getpid())
+    if on_started:
+        on_started()
     end = time.monotonic() + duration if duration else None
     ctl = connect(settings.redis_url, 1)
     started_ns = time.time_ns()
@@ -87,7 +96,7 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
                 pub.status(schema.FAILED, crash)
                 break
             pub.flush()
-            if time.monotonic() >= next_ctl:
+            if watch_stop_key and time.monotonic() >= next_ctl:
                 next_ctl = time.monotonic() + 0.5
                 if _stop_requested(ctl, started_ns):
                     log.info("%s: stop requested through %s", name, STOP_KEY)
@@ -173,6 +182,8 @@ class Stack:
     redis: PrivateRedis | None = None
     ingest: Proc | None = None
     procs: dict[str, Proc] = field(default_factory=dict)
+    # Several collectors in one process (collectors/host.py) rather than one process each.
+    one_process: bool = defaults.ONE_PROCESS
 
     def start_redis(self) -> str:
         if self.settings.redis_url:
@@ -229,9 +240,18 @@ class Stack:
         r = connect(self.settings.redis_url)
         for n in names:
             r.delete(STATUS_KEY.format(name=n))
-        for n in names:
-            args = ["collect"] if n == collectors.SCRAPER else ["trace", n]
-            self.procs[n] = self._spawn(n, args)
+        if self.one_process and len(names) > 1:
+            # One process for all (collectors/host.py): one BCC runtime instead of one per
+            # tracer. Each name keeps its own Proc (same process) and status key. Their
+            # programs compile one after the other, so allow more time.
+            shared = self._spawn("collectors", ["host", "--collectors", ",".join(names)])
+            for n in names:
+                self.procs[n] = Proc(n, shared.popen, shared.log_path)
+            timeout *= max(2, len(set(names) & set(collectors.TRACERS)))
+        else:
+            for n in names:
+                args = ["collect"] if n == collectors.SCRAPER else ["trace", n]
+                self.procs[n] = self._spawn(n, args)
         deadline = time.monotonic() + timeout
         waiting = set(names)
         while waiting and time.monotonic() < deadline:
@@ -293,6 +313,10 @@ class Stack:
         return f"ingest heartbeat {age:.0f}s old" if age > defaults.HEALTH_STALE_S else None
 
     def stop_collectors(self, timeout: float = 20.0) -> None:
+        if len({p.popen.pid for p in self.procs.values()}) < len(self.procs):
+            # Hosted in one process: every collector's last interval, BPF detach and final
+            # flush share that process's CPU (seconds each on a loaded host).
+            timeout = max(timeout, 60.0)
         for p in self.procs.values():
             if p.popen.poll() is None:
                 p.popen.send_signal(signal.SIGTERM)
@@ -445,10 +469,11 @@ R_UNSTORED = "unstored_at_exit"
 
 def run(settings: Settings, duration: float | None, names: list[str],
         log_dir: Path | None = None, echo: Callable[[str], None] = print,
-        kind: str = "run", ingest_restarts: int = defaults.INGEST_RESTARTS_MAX) -> int:
+        kind: str = "run", ingest_restarts: int = defaults.INGEST_RESTARTS_MAX,
+        one_process: bool = defaults.ONE_PROCESS) -> int:
     """`kernelsight run`: collectors + ingester until SIGTERM/SIGINT (or ``duration`` s), then
     drain and exit. The run is recorded (runs table) with its start, end and outcome."""
-    stack = Stack(settings, log_dir)
+    stack = Stack(settings, log_dir, one_process=one_process)
     rec: RunRecorder | None = None
     stopping = threading.Event()
     old = {s: signal.signal(s, lambda *_: stopping.set()) for s in
@@ -493,7 +518,7 @@ def run(settings: Settings, duration: float | None, names: list[str],
                     log.error("unhealthy, not pinging the watchdog: %s", why)
                     sdnotify.status(f"unhealthy: {why}")
                 unhealthy = why or ""
-            time.sleep(0.2)
+            stopping.wait(0.5)  # a signal sets it: no busy loop, and no wait on a stop
         # A signal during the drain cuts the wait short; what is unstored is then counted.
         hurry = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -46,7 +46,7 @@ R_UNFLUSHED = "unflushed_at_exit"  # still buffered when the collector had to st
 R_LOST_IN_REDIS = "lost_in_redis_restart"  # Redis lost them and they could not be re-added
 
 CONFIRM_INTERVAL_S = 1.0
-HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_INTERVAL_S = defaults.HEARTBEAT_S
 CHUNK_MARKER = "kernelsight:chunk:{instance}:{first}"
 CHUNK_MARKER_TTL_S = 86_400  # only the last chunk's marker outlives its reply (then deleted)
 CHUNK_MAX = 2000
@@ -271,7 +271,10 @@ class Publisher:
         if idle and self.connected and now < self._next_confirm and now < self._next_beat:
             return True  # nothing to send, nothing due: no round trip
         try:
-            if not self.connected or now >= self._next_confirm:
+            if not self.connected or (now >= self._next_confirm and (self._window_len or
+                                                                       self._buf)):
+                # With nothing sent and nothing awaiting acknowledgement there is nothing
+                # to confirm or replay: an idle producer makes no round trip for it.
                 self._next_confirm = now + CONFIRM_INTERVAL_S
                 self._confirm()
             while self._buf:

@@ -26,6 +26,7 @@ from kernelsight.config import Settings, redact
 from kernelsight.db import Checkpointer
 from kernelsight.exceptions import RedisRefused, RedisUnavailable
 from kernelsight.ingest import reclaim
+from kernelsight.ingest.accounting import ChangedOnly
 from kernelsight.ingest.events import Events
 from kernelsight.ingest.progress import drained_until
 from kernelsight.ingest.retention import trim_acknowledged
@@ -67,6 +68,9 @@ class Ingester:
         self._draining = False
         self._drain_mark = 0  # epoch ms: a drain stores everything up to it
         self._last_trim = 0.0
+        self._trim_batches = -1
+        self._last_beat = 0.0
+        self._idle_reads = 0  # consecutive reads that returned nothing
         self._last_reclaim = 0.0
         self._last_accounting = 0.0
         self.streams: list[bytes] = list(ALL_STREAMS)
@@ -77,6 +81,7 @@ class Ingester:
         self.events: Events = Events()  # sd_notify / supervisor pipe / histogram hooks
         self._told_stopping = False
         self._acc_batches = 0  # batches the last accounting snapshot includes
+        self.acc_changed = ChangedOnly()
         # Keep XREADGROUP's reply raw (nested lists): redis-py's conversion of every entry's
         # fields into a dict is pure overhead here.
         self.r.set_response_callback("XREADGROUP", lambda resp, **_: resp)
@@ -188,8 +193,20 @@ class Ingester:
         return n, {k: v for k, v in rows.items() if v}, acc, dead, ack
 
     def _commit(self, rows: dict[str, list[tuple]], acc: list[dict], dead: list[dict]) -> None:
-        self.writer.commit(rows, acc, dead, self._own_accounting,
-                           lambda: self._stop and not self._draining)
+        """One transaction. Accounting rows that repeat what is stored are left out
+        (ingest/accounting.py), producers' and the ingester's own alike."""
+        acc, upd = self.acc_changed.changed(acc)
+        own_upd: dict = {}
+
+        def own(rows_: dict, dead_: list) -> list[dict]:
+            out, u = self.acc_changed.changed(self._own_accounting(rows_, dead_))
+            own_upd.clear()  # a retried transaction asks again
+            own_upd.update(u)
+            return out
+
+        self.writer.commit(rows, acc, dead, own, lambda: self._stop and not self._draining)
+        self.acc_changed.commit(upd)
+        self.acc_changed.commit(own_upd)
 
     def _own_accounting(self, rows: dict, dead: list) -> list[dict]:
         """The ingester's counters, as cumulative accounting rows (about once a second)."""
@@ -327,17 +344,22 @@ class Ingester:
                     break
 
     def _maintain(self, now: float) -> None:
-        """About once a second: trim and heartbeat; every 10 s: reclaim and discover."""
-        if now - self._last_trim > 1.0:
-            self._last_trim = now
-            self.trim()
+        """Heartbeat every HEARTBEAT_S; trim about once a second while batches come in (at
+        idle nothing grows: every TRIM_IDLE_S); every 10 s: reclaim and discover."""
+        if now - self._last_beat >= defaults.HEARTBEAT_S:
+            self._last_beat = now
             self._heartbeat()
             self.events.beat(self)
-            if self.stats.batches != self._acc_batches and now - self._last_accounting >= 1.0:
-                # Idle: record the last batches' counts now rather than at the next batch,
-                # so /metrics and `status` are at most a second or two behind.
-                self._last_accounting = 0.0
-                self._commit({}, [], [])
+        if now - self._last_trim > 1.0 and (self.stats.batches != self._trim_batches
+                                            or now - self._last_trim > defaults.TRIM_IDLE_S):
+            self._last_trim = now
+            self._trim_batches = self.stats.batches
+            self.trim()
+        if self.stats.batches != self._acc_batches and now - self._last_accounting >= 1.0:
+            # Idle: record the last batches' counts now rather than at the next batch,
+            # so /metrics and `status` are at most a second or two behind.
+            self._last_accounting = 0.0
+            self._commit({}, [], [])
         if now - self._last_reclaim > 10.0:
             self._last_reclaim = now
             self._autoclaim()
@@ -377,10 +399,15 @@ class Ingester:
         """Store one batch: the entries of the read sent last time (or of a read that waits
         up to batch_ms), with the next read already sent so Redis prepares it meanwhile."""
         if not self.wire.reading():
-            self._send_read(self.s.batch_ms)
+            # Nothing came last time: wait longer (Redis answers as soon as an entry
+            # arrives, so this only spaces out the idle wake-ups), not while stopping.
+            idle = self._idle_reads >= 2 and not self._stop
+            self._send_read(defaults.IDLE_BLOCK_MS if idle else self.s.batch_ms)
         got = self._recv_read()
         if not got:
+            self._idle_reads += 1
             return 0
+        self._idle_reads = 0
         self._send_read(None)
         return self._process(got)
 
