@@ -180,7 +180,8 @@ def run(duration: float | None, collector_list: str, log_dir: str | None,
 @_opt("--ignored-devices", field="ignored_devices",
       help="Regex of block device names to skip (node_exporter's default).")
 def collect(duration: float | None, **kw: Any) -> None:
-    """Run the /proc scraper (memory, load, block, network, TCP states, retransmits).
+    """Run the /proc scraper (memory, load, block, network, TCP states, retransmits, PSI,
+    vmstat).
 
     \b
     Examples:
