@@ -6,6 +6,7 @@
 
 #define DROP_MAP_FULL 0  /* a completion not counted: stats/hist map full */
 #define DROP_UNMATCHED 1 /* a completion with no issue seen (issued before we started) */
-#define DROP_SLOTS 2
+#define DROP_UNSEEN 2 /* an issue found its request still open: that completion never ran */
+#define DROP_SLOTS 3
 
 #endif

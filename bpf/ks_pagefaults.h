@@ -7,7 +7,7 @@
 #define DROP_RINGBUF_FULL 0
 #define DROP_MINOR_SAMPLED 1
 #define DROP_MAP_FULL 2
-#define DROP_NO_ENTRY 3 /* completion without a matching entry: latency unknown (0) */
+#define DROP_NO_ENTRY 3 /* completion without a matching entry (began before we started) */
 #define DROP_SLOTS 4
 
 #endif

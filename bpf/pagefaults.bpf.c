@@ -231,14 +231,13 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct start_t *s = start.task_storage_get(t, 0, 0);
 #endif
-    if (s && s->ts && s->addr == addr && now >= s->ts) {
+    int timed = s && s->ts && s->addr == addr && now >= s->ts;
+    if (timed) {
         lat = now - s->ts;
         if (s->error_code & X86_PF_INSTR)
             access = ACCESS_EXEC;
         else if (s->error_code & X86_PF_WRITE)
             access = ACCESS_WRITE;
-    } else {
-        c->drops[DROP_NO_ENTRY]++;
     }
     if (s) { /* consumed: a later completion cannot pair with this entry */
 #ifdef KS_START_LRU
@@ -252,6 +251,13 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
         tgid = bpf_get_current_pid_tgid() >> 32;
     if (ks_is_self(tgid))
         return 0;
+    if (!timed) {
+        /* No entry: a fault in flight when we started (its entry fired before we
+         * attached). Its latency is unknown, so it is neither in the totals (their
+         * latency_sum / fault_count stays exact) nor an event: counted as a drop. */
+        c->drops[DROP_NO_ENTRY]++;
+        return 0;
+    }
 
     struct tval *v = totals_entry(tgid, major);
     if (v) {

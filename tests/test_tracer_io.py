@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from kernelsight import histogram, schema
 from kernelsight.collectors.io import OpInterval, make_row
 from kernelsight.config import Settings
@@ -241,10 +243,12 @@ def own_loop_number() -> Iterator[int]:
         os.close(ctl)
 
 
-def test_removed_device_is_published_then_forgotten(settings: Settings) -> None:
+@pytest.mark.parametrize("raw", [True, False], ids=["raw_tracepoints", "regular_fallback"])
+def test_removed_device_is_published_then_forgotten(settings: Settings, raw: bool) -> None:
     """A device that goes away (a loop device detached and removed) keeps its kernel entries
     until its final counts were read, then they are deleted (the shared cumulative-map rule):
-    every write it completed is published once, and nothing of it stays in the maps."""
+    every write it completed is published once, and nothing of it stays in the maps. Both
+    programs: raw tracepoints (the default here) and the regular-tracepoint fallback."""
     need_root()
     import fcntl
 
@@ -265,7 +269,9 @@ def test_removed_device_is_published_then_forgotten(settings: Settings) -> None:
     os.truncate(backing, 8 << 20)
     pub = Recording(settings, "io")
     col = IoLatency(settings, pub)
+    col.use_raw = raw
     col.start()
+    assert col.raw == raw  # this kernel has BTF and the one-argument block_rq_issue
     writes = 16
     try:
         with own_loop_number() as n:
@@ -313,3 +319,201 @@ def declared_losses_of(pub) -> int:  # type: ignore[no-untyped-def]
     """Block requests this publisher declared lost (BPF recursion, map full)."""
     return sum(n for (event_type, metric, _reason), n in pub.counters.items()
                if event_type == "block_requests" and metric == schema.DROPPED)
+
+
+# O_DIRECT 4 KiB writes and reads at random block offsets of a device, from two threads,
+# until a deadline; prints how many of each it did.
+IO_CHILD = r"""
+import json, mmap, os, random, sys, threading, time
+dev, blocks, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+end = time.monotonic() + seconds
+done = []
+def worker(seed):
+    rng = random.Random(seed)
+    buf = mmap.mmap(-1, 4096)
+    buf.write(os.urandom(4096))
+    fd = os.open(dev, os.O_RDWR | os.O_DIRECT)
+    n = [0, 0]
+    written = []
+    while time.monotonic() < end:
+        if written and rng.random() < 0.5:
+            assert os.preadv(fd, [buf], rng.choice(written)) == 4096
+            n[0] += 1
+        else:
+            off = rng.randrange(blocks) * 4096
+            assert os.pwritev(fd, [buf], off) == 4096
+            written.append(off)
+            n[1] += 1
+    os.close(fd)
+    done.append(n)
+ts = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps([sum(n[0] for n in done), sum(n[1] for n in done)]))
+"""
+FAULT_CHILD = r"""
+import mmap, sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    m = mmap.mmap(-1, 8 << 20)
+    for i in range(0, 8 << 20, 4096):
+        m[i] = 1
+    m.close()
+"""
+SYSCALL_CHILD = r"""
+import os, sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for _ in range(1000):
+        os.getppid()
+"""
+
+
+@contextlib.contextmanager
+def patient_pipeline(settings: Settings, names: list[str], log_dir: Path) -> Iterator[None]:
+    """conftest.running_pipeline with 5 minutes for the collectors to start: four BCC
+    compilations at nice 10 on a 2-vCPU host at load 30-40 took more than its 60 s."""
+    from kernelsight.runner import Stack
+
+    stack = Stack(settings, log_dir)
+    try:
+        stack.start_redis()
+        stack.start_ingest()
+        procs = stack.start_collectors(names, timeout=300.0)
+        bad = {n: p.detail for n, p in procs.items() if p.state != "started"}
+        assert not bad, bad
+        yield
+        stack.stop_collectors()
+        assert stack.drain_ingest() == 0, (log_dir / "ingest.log").read_text()[-3000:]
+    finally:
+        stack.close()
+
+
+def test_all_tracers_loaded_every_request_counted(settings: Settings, tmp_path: Path) -> None:
+    """With all four tracers loaded and page faults and syscalls on every CPU, block
+    completions arrive in interrupt context while the other tracers' programs run. The io
+    tracer's count of completed requests must equal the kernel's (/sys/block/<dev>/stat reads
+    + writes completed), with no bpf_recursion loss: raw tracepoints are not skipped for
+    another program running on the CPU (regular tracepoints were: ~1.5% of requests under
+    `make stress`, 87 of ~2,800 here)."""
+    need_root()
+    from kernelsight import collectors
+
+    seconds = 4.0
+    backing = tmp_path / "busy.img"  # on the root filesystem: real disk I/O, real interrupts
+    with open(backing, "wb") as f:
+        f.truncate(64 << 20)
+    ncpu = os.cpu_count() or 1
+    with loop_device(backing, direct_io=True) as loop:
+        before = disk_stat(loop)  # idle device: nothing in flight when the tracers start
+        with patient_pipeline(settings.with_(interval=1.0), list(collectors.TRACERS),
+                              tmp_path / "logs"):
+            others = [subprocess.Popen([sys.executable, "-c", code, str(seconds)])
+                      for code in (FAULT_CHILD, SYSCALL_CHILD) for _ in range(ncpu)]
+            io = subprocess.run([sys.executable, "-c", IO_CHILD, f"/dev/{loop}",
+                                 str((64 << 20) // BLOCK), str(seconds)],
+                                capture_output=True, timeout=120, check=True)
+            assert all(p.wait(timeout=60) == 0 for p in others)
+            time.sleep(0.2)
+            after = disk_stat(loop)
+    reads, writes = json.loads(io.stdout)
+    kernel = (after[0] - before[0]) + (after[4] - before[4])
+    rows = io_rows(settings.db_path, loop)
+    traced = sum(r["read_count"] + r["write_count"] for r in rows)
+    db = sqlite3.connect(settings.db_path)
+    drops = db.execute(
+        "SELECT reason, SUM(v) FROM (SELECT instance, reason, MAX(value) AS v FROM "
+        "pipeline_accounting WHERE event_type = 'block_requests' AND metric = 'dropped' "
+        "GROUP BY instance, reason) GROUP BY reason").fetchall()
+    assert reads + writes >= 200, (reads, writes)  # the workload really ran
+    assert kernel >= reads + writes, (kernel, reads, writes)
+    print(f"io: {reads} reads + {writes} writes; kernel completed {kernel}, traced {traced}, "
+          f"declared lost {drops}")
+    lost = dict(drops)
+    assert lost.get("bpf_recursion", 0) == 0 and lost.get("map_full", 0) == 0, drops
+    # On this kernel a raw-tracepoint completion is, rarely (~1 in 2,000-5,000 under load), not
+    # delivered, with no recursion miss counted; the next issue of that request finds it open
+    # and counts it (completion_unseen, a machine-wide counter: other disks' count too).
+    # Every request the kernel completed is a row or declared so; none is counted twice.
+    missing = kernel - traced
+    assert 0 <= missing <= lost.get("completion_unseen", 0), (
+        f"child r/w {reads}/{writes}, kernel {after[0] - before[0]}/{after[4] - before[4]}, "
+        f"traced {sum(r['read_count'] for r in rows)}/{sum(r['write_count'] for r in rows)}",
+        drops)
+
+
+@contextlib.contextmanager
+def frozen_write(tmp_path: Path) -> Iterator[str]:
+    """A write request held in flight on a loop device: the device's backing file is on our
+    own ext4 (on a loop device too), frozen with fsfreeze, so the loop worker blocks until the
+    thaw. Yields the device name; thawed (the write completes) and torn down at exit."""
+    image, mnt = tmp_path / "ext4.img", tmp_path / "mnt"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    frozen = False
+    writer = None
+    try:
+        backing = mnt / "backing.img"
+        with open(backing, "wb") as f:
+            f.truncate(8 << 20)
+        with loop_device(backing, direct_io=False) as loop:
+            subprocess.run(["fsfreeze", "-f", str(mnt)], check=True)
+            frozen = True
+            writer = subprocess.Popen(["dd", "if=/dev/zero", f"of=/dev/{loop}", "bs=4096",
+                                       "count=1", "seek=7", "oflag=direct"],
+                                      stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while Path(f"/sys/block/{loop}/inflight").read_text().split() != ["0", "1"]:
+                assert time.monotonic() < deadline, "the write never got in flight"
+                time.sleep(0.01)
+            try:
+                yield loop
+            finally:
+                subprocess.run(["fsfreeze", "-u", str(mnt)], check=False)
+                frozen = False
+                assert writer.wait(timeout=30) == 0
+    finally:
+        if frozen:
+            subprocess.run(["fsfreeze", "-u", str(mnt)], check=False)
+        if writer is not None and writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw_tracepoints", "regular_fallback"])
+def test_request_in_flight_at_start_is_counted_unmatched(settings: Settings, tmp_path: Path,
+                                                         raw: bool) -> None:
+    """A write issued before the tracer started completes after: it has no issue time, so it
+    is not a row, and it is counted as dropped block_requests, reason unmatched."""
+    need_root()
+    from kernelsight.collectors.io import REQUESTS, IoLatency
+    from kernelsight.streams import Publisher
+
+    published: list[dict] = []
+
+    class Recording(Publisher):
+        def publish(self, event_type: str, rows) -> None:  # type: ignore[no-untyped-def]
+            rows = list(rows)
+            published.extend(rows)
+            super().publish(event_type, rows)
+
+    pub = Recording(settings, "io")
+    col = IoLatency(settings, pub)
+    col.use_raw = raw
+    try:
+        with frozen_write(tmp_path) as loop:
+            col.start()
+            assert col.raw == raw
+            before = disk_stat(loop)[4]
+        assert disk_stat(loop)[4] == before + 1  # the held write completed after the thaw
+        col._interval()
+        unmatched = pub.counters.get((REQUESTS, schema.DROPPED, "unmatched"), 0)
+        assert unmatched >= 1, pub.counters
+        assert not [r for r in published if r["device"] == loop], published
+    finally:
+        col.stop()
+        pub.close()

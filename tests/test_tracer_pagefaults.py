@@ -291,3 +291,92 @@ def test_totals_of_a_process_exiting_mid_interval_are_published(settings: Settin
     # get_user_pages: counted by getrusage, no perf event), as in the tests above.
     assert abs(totals.get("minor", 0) - got["minflt"]) <= 0.01 * got["minflt"], (totals, got)
     assert totals.get("major", 0) == got["majflt"], (totals, got)
+
+
+# A page fault held in flight with userfaultfd: a thread touches a registered page and blocks
+# in the kernel's fault handler (its fault-entry tracepoint has fired) until this process
+# resolves it with UFFDIO_COPY. It says "blocked <page address>" and waits for a line on
+# stdin before resolving, so the tracer can be started in between; then "done", and it waits
+# for another line before exiting.
+UFFD_CHILD = r"""
+import ctypes, mmap, os, select, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+NR_USERFAULTFD = 323  # x86_64
+uffd = libc.syscall(NR_USERFAULTFD, os.O_CLOEXEC)
+assert uffd >= 0, ctypes.get_errno()
+api = (ctypes.c_uint64 * 3)(0xAA, 0, 0)
+assert libc.ioctl(uffd, ctypes.c_ulong(0xc018aa3f), api) == 0, ctypes.get_errno()
+region = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
+reg = (ctypes.c_uint64 * 4)(addr, mmap.PAGESIZE, 1, 0)  # UFFDIO_REGISTER_MODE_MISSING
+assert libc.ioctl(uffd, ctypes.c_ulong(0xc020aa00), reg) == 0, ctypes.get_errno()
+src = ctypes.create_string_buffer(b"\x07" * mmap.PAGESIZE, mmap.PAGESIZE)
+copy = (ctypes.c_uint64 * 5)(addr, ctypes.addressof(src), mmap.PAGESIZE, 0, 0)
+toucher = threading.Thread(target=ctypes.memset, args=(addr, 7, 1))  # GIL released
+toucher.start()
+select.select([uffd], [], [])  # the fault message: the toucher is blocked in the kernel
+print("blocked", addr, flush=True)
+sys.stdin.readline()
+assert libc.ioctl(uffd, ctypes.c_ulong(0xc028aa03), copy) == 0, ctypes.get_errno()
+toucher.join()
+assert region[0] == 7
+print("done", flush=True)
+sys.stdin.readline()  # stays put while the test reads the tracer's totals
+os._exit(0)
+"""
+
+
+def test_fault_in_flight_at_start_is_counted_not_timed(settings: Settings) -> None:
+    """A fault whose entry fired before the tracer started completes after it: its latency
+    is unknown, so it is neither in page_fault_totals (latency_sum_ns / fault_count stays the
+    exact mean) nor an event, and it is counted as dropped page_fault_events, reason
+    no_entry. (Before: an event and a totals count with latency 0, and only a log line.)
+    Every minor fault is an event here (no sampling), so the child's events list exactly the
+    faults its totals count."""
+    need_root()
+    from kernelsight import schema
+    from kernelsight.collectors.pagefaults import EVENTS, TOTALS, PageFaults
+    from kernelsight.streams import Publisher
+
+    published: dict[str, list[dict]] = {EVENTS: [], TOTALS: []}
+
+    class Recording(Publisher):
+        def publish(self, event_type: str, rows) -> None:  # type: ignore[no-untyped-def]
+            rows = list(rows)
+            published[event_type].extend(rows)
+            super().publish(event_type, rows)
+
+    child = subprocess.Popen([sys.executable, "-c", UFFD_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    s = settings.with_(minor_fault_rate=10**7)
+    pub = Recording(s, "pagefaults")
+    col = PageFaults(s, pub)
+    try:
+        assert child.stdout and child.stdin
+        word, addr = child.stdout.readline().split()
+        assert word == "blocked", word
+        col.start()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        col.poll()
+        col._interval()
+        child.stdin.write("exit\n")
+        child.stdin.flush()
+        assert child.wait(timeout=30) == 0
+    finally:
+        col.stop()
+        pub.close()
+        if child.poll() is None:
+            child.kill()
+    assert pub.counters.get((EVENTS, schema.DROPPED, "no_entry"), 0) >= 1, pub.counters
+    assert pub.counters.get((EVENTS, schema.DROPPED, "ringbuf_full"), 0) == 0, pub.counters
+    mine = [e for e in published[EVENTS] if e["pid"] == child.pid]
+    page = int(addr)
+    held = [e for e in mine if page <= e["address"] < page + PAGE]
+    assert not held, held  # the held fault is no event ...
+    assert all(e["latency_ns"] > 0 for e in mine), mine
+    totals = [r for r in published[TOTALS] if r["pid"] == child.pid]
+    # ... and not in the totals: they count exactly the child's events (all timed)
+    assert sum(r["fault_count"] for r in totals) == len(mine) >= 1, (totals, mine)
+    assert sum(r["sampled_events"] for r in totals) == len(mine)

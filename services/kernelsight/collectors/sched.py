@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from kernelsight import bpfsupport, histogram
+from kernelsight.btf import BTF_ERRORS, VMLINUX_BTF, vmlinux
 from kernelsight.clock import now_ns
 from kernelsight.collectors.base import Collector, Ticker
 from kernelsight.collectors.cumulative import CumulativeMap, delete_keys, proc_alive
@@ -27,7 +27,6 @@ SLOTS = ("CNT_MAP_FULL",)
 # Fallbacks when the sched_switch print fmt cannot be parsed (kernel >= 4.14 values).
 PREEMPT_MASK = 0x100  # TASK_REPORT_MAX: "R+"
 DEAD_MASK = 0x30  # "X" (EXIT_DEAD) | "Z" (EXIT_ZOMBIE)
-VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 RAW_TRACEPOINTS = (b"sched_switch", b"sched_wakeup", b"sched_wakeup_new")
 # task_struct fields the raw-tracepoint program reads (-DKS_OFF_<NAME>=byte offset), and the
 # size each must have.
@@ -40,101 +39,16 @@ TP_ARGS = {"sched_switch": ("_Bool", "task_struct*", "task_struct*", "unsigned i
            "sched_wakeup": ("task_struct*",), "sched_wakeup_new": ("task_struct*",)}
 
 
-class Btf:
-    """Just enough of a BTF reader (kernel Documentation/bpf/btf.rst) for struct member
-    offsets and function prototypes."""
-
-    # Bytes after a type's 12-byte header, by kind: fixed (INT, ARRAY, VAR, DECL_TAG) and per
-    # member (STRUCT, UNION, ENUM, FUNC_PROTO, DATASEC, ENUM64).
-    _EXTRA: ClassVar[dict[int, int]] = {1: 4, 3: 12, 14: 4, 17: 4}
-    _PER_MEMBER: ClassVar[dict[int, int]] = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
-    _MODIFIERS = (8, 9, 10, 11, 18)  # typedef volatile const restrict type_tag
-
-    def __init__(self, data: bytes) -> None:
-        magic, _v, _f, hdr, toff, tlen, soff, _sl = struct.unpack_from("<HBBIIIII", data)
-        if magic != 0xEB9F:
-            raise ValueError("not BTF")
-        self.data, self.strs = data, hdr + soff
-        self.types: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)]  # (offset, name, info, x)
-        self.by_name: dict[tuple[int, str], int] = {}
-        off, end = hdr + toff, hdr + toff + tlen
-        while off < end:
-            name, info, x = struct.unpack_from("<III", data, off)
-            kind = (info >> 24) & 0x1F
-            if name and kind in (4, 8):  # structs and typedefs are looked up by name
-                self.by_name.setdefault((kind, self.name(name)), len(self.types))
-            self.types.append((off, name, info, x))
-            off += 12 + self._EXTRA.get(kind, 0) + self._PER_MEMBER.get(kind, 0) * (info & 0xFFFF)
-
-    def name(self, off: int) -> str:
-        end = self.data.index(b"\0", self.strs + off)
-        return self.data[self.strs + off:end].decode()
-
-    def kind(self, tid: int) -> int:
-        return (self.types[tid][2] >> 24) & 0x1F
-
-    def strip(self, tid: int) -> int:
-        while tid and self.kind(tid) in self._MODIFIERS:
-            tid = self.types[tid][3]
-        return tid
-
-    def type_name(self, tid: int) -> str:
-        tid = self.strip(tid)
-        if self.kind(tid) == 2:
-            return self.type_name(self.types[tid][3]) + "*"
-        return self.name(self.types[tid][1]) if tid else "void"
-
-    def size(self, tid: int) -> int:
-        tid = self.strip(tid)
-        off, _n, _i, x = self.types[tid]
-        if self.kind(tid) == 3:  # array: element size * count
-            elem, _idx, nelems = struct.unpack_from("<III", self.data, off + 12)
-            return self.size(elem) * nelems
-        return 8 if self.kind(tid) == 2 else x
-
-    def member(self, tid: int, path: str) -> tuple[int, int]:
-        """(byte offset, type id) of a (dotted) member of struct type tid."""
-        off = 0
-        for part in path.split("."):
-            tid = self.strip(tid)
-            boff, _n, info, _x = self.types[tid]
-            for i in range(info & 0xFFFF):
-                n, mt, mo = struct.unpack_from("<III", self.data, boff + 12 + 12 * i)
-                if self.name(n) == part:
-                    bits = mo & 0xFFFFFF if info >> 31 else mo
-                    if bits % 8:
-                        raise KeyError(path)
-                    off, tid = off + bits // 8, mt
-                    break
-            else:
-                raise KeyError(path)
-        return off, tid
-
-    def proto_args(self, typedef: str) -> list[str]:
-        """Parameter types of a function-pointer typedef (btf_trace_<tracepoint>)."""
-        tid = self.by_name[(8, typedef)]
-        ptr = self.strip(self.types[tid][3])
-        proto = self.types[ptr][3]
-        off, _n, info, _x = self.types[proto]
-        return [self.type_name(struct.unpack_from("<II", self.data, off + 12 + 8 * i)[1])
-                for i in range(info & 0xFFFF)]
-
-
 def raw_cflags(path: str = VMLINUX_BTF) -> list[str]:
     """-D flags for the raw-tracepoint program (task_struct offsets from the running kernel's
     BTF); raises OSError/KeyError/ValueError when the kernel cannot run it."""
-    with open(path, "rb") as f:
-        btf = Btf(f.read())
+    btf = vmlinux(path)
     for tp, want in TP_ARGS.items():
         if tuple(btf.proto_args(f"btf_trace_{tp}")[1:]) != want:
             raise ValueError(f"{tp} arguments are not {want}")
-    task = btf.by_name[(4, "task_struct")]
     flags = ["-DKS_RAW=1"]
     for macro, (path_, size) in TASK_FIELDS.items():
-        off, tid = btf.member(task, path_)
-        if btf.size(tid) != size:
-            raise ValueError(f"task_struct.{path_} is not {size} bytes")
-        flags.append(f"-DKS_OFF_{macro}={off}")
+        flags.append(f"-DKS_OFF_{macro}={btf.field('task_struct', path_, size)}")
     return flags
 
 
@@ -317,7 +231,7 @@ class SchedTracer(Collector):
         if self.use_raw:
             try:
                 flags = raw_cflags()
-            except (OSError, KeyError, ValueError, IndexError, struct.error) as e:
+            except BTF_ERRORS as e:
                 log.info("sched: regular tracepoints (no raw-tracepoint program: %s)", e)
             else:
                 try:
