@@ -155,3 +155,25 @@ def test_kernel_filters_the_tracers_own_process(settings: Settings) -> None:
         tracer.stop()
     assert os.getpid() not in seen
     assert seen.count(child.pid) >= 5
+
+
+def test_a_restarted_process_is_registered_again(settings: Settings, rclient: redis.Redis,
+                                                 tmp_path: Path) -> None:
+    """The stack registers each child it starts; after a restart (as the ingest supervisor
+    does) the registry holds the new pid and no longer the dead one."""
+    from kernelsight.runner import Stack
+
+    settings = settings.with_(host=f"restart-{os.getpid()}")
+    stack = Stack(settings, tmp_path / "logs")
+    try:
+        stack.start_redis()
+        first = stack.start_ingest().popen
+        assert first.pid in selfpids.registered(rclient, settings.host)
+        first.kill()
+        first.wait()
+        second = stack.start_ingest().popen
+        got = selfpids.registered(rclient, settings.host)
+        assert second.pid in got and first.pid not in got, got
+    finally:
+        stack.close()
+        rclient.delete(selfpids.KEY.format(host=settings.host))

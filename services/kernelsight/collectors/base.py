@@ -71,7 +71,7 @@ class Ticker:
             self.next = now + self.seconds
         return True
 
-    def wait(self, max_sleep: float = 0.2) -> bool:
+    def wait(self, max_sleep: float = 0.5) -> bool:
         """Sleep towards the next tick (at most ``max_sleep``); True when one is due."""
         left = self.next - time.monotonic()
         if left > 0:

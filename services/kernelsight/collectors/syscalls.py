@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 EVENT = "syscall_events"
 WAITS = "syscall_wait_summaries"
-POLL_MS = 100
+POLL_MS = 500  # at most; the ring buffer ends the wait as soon as an event is in it
 # Slots of the per-thread start array: pid_max, capped (24 bytes each, so 6 MiB at the cap).
 # Threads whose tid is beyond it use a hash map of --map-entries entries instead.
 TID_SLOTS_MAX = 262_144
@@ -118,8 +118,8 @@ class SyscallTracer(Collector):
     fallback for). sys_enter stores {enter time, syscall id, first argument register} in a
     BPF_ARRAY indexed by tid (``pid_max`` slots, capped at 262144; larger tids use a bounded
     hash). sys_exit computes the latency and, only when it is over the threshold, sends one
-    event through a BPF ring buffer (``--ringbuf-pages``). User space polls the ring buffer
-    every 100 ms.
+    event through a BPF ring buffer (``--ringbuf-pages``). User space waits on the ring
+    buffer (epoll), at most 500 ms at a time: an idle host wakes it twice a second.
 
     Columns: pid (tgid), tid, cpu and uid at exit, syscall_nr, syscall_name (bcc's table),
     latency_ns, ret_value (signed), is_error (ret in [-4095, -1]), comm at exit, and arg0: the
