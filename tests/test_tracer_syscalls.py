@@ -275,3 +275,19 @@ def test_untimed_syscalls_are_counted(settings: Settings, tmp_path: Path) -> Non
         con.close()
     assert acc.get("untimed", 0) >= 1, acc
     assert rows == 0  # its sleep's start was never seen: no latency is made up
+
+
+def test_record_waits_from_the_environment() -> None:
+    """`run` hands its children KS_RECORD_WAITS=False/True (str of the setting): the hosted
+    collectors must read False as False (a non-empty string is truthy)."""
+    from kernelsight.collectors.host import settings_from_env
+    from kernelsight.exceptions import ConfigError
+
+    assert settings_from_env({"KS_RECORD_WAITS": "False"}).record_waits is False
+    assert settings_from_env({"KS_RECORD_WAITS": "True"}).record_waits is True
+    assert settings_from_env({"KS_RECORD_WAITS": "1"}).record_waits is True
+    assert settings_from_env({}).record_waits is False
+    import pytest
+
+    with pytest.raises(ConfigError, match="KS_RECORD_WAITS"):
+        settings_from_env({"KS_RECORD_WAITS": "maybe"})

@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 TRIM_EVERY_S = 60.0  # return freed heap to the kernel this often (after bursts of events)
 
 
+def _flag(name: str, raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw[:40]!r}: want true or false")
+
+
 def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
     """Settings from the KS_* variables `run` gives its children (every field, as str)."""
     env = os.environ if environ is None else environ
@@ -47,6 +56,9 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         if raw is None:
             continue
         kind = type(getattr(Settings, f.name, "")) if f.name != "host" else str
+        if kind is bool:  # "False" is a non-empty string: parse it (KS_RECORD_WAITS)
+            kw[f.name] = _flag(env_name(f.name), raw)
+            continue
         try:
             kw[f.name] = kind(raw) if kind in (int, float) else raw
         except ValueError:
