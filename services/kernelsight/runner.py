@@ -218,7 +218,7 @@ class Stack:
         log_path = None
         # Without a log directory the children write to our stderr (the terminal, or the
         # journal under systemd): an ingester that exits must say why somewhere.
-        out: int | object = sys.stderr.fileno()
+        out: int | object = 2  # our fd 2 (sys.stderr may be a pytest/StringIO stand-in)
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{name}.log"
