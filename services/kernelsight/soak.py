@@ -81,8 +81,10 @@ def soak(rate: float, duration: float, db_path: str, log_dir: Path, echo=print,
         if failed:
             raise ConfigError("collectors did not start: " + "; ".join(
                 f"{n}: {d}" for n, d in failed.items()) + " (pass --collectors without them)")
+        # Its own host name: the report attributes rows stored after a killed collector's
+        # last snapshot per (host, table), and loadgen writes the collectors' tables.
         gen = stack._spawn("loadgen", ["loadgen", "--rate", str(rate), "--duration",
-                                       str(duration)])
+                                       str(duration), "--host", f"{s.host}-loadgen"])
         procs = {"ingest": ing.popen.pid, "loadgen": gen.popen.pid,
                  "redis": stack.redis.proc.pid if stack.redis.proc else 0,
                  **{n: p.popen.pid for n, p in stack.procs.items()}}
