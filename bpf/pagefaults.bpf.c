@@ -24,7 +24,7 @@
  *               epoch (max over CPUs), so it never writes this map.
  *   events    - ring buffer: every major fault, minor faults through a per-CPU token bucket.
  *               The reader is woken every KS_WAKEUP_EVERY events per CPU only (it drains on a
- *               100 ms timer too): a wakeup per event costs the reader far more than the event.
+ *               0.5 s timer too): a wakeup per event costs the reader far more than the event.
  *   cpu_state - per CPU: the token bucket and the counters of what could not be recorded
  *               (drops[DROP_*]).
  *
@@ -49,7 +49,7 @@
 #ifndef KS_NCPU
 #define KS_NCPU 1
 #endif
-/* Wake the reader every this many events per CPU; it also drains every 100 ms on its own. */
+/* Wake the reader every this many events per CPU; it also drains every 0.5 s on its own. */
 #ifndef KS_WAKEUP_EVERY
 #define KS_WAKEUP_EVERY 64
 #endif

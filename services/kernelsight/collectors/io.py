@@ -333,7 +333,7 @@ class IoLatency(Collector):
         return sum(prog_recursion_misses(fd) for fd in self.prog_fds)
 
     def poll(self) -> None:
-        if self.ticker.wait():
+        if self.ticker.wait(max_sleep=0.5):  # 2 idle wake-ups a second; stop() flushes
             self._interval()
 
     def stop(self) -> None:

@@ -145,7 +145,7 @@ class PageFaults(Collector):
       (median) in one series, 1.40 / 1.55 in another - noise on this host is that large.
       Software perf events with sample_period=1 are not throttled by
       perf_event_max_sample_rate, so every fault is counted. The collector is woken every 64
-      events per CPU (and drains every 100 ms), not per event. An LRU hash keyed by tid for
+      events per CPU (and drains every 0.5 s), not per event. An LRU hash keyed by tid for
       the entries (the fallback, -DKS_START_LRU) costs ~150-165 / ~170-210 ns instead.
       Memory: the totals map, allocated as used: ncpu x 72 bytes per (process, type) with
       faults, up to --map-entries keys; 32 bytes of task storage per faulting task; the ring
@@ -319,8 +319,9 @@ class PageFaults(Collector):
     # -- lifecycle ------------------------------------------------------------------------
     def poll(self) -> None:
         # The kernel side wakes us every KS_WAKEUP_EVERY events per CPU only, so after the
-        # timeout drain what is there: events are batched per ~100 ms, not one per wakeup.
-        self.bpf.ring_buffer_poll(100)
+        # timeout drain what is there: events are batched per ~0.5 s, not one per wakeup (2
+        # idle wake-ups a second; a busy CPU wakes it every KS_WAKEUP_EVERY events).
+        self.bpf.ring_buffer_poll(500)
         self.bpf.ring_buffer_consume()
         self._publish_events()
         if self.ticker.due():

@@ -340,7 +340,7 @@ class SchedTracer(Collector):
 
     # -- lifecycle -------------------------------------------------------------------------
     def poll(self) -> None:
-        if self.ticker.wait():
+        if self.ticker.wait(max_sleep=0.5):  # 2 idle wake-ups a second; stop() flushes
             self.interval()
 
     def stop(self) -> None:
