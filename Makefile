@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 VENV := .venv
 KS := $(VENV)/bin/kernelsight
 
-.PHONY: setup stress report query test test-fast lint bench soak docker-setup compose-build compose-up compose-stress compose-down clean
+.PHONY: setup stress report query test test-fast lint bench soak idle-check docker-setup compose-build compose-up compose-stress compose-down clean
 
 setup:
 	@scripts/setup.sh
@@ -69,3 +69,10 @@ SOAK_DB ?= data/soak-$(shell date +%Y%m%d-%H%M%S).db  # a new file each time: no
 soak: setup
 	$(KS) soak --rate $(SOAK_RATE) --duration $(SOAK_DURATION) --retention $(SOAK_RETENTION) \
 		--retention-size $(SOAK_SIZE) --collectors $(SOAK_COLLECTORS) --db $(SOAK_DB)
+
+# The false-positive budget at full length: an idle 30-minute `kernelsight run --collectors all`,
+# then `kernelsight analyze`, must yield at most one finding (`make test` runs 120 s of it).
+IDLE_SECONDS ?= 1800
+idle-check: setup
+	KS_IDLE_SECONDS=$(IDLE_SECONDS) $(VENV)/bin/pytest -q -s -p no:cacheprovider \
+		tests/analysis/test_idle.py

@@ -54,14 +54,17 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @contextlib.contextmanager
-def running_pipeline(settings: Settings, names: list[str], log_dir: Path) -> Iterator[Stack]:
+def running_pipeline(settings: Settings, names: list[str], log_dir: Path,
+                     start_timeout: float = 60.0) -> Iterator[Stack]:
     """Ingester + the named collectors as real processes; on exit stop the collectors, drain
-    the ingester and check it exited cleanly. Fails fast if a collector cannot start."""
+    the ingester and check it exited cleanly. Fails fast if a collector cannot start (within
+    ``start_timeout`` s: five BCC tracers compiling at once on a loaded 2-vCPU host take
+    longer than 60 s)."""
     stack = Stack(settings, log_dir)
     try:
         stack.start_redis()
         stack.start_ingest()
-        procs = stack.start_collectors(names)
+        procs = stack.start_collectors(names, timeout=start_timeout)
         bad = {n: p.detail for n, p in procs.items() if p.state != "started"}
         if bad:
             logs = {n: (log_dir / f"{n}.log").read_text()[-2000:] for n in bad

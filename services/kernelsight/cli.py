@@ -380,7 +380,7 @@ def _register_optional() -> None:
             if e.name == f"kernelsight.{mod}":
                 continue
             raise
-        for attr in ("command", "soak_command", "ask_command"):
+        for attr in ("command", "soak_command", "ask_command", "baselines_command"):
             cmd = getattr(m, attr, None)
             if cmd is not None:
                 cli.add_command(cmd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,205 @@ class FsyncStorm:
         if self.dev:
             subprocess.run(["losetup", "-d", self.dev], check=False)
             self.dev = ""
+
+
+# A reader of a file-backed mmap larger than its memory cgroup's limit, touching random pages
+# (MADV_RANDOM: no readahead, so each page it touches again after reclaim is one major fault).
+MAPPER = """import mmap, os, random, sys
+with open(os.path.join(sys.argv[1], "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+fd = os.open(sys.argv[2], os.O_RDONLY)
+size = os.fstat(fd).st_size
+m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+m.madvise(mmap.MADV_RANDOM)
+pages = size // 4096
+s = 0
+while True:
+    for _ in range(4096):
+        s += m[random.randrange(pages) * 4096]
+"""
+
+
+def memory_cgroup(name: str, limit_bytes: int) -> tuple[Path, Path]:
+    """A new memory cgroup limited to ``limit_bytes``: (its directory, the limit file).
+
+    cgroup v2 (``memory.max``) when the unified hierarchy has the memory controller, else
+    cgroup v1 (``memory.limit_in_bytes``, this VM: the v1 memory controller owns memory)."""
+    root = Path("/sys/fs/cgroup")
+    ctl = root / "cgroup.controllers"
+    if ctl.exists() and "memory" in ctl.read_text().split():
+        cg, limit = root / name, "memory.max"
+    else:
+        cg, limit = root / "memory" / name, "memory.limit_in_bytes"
+    cg.mkdir(exist_ok=True)
+    (cg / limit).write_text(str(limit_bytes))
+    return cg, cg / limit
+
+
+class MemoryPressure:
+    """``readers`` processes in a memory cgroup limited to ``LIMIT`` reading random pages of a
+    file-backed mmap of ``SIZE`` (4x the limit), dropped from the page cache before they start:
+    the cgroup's reclaim evicts the pages they touched, and touching them again is a major
+    fault served from the disk."""
+
+    kind = "memory_pressure"
+    SIZE, LIMIT = 512 << 20, 128 << 20
+
+    def __init__(self, tmp: Path, readers: int = 1) -> None:
+        self.file = tmp / "mapped.dat"
+        chunk = os.urandom(1 << 20)
+        with open(self.file, "wb") as f:
+            for _ in range(self.SIZE >> 20):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        self.readers = readers
+        self.cg: Path | None = None
+        self.procs: list[subprocess.Popen] = []
+
+    def prepare(self) -> None:
+        fd = os.open(self.file, os.O_RDONLY)
+        try:  # out of the page cache: the readers' faults must go to the disk
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        self.cg, _ = memory_cgroup(f"ks-incident-{os.getpid()}", self.LIMIT)
+
+    def start(self) -> None:
+        assert self.cg is not None
+        self.procs = [_spawn(MAPPER, str(self.cg), str(self.file)) for _ in range(self.readers)]
+
+    def stop(self) -> None:
+        _stop(self.procs)
+
+    def close(self) -> None:
+        _stop(self.procs)
+        if self.cg is not None and self.cg.exists():
+            try:
+                self.cg.rmdir()
+            except OSError:  # a page cache charge can hold it for a moment
+                pass
+            self.cg = None
+
+
+# The sender streams 64 KiB blocks to the receiver over loopback TCP as fast as it can.
+RECEIVER = """import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(4)
+while True:
+    c, _ = srv.accept()
+    while c.recv(1 << 16):
+        pass
+    c.close()
+"""
+SENDER = """import socket, sys, time
+buf = b"x" * (1 << 16)
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+        while True:
+            s.sendall(buf)
+    except OSError:
+        time.sleep(0.1)
+"""
+NFT_TABLE = "ks_incident_loss"
+
+
+def _nft(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["nft", *args], capture_output=True, text=True, check=check)
+
+
+class PacketLoss:
+    """TCP over loopback losing ``LOSS_PCT`` % of the packets to one port (the test's own).
+
+    The kernel here has no netem (CONFIG_NET_SCH_NETEM is off), so the loss is made with
+    nftables: an input-hook rule ``iifname lo tcp dport PORT numgen random mod 100 < N drop``
+    in a table of its own, deleted again in close(). Dropped on input, a segment was sent and
+    lost as on a wire (dropped on output, TCP sees a local send failure and sends it again
+    without counting a retransmit: measured). TCP retransmits what was lost (~126/s here at
+    5 %); the sender's sendto calls block while its window waits for them."""
+
+    kind = "tcp_retransmits"
+    LOSS_PCT = 5
+
+    def __init__(self, tmp: Path, streams: int = 2) -> None:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.streams = streams
+        self.receiver: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen] = []
+        self.ruled = False
+
+    def prepare(self) -> None:
+        self.receiver = [_spawn(RECEIVER, str(self.port))]
+
+    def start(self) -> None:
+        _nft("add", "table", "inet", NFT_TABLE)
+        self.ruled = True
+        _nft("add", "chain", "inet", NFT_TABLE, "in",
+             "{ type filter hook input priority 0 ; policy accept ; }")
+        _nft("add", "rule", "inet", NFT_TABLE, "in", "iifname", "lo", "tcp", "dport",
+             str(self.port), "numgen", "random", "mod", "100", "<", str(self.LOSS_PCT),
+             "counter", "drop")
+        self.procs = [_spawn(SENDER, str(self.port)) for _ in range(self.streams)]
+
+    def stop(self) -> None:
+        _stop(self.procs)
+        self._unrule()
+
+    def _unrule(self) -> None:
+        if self.ruled:
+            _nft("delete", "table", "inet", NFT_TABLE, check=False)
+            self.ruled = False
+
+    def close(self) -> None:
+        _stop(self.procs + self.receiver)
+        self._unrule()
+
+
+# Threads taking turns on one lock (a futex under threading.Lock), each holding it for
+# HOLD_S: the others wait in futex for (threads - 1) * HOLD_S, tens of ms each time.
+LOCKERS = """import ctypes, sys, threading, time
+libc = ctypes.CDLL(None)
+lock = threading.Lock()
+hold = float(sys.argv[2])
+def work():
+    libc.prctl(15, b"lockworker", 0, 0, 0)
+    while True:
+        with lock:
+            end = time.perf_counter() + hold
+            while time.perf_counter() < end:
+                time.sleep(hold / 4)
+for _ in range(int(sys.argv[1])):
+    threading.Thread(target=work, daemon=True).start()
+while True:
+    time.sleep(1)
+"""
+
+
+class LockContention:
+    """One process whose ``threads`` threads contend for one lock (Python's threading.Lock: a
+    futex-based semaphore), each holding it ``HOLD_S`` at a time."""
+
+    kind = "lock_contention"
+    HOLD_S = 0.002
+
+    def __init__(self, tmp: Path, threads: int = 16) -> None:
+        self.threads = threads
+        self.procs: list[subprocess.Popen] = []
+
+    def prepare(self) -> None:
+        pass
+
+    def start(self) -> None:
+        self.procs = [_spawn(LOCKERS, str(self.threads), str(self.HOLD_S))]
+
+    def stop(self) -> None:
+        _stop(self.procs)
+
+    def close(self) -> None:
+        _stop(self.procs)

@@ -35,33 +35,30 @@ def _true_finding(res, inc) -> int:
     return -1
 
 
-# Incidents whose detection is asserted. The fsync storm is recorded (the HTML and agent tests
-# use it) but not asserted: in a CI-like run on a quiet machine (2026-11-30) its window gave only
-# CPU findings (the 8 writers raise load and run-queue latency) and no block-latency finding,
-# while on the loaded machine it ranked first. Detecting it reliably is open work (issue 13).
-ASSERTED = ("cpu_oversubscription",)
+KINDS = ("cpu_oversubscription", "block_latency", "memory_pressure", "tcp_retransmits",
+         "lock_contention")
 
 
 def test_true_cause_ranks_first_with_real_evidence(recording):
-    """Each asserted incident in its own window: the true cause in the top three (the issue's
-    bar for every incident; "first in most" is not asserted yet), with evidence rows that exist
-    in its time and the incident's own processes named."""
+    """Each of the five incidents in its own window: the true cause in the top three in all
+    and first in at least four (the issue's bar), with evidence rows that exist in its time
+    and the incident's own processes named."""
+    assert tuple(i.kind for i in recording.incidents) == KINDS
     eng = open_readonly(recording.db)
-    ranks = []
+    ranks, seen = {}, {}
     try:
         for inc in recording.incidents:
-            if inc.kind not in ASSERTED:
-                continue
             res = analyze(eng, *inc.window)
             rank = _true_finding(res, inc)
-            found = [(f.kind, f.score, f.summary) for f in res.findings]
-            assert 0 <= rank < 3, (inc.kind, found)
-            ranks.append(rank)
+            seen[inc.kind] = [(f.kind, f.score, f.summary) for f in res.findings]
+            ranks[inc.kind] = rank
+            if rank < 0:
+                continue
             f = res.findings[rank]
             t1, t2 = inc.start_ns, inc.end_ns
             assert f.start_ns < t2 and f.end_ns > t1 - SLACK_NS, (f.start_ns, f.end_ns)
             assert f.cause["level"] > f.cause["baseline"]
-            assert len(f.evidence) >= 3
+            assert len(f.evidence) >= 3, (inc.kind, f.evidence)
             with eng.connect() as c:
                 for ev in f.evidence:  # every cited row exists, in the finding's time
                     ts = c.execute(text(f'SELECT timestamp FROM "{ev["table"]}" '
@@ -72,7 +69,9 @@ def test_true_cause_ranks_first_with_real_evidence(recording):
             assert inc.culprit_pids & {p["pid"] for p in f.processes}, (inc.kind, f.processes)
     finally:
         eng.dispose()
-    assert len(ranks) == len(ASSERTED), ranks
+    print("ranks (0 = first):", ranks)
+    assert all(0 <= r < 3 for r in ranks.values()), (ranks, seen)
+    assert sum(r == 0 for r in ranks.values()) >= 4, (ranks, seen)
 
 
 def test_quiet_part_yields_at_most_one_finding(recording):

@@ -19,6 +19,10 @@ import ruptures
 from kernelsight.analysis.signals import Series
 
 Z_MIN = 4.0
+# An anomaly lasts at least this many intervals: a one- or two-interval blip (one process's
+# long wait ending, a burst of runnable tasks on a busy host) is not something to act on, and
+# counting it would spend the false-positive budget (at most one finding in an idle 30 min).
+MIN_BINS = 3
 MAD_TO_SD = 1.4826
 PENALTY_PER_LOG_N = 3.0  # PELT penalty = this * log(n), on unit-variance data (BIC-like)
 
@@ -51,7 +55,11 @@ class Anomaly:
                 "ratio": None if ratio is None else round(ratio, 2), "z": round(self.z, 1)}
 
 
-def baseline(s: Series) -> Baseline:
+def baseline(s: Series, prior: Any = None) -> Baseline:
+    """The window's median and MAD, or ``prior`` (a history.Stored: the host's longer
+    history) when given; never narrower than the signal's floor allows."""
+    if prior is not None:
+        return Baseline(float(prior.median), max(float(prior.scale), s.floor / Z_MIN, 1e-9))
     x = s.values[~np.isnan(s.values)]
     if not len(x):
         return Baseline(0.0, max(s.floor / Z_MIN, 1e-9))
@@ -81,7 +89,7 @@ def noise(x: np.ndarray, ends: list[int], floor: float) -> float:
     return max(float(np.median(np.abs(r))) * MAD_TO_SD, floor / Z_MIN, 1e-9)
 
 
-def anomalies(s: Series) -> list[Anomaly]:
+def anomalies(s: Series, prior: Any = None) -> list[Anomaly]:
     """The anomalous segments of ``s``, adjacent ones merged; bins before the signal's first
     sample (NaN) are left out."""
     valid = ~np.isnan(s.values)
@@ -89,18 +97,19 @@ def anomalies(s: Series) -> list[Anomaly]:
         return []
     first = int(np.argmax(valid))
     return [Anomaly(a.signal, a.start + first, a.end + first, a.baseline, a.level, a.z)
-            for a in _anomalies(s, np.nan_to_num(s.values[first:], nan=0.0))]
+            for a in _anomalies(s, np.nan_to_num(s.values[first:], nan=0.0), prior)]
 
 
-def _anomalies(s: Series, x: np.ndarray) -> list[Anomaly]:
-    b = baseline(s)
+def _anomalies(s: Series, x: np.ndarray, prior: Any = None) -> list[Anomaly]:
+    b = baseline(s, prior)
     # The spread around the median overstates the noise when the window holds a level shift
     # (the shift itself is spread), which hides smaller shifts: standardise, segment, measure
     # the noise within the segments, and segment again with that yardstick (until stable).
     ends: list[int] = []
     for _ in range(3):
         new = change_points(np.clip((x - b.median) / b.scale, -50, 50))
-        b = Baseline(b.median, noise(x, new, s.floor))
+        # Against history, the yardstick is the wider of the history's and the window's noise.
+        b = Baseline(b.median, max(noise(x, new, s.floor), b.scale if prior is not None else 0))
         if new == ends:
             break
         ends = new
@@ -120,4 +129,4 @@ def _anomalies(s: Series, x: np.ndarray) -> list[Anomaly]:
                 start = prev.start
             out.append(Anomaly(s.name, start, end, b.median, level, z))
         start = end
-    return out
+    return [a for a in out if a.end - a.start >= MIN_BINS]

@@ -157,3 +157,40 @@ def _open_window(db_path: str | None, run: str | None, since: str | None,
         eng.dispose()
         raise
     return path, eng, lo, hi
+
+
+@click.command("baselines", context_settings=CTX)
+@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
+              default=None, help="Database to read and to store the baselines in "
+              "[default: data/kernelsight.db].")
+@window.options
+def baselines_command(db_path: str | None, run: str | None, since: str | None,
+                      until: str | None) -> None:
+    """Store each signal's robust baseline (median, MAD) over the host's history in the
+    database (table signal_baselines), so `analyze` compares a window with that history
+    rather than with the window alone. The only analysis command that writes; run it from
+    cron or a timer (e.g. hourly); it is one short transaction beside a running ingester.
+
+    \b
+    Examples:
+      kernelsight baselines --db data/ks.db                       # all the data
+      kernelsight baselines --db data/ks.db --since 2026-11-29T00:00
+    """
+    need_extra()
+    from kernelsight import defaults
+    from kernelsight.analysis import history
+    from kernelsight.db import open_readonly
+
+    sel = window.parse_selection(run, since, until)
+    path = db_path or defaults.DB_PATH
+    eng = open_readonly(path)
+    try:
+        lo, hi = (None, None) if sel.empty else span(eng, sel)
+        w, rows = history.compute(eng, lo, hi)
+    finally:
+        eng.dispose()
+    history.write(path, rows)
+    usable = sum(r.samples >= history.MIN_SAMPLES for r in rows)
+    click.echo(f"stored {len(rows)} signal baselines over {_ts(w.since_ns)}–{_ts(w.until_ns)} "
+               f"UTC ({w.bins} intervals of {w.step_ns / 1e9:.2f} s); {usable} have the "
+               f"{history.MIN_SAMPLES} intervals `analyze` needs to use them")

@@ -18,6 +18,7 @@ from kernelsight.analysis.signals import Series
 
 MAX_LAG = 3  # bins the effect may trail the cause by
 OVERLAP_SLACK = 2  # bins around the cause episode in which effects count
+EPISODE_GAP = 4  # cause anomalies closer than this (bins) are one episode
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,13 @@ class Chain:
     # :lo :hi, {not_own} -> (pid, comm, weight): who is behind the cause. Slow syscalls are
     # counted, not summed: one process blocked for seconds must not hide many slowed ones.
     processes_sql: str
+    # (cause pattern, effect patterns): a cause signal that leads an episode only when one
+    # of those effects is anomalous with it (an IOPS surge is load, not latency: it names the
+    # block device as cause only when syncs or writes slowed with it).
+    led_only_with: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # processes: each one's rise over the window before the finding (what changed), or
+    # its plain weight in the finding's span.
+    by_rise: bool = True
 
 
 CHAINS: tuple[Chain, ...] = (
@@ -36,27 +44,56 @@ CHAINS: tuple[Chain, ...] = (
           "CPU oversubscription -> run-queue latency -> slow syscalls",
           ("sched.runq_p95_us", "load.running", "sched.involuntary_per_s", "load.load_1min"),
           ("syscall.*.slow_per_s", "syscall.*.slow_ms_per_s"),
-          # Who waited longest for a CPU: median run-queue latency x times scheduled (ms).
-          """SELECT pid, comm, SUM(runq_latency_p50_us * context_switches) / 1e3
+          # Who kept the CPUs busy: CPU time used (ms). (Ranking by time spent waiting for
+          # a CPU named the bystanders on a host loaded by others, not the hogs.)
+          """SELECT pid, comm, SUM(cpu_time_ms)
           FROM sched_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 5"""),
+          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
     Chain("block_latency",
           "Block device latency -> slow fsync/read/write",
-          ("io.*.p99_us",),
+          # Latency first; a surge of IOPS on a device leads when its p99 stays under the
+          # floor (a fast disk): the slow syncs that follow still name the device as cause.
+          ("io.*.p99_us", "io.*.iops"),
           ("syscall.sync.*", "syscall.write.*", "syscall.read.*", "syscall.open.*"),
           """SELECT pid, comm, COUNT(*) FROM syscall_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
           AND syscall_name IN ('fsync', 'fdatasync', 'sync', 'syncfs', 'write', 'pwrite64',
           'read', 'pread64', 'msync')
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 5"""),
+          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50""",
+          led_only_with=(("io.*.iops", ("syscall.sync.*", "syscall.write.*")),)),
     Chain("memory_pressure",
           "Memory pressure -> major faults -> fault latency -> slow read/mmap",
-          ("faults.major_per_s",),
+          # The tracer's per-process totals first; the kernel's own count (vmstat, read by the
+          # scraper) times it right when the fault tracer stalls under load (seen: one row
+          # for 24 s at load 36, which spread the incident over the whole window).
+          ("faults.major_per_s", "vmstat.pgmajfault_per_s"),
           ("faults.major_latency_us", "syscall.read.*", "syscall.memory.*"),
-          """SELECT pid, comm, SUM(fault_count) FROM page_fault_totals
-          WHERE timestamp BETWEEN :lo AND :hi AND fault_type = 'major' AND {not_own}
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 5"""),
+          # Each totals row by the part of its interval inside the span (a late row still
+          # names who faulted).
+          """SELECT pid, comm, SUM(fault_count * (MIN(timestamp, :hi)
+          - MAX(timestamp - interval_ns, :lo)) * 1.0 / MAX(interval_ns, 1))
+          FROM page_fault_totals
+          WHERE timestamp >= :lo AND timestamp - interval_ns <= :hi AND fault_type = 'major'
+          AND {not_own} GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50""",
+          # Major faults are rare at rest: name who faulted, not who faulted more than before.
+          by_rise=False),
+    # A futex wait is a wait (waits.py): idle thread pools sleep in futex by design, at a low
+    # steady rate the baseline absorbs. Many threads queueing on one lock raise the rate of
+    # slow futex waits by an order of magnitude, each a voluntary context switch.
+    Chain("lock_contention",
+          "Lock contention -> futex waits -> time lost waiting",
+          # One process's rate only: the host-wide rate moved by 40 % for half a minute in an
+          # idle run on a shared host (other suites' thread pools), a false finding.
+          ("lock.top_process_futex_waits_per_s",
+           "lock.top_process_futex_waits_summarised_per_s"),
+          # The cost: time its threads spend waiting, and the switches each wait takes.
+          ("lock.top_process_futex_wait_ms_per_s", "lock.futex_wait_ms_per_s",
+           "sched.voluntary_per_s"),
+          """SELECT pid, comm, COUNT(*) FROM syscall_events
+          WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
+          AND syscall_name IN ('futex', 'futex_waitv')
+          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
     Chain("tcp_retransmits",
           "TCP retransmits -> slow send/recv",
           ("tcp.retrans_per_s",),
@@ -64,14 +101,14 @@ CHAINS: tuple[Chain, ...] = (
           """SELECT pid, comm, COUNT(*) FROM syscall_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
           AND syscall_name IN ('sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect')
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 5"""),
+          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
 )
 # Slow syscalls no chain explains still make a (weaker) finding of their own.
 UNEXPLAINED = Chain("slow_syscalls", "Slow service-time syscalls (no kernel cause seen)",
                     ("syscall.*.slow_ms_per_s",), (),
                     """SELECT pid, comm, COUNT(*) FROM syscall_events
                     WHERE timestamp BETWEEN :lo AND :hi AND {not_own} GROUP BY pid, comm
-                    ORDER BY 3 DESC LIMIT 5""")
+                    ORDER BY 3 DESC LIMIT 50""")
 
 
 def matching(patterns: tuple[str, ...], names: list[str]) -> list[str]:
@@ -138,9 +175,11 @@ def candidates(series: dict[str, Series], found: dict[str, list[Anomaly]]) -> li
         causes.sort(key=lambda a: (cause_names.index(a.signal), -a.z))
         used: list[Anomaly] = []
         for c in causes:
-            if any(_overlaps(c, u, 0) for u in used):
+            # Cause anomalies of one chain less than EPISODE_GAP bins apart are one episode (a
+            # storm whose p99 dipped for 3 intervals is one incident, not two findings).
+            if any(_overlaps(c, u, EPISODE_GAP) for u in used):
                 continue  # the same episode, already led by a stronger cause signal
-            support = [u for u in causes if u is not c and _overlaps(c, u, 0)]
+            support = [u for u in causes if u is not c and _overlaps(c, u, EPISODE_GAP)]
             used += [c, *support]
             eff = []
             for e in effects:  # begins before the cause ends, ends after it began
@@ -149,6 +188,8 @@ def candidates(series: dict[str, Series], found: dict[str, list[Anomaly]]) -> li
                                          series[e.signal].values)
                     eff.append((e, r, lag))
             eff.sort(key=lambda t: -t[1])
+            if not _may_lead(chain, c, eff):
+                continue
             out.append(Candidate(chain, c, support, eff, _score(c, support, eff)))
     explained = [a for cand in out for a, _, _ in cand.effects]
     for n in matching(UNEXPLAINED.causes, names):
@@ -157,6 +198,13 @@ def candidates(series: dict[str, Series], found: dict[str, list[Anomaly]]) -> li
                 out.append(Candidate(UNEXPLAINED, a, [], [], 0.6 * severity(a.z) * 0.5))
     out.sort(key=lambda c: (-c.score, c.cause.start, c.chain.kind))
     return out
+
+
+def _may_lead(chain: Chain, c: Anomaly, eff: list[tuple[Anomaly, float, int]]) -> bool:
+    for cause_pat, effect_pats in chain.led_only_with:
+        if fnmatch.fnmatchcase(c.signal, cause_pat):
+            return any(fnmatch.fnmatchcase(e.signal, p) for e, _, _ in eff for p in effect_pats)
+    return True
 
 
 def _score(cause: Anomaly, support: list[Anomaly],

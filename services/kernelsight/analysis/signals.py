@@ -84,6 +84,20 @@ class SignalDef:
     # Per-interval tables (one row per key per collector interval): summed per sample and
     # averaged per bin, so a sample landing in the next bin does not read as 0 then 2x.
     per_sample: bool = False
+    # Slow syscalls by family (waits.family), plus an "all" series; evidence by family.
+    by_family: bool = False
+    # Each value counts at most one interval's worth (ms per s): a single wait that lasted
+    # a minute (a read on a pipe, whose fd kind is unknown) is one bin of 1000 ms, not a
+    # minute's worth landing in the bin where it ended.
+    cap_to_step: bool = False
+    # The SQL gives a 4th column, the interval the value covers (ns, ending at timestamp):
+    # the value is spread over the bins it covers (a collector that fell behind and wrote one
+    # row for 7 s of faults must not read as a 7x spike in one bin).
+    spread: bool = False
+    # The SQL's key is a process: the series is, per bin, the largest value of any one
+    # process (many threads of one process queueing on one lock, not the sum of a host's
+    # idle thread pools each waiting now and then).
+    top_key: bool = False
 
 
 _SLOW = """SELECT timestamp, syscall_name, {expr} FROM syscall_events
@@ -105,16 +119,18 @@ def _vmstat(name: str, unit: str, expr: str, floor: float, per_second: bool = Tr
         (PARTITION BY host ORDER BY timestamp) AS d FROM vmstat_stats
         WHERE timestamp BETWEEN :lo AND :hi) WHERE d > 0 ORDER BY d DESC LIMIT :n""")
 
+_FUTEX = "'futex', 'futex_waitv'"
 
 SIGNALS: tuple[SignalDef, ...] = (
     SignalDef("syscall.{key}.slow_per_s", "syscall_events", "1/s", COUNT,
-              _SLOW.replace("{expr}", "1"), per_second=True, floor=2.0),
+              _SLOW.replace("{expr}", "1"), per_second=True, floor=2.0, by_family=True),
     SignalDef("syscall.{key}.slow_ms_per_s", "syscall_events", "ms/s", COUNT,
-              _SLOW.replace("{expr}", "latency_ns / 1e6"), per_second=True, floor=50.0),
+              _SLOW.replace("{expr}", "latency_ns / 1e6"), per_second=True, floor=50.0,
+              by_family=True, cap_to_step=True),
     SignalDef("faults.{key}_per_s", "page_fault_totals", "1/s", COUNT,
-              """SELECT timestamp, fault_type, fault_count FROM page_fault_totals
-              WHERE timestamp BETWEEN :lo AND :hi""", per_sample=True, floor=50.0,
-              fill_zero=True,
+              """SELECT timestamp, fault_type, fault_count, interval_ns FROM page_fault_totals
+              WHERE timestamp BETWEEN :lo AND :hi AND {not_own}""", per_second=True,
+              spread=True, floor=50.0, fill_zero=True,
               evidence_sql="""SELECT id, pid, comm, fault_count FROM page_fault_totals
               WHERE timestamp BETWEEN :lo AND :hi AND fault_type = :key
               ORDER BY fault_count DESC LIMIT :n"""),
@@ -143,14 +159,15 @@ SIGNALS: tuple[SignalDef, ...] = (
     # Run-queue latency of the processes that ran at least a few times in the interval.
     SignalDef("sched.runq_p95_us", "sched_events", "us", GAUGE,
               """SELECT timestamp, '', runq_latency_p95_us FROM sched_events
-              WHERE timestamp BETWEEN :lo AND :hi AND context_switches >= 5""",
+              WHERE timestamp BETWEEN :lo AND :hi AND context_switches >= 5 AND {not_own}""",
               agg="median", floor=2000.0,
               evidence_sql="""SELECT id, pid, comm, runq_latency_p95_us FROM sched_events
               WHERE timestamp BETWEEN :lo AND :hi AND context_switches >= 5
               ORDER BY runq_latency_p95_us DESC LIMIT :n"""),
     SignalDef("sched.involuntary_per_s", "sched_events", "1/s", COUNT,
               """SELECT timestamp, '', involuntary_switches FROM sched_events
-              WHERE timestamp BETWEEN :lo AND :hi""", per_sample=True, floor=100.0,
+              WHERE timestamp BETWEEN :lo AND :hi AND {not_own}""", per_sample=True,
+              floor=100.0,
               evidence_sql="""SELECT id, pid, comm, involuntary_switches FROM sched_events
               WHERE timestamp BETWEEN :lo AND :hi
               ORDER BY involuntary_switches DESC LIMIT :n"""),
@@ -190,6 +207,51 @@ SIGNALS: tuple[SignalDef, ...] = (
     _vmstat("pgscan_per_s", "pages/s", "pgscan_kswapd_total + pgscan_direct_total", 100.0),
     _vmstat("pgsteal_per_s", "pages/s", "pgsteal_kswapd_total + pgsteal_direct_total", 100.0),
     _vmstat("oom_kills", "kills", "oom_kill_total", 1.0, per_second=False),
+    # Lock contention: slow futex waits (a wait by waits.py, so outside the service-time
+    # families above) of processes other than ours, as a rate and as total time waited.
+    # From one row per slow syscall (syscall_events) and, where the syscall tracer keeps waits
+    # as per-interval summaries, from those (syscall_wait_summaries, when that table exists).
+    SignalDef("lock.top_process_futex_waits_per_s", "syscall_events", "1/s", COUNT,
+              f"""SELECT timestamp, pid, 1 FROM syscall_events
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}}""", per_second=True, floor=60.0, top_key=True,
+              evidence_sql=f"""SELECT id, pid, comm, latency_ns / 1e6 FROM syscall_events
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND pid = (SELECT pid FROM syscall_events WHERE timestamp BETWEEN :lo AND :hi
+              AND syscall_name IN ({_FUTEX}) AND {{not_own}}
+              GROUP BY pid ORDER BY COUNT(*) DESC LIMIT 1)
+              ORDER BY latency_ns DESC LIMIT :n"""),
+    SignalDef("lock.futex_waits_per_s", "syscall_events", "1/s", COUNT,
+              f"""SELECT timestamp, '', 1 FROM syscall_events
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}}""", per_second=True, floor=20.0,
+              evidence_sql=f"""SELECT id, pid, comm, latency_ns / 1e6 FROM syscall_events
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}} ORDER BY latency_ns DESC LIMIT :n"""),
+    SignalDef("lock.top_process_futex_wait_ms_per_s", "syscall_events", "ms/s", COUNT,
+              f"""SELECT timestamp, pid, latency_ns / 1e6 FROM syscall_events
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}}""", per_second=True, floor=500.0, cap_to_step=True,
+              top_key=True),
+    SignalDef("lock.futex_wait_ms_per_s", "syscall_events", "ms/s", COUNT,
+              f"""SELECT timestamp, '', latency_ns / 1e6 FROM syscall_events
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}}""", per_second=True, floor=500.0, cap_to_step=True),
+    SignalDef("lock.top_process_futex_waits_summarised_per_s", "syscall_wait_summaries",
+              "1/s", COUNT,
+              f"""SELECT timestamp, pid, wait_count FROM syscall_wait_summaries
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}}""", per_second=True, floor=60.0, top_key=True,
+              evidence_sql=f"""SELECT id, pid, comm, wait_count FROM syscall_wait_summaries
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}} ORDER BY wait_count DESC LIMIT :n"""),
+    SignalDef("sched.voluntary_per_s", "sched_events", "1/s", COUNT,
+              """SELECT timestamp, '', voluntary_switches FROM sched_events
+              WHERE timestamp BETWEEN :lo AND :hi AND {not_own}""", per_sample=True,
+              floor=200.0,
+              evidence_sql="""SELECT id, pid, comm, voluntary_switches FROM sched_events
+              WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
+              ORDER BY voluntary_switches DESC LIMIT :n"""),
     SignalDef("tcp.retrans_per_s", "tcp_retransmit_stats", "1/s", COUNT,
               """SELECT timestamp, '', retrans_segs FROM tcp_retransmit_stats
               WHERE timestamp BETWEEN :lo AND :hi""", per_second=True, diff=True, floor=5.0,
@@ -222,6 +284,21 @@ def infer_window(conn: Connection, since_ns: int | None, until_ns: int | None) -
 def _bin(window: Window, rows: list[tuple[int, Any]], d: SignalDef,
          first_ns: int | None = None) -> np.ndarray:
     n = window.bins
+    step_s = window.step_ns / 1e9
+    if d.spread:  # (t, (value, covered_ns)): the value spread evenly over what it covers
+        out = np.zeros(n)
+        for t, (v, covered) in rows:
+            dur = max(int(covered or 0), 1)
+            lo, hi = t - dur, t
+            for i in range(max(0, (lo - window.since_ns) // window.step_ns),
+                           min(n - 1, max(0, (hi - window.since_ns) // window.step_ns)) + 1):
+                b0 = window.since_ns + i * window.step_ns
+                part = min(hi, b0 + window.step_ns) - max(lo, b0)
+                if part > 0:
+                    out[i] += float(v) * part / dur
+        return out / step_s if d.per_second else out
+    if d.cap_to_step:
+        rows = [(t, min(float(v), step_s * 1e3)) for t, v in rows]
     if d.diff:  # cumulative counter -> increase between consecutive samples
         rows = [(t, max(0.0, float(v) - float(p))) for (_, p), (t, v) in itertools.pairwise(rows)]
     idx = np.array([min(n - 1, max(0, (t - window.since_ns) // window.step_ns))
@@ -273,17 +350,24 @@ def load(conn: Connection, window: Window) -> dict[str, Series]:
     service = f"({waits.service_sql()} OR syscall_name IN ({net}))"
     not_own = not_own_sql(conn)
     out: dict[str, Series] = {}
+    tables = {r[0] for r in conn.execute(text(
+        "SELECT name FROM sqlite_master WHERE type = 'table'"))}
     for d in SIGNALS:
+        if d.table not in tables:  # a table a newer collector adds: no rows, no signal
+            continue
         sql = d.sql.format(service=service, not_own=not_own)
         rows = conn.execute(text(sql), {"lo": window.since_ns, "hi": window.until_ns}).all()
         by_key: dict[str, list[tuple[int, Any]]] = {}
-        for t, raw, v in rows:
+        for t, raw, v, *extra in rows:
             if v is None:
                 continue
-            key = waits.family(str(raw)) if d.table == "syscall_events" else str(raw)
-            by_key.setdefault(key, []).append((int(t), v))
-        if d.table == "syscall_events" and rows:
+            key = waits.family(str(raw)) if d.by_family else str(raw)
+            by_key.setdefault(key, []).append((int(t), (v, extra[0]) if d.spread else v))
+        if d.by_family and rows:
             by_key["all"] = [r for rs in by_key.values() for r in rs]
+        if d.top_key:
+            by_key = {"": [r for rs in by_key.values() for r in rs]} if by_key else {}
+            tops = [_bin(window, sorted(rs), d, None) for rs in _by_pid(rows, d).values()]
         first = conn.execute(text(f"SELECT MIN(timestamp) FROM {d.table} WHERE timestamp "
                                   "BETWEEN :lo AND :hi"),
                              {"lo": window.since_ns, "hi": window.until_ns}).scalar()
@@ -291,15 +375,25 @@ def load(conn: Connection, window: Window) -> dict[str, Series]:
             krows.sort()
             name = d.name.format(key=key)
             ev = d.evidence_sql
-            if d.table == "syscall_events":
+            if d.by_family:
                 names = sorted(waits.FAMILIES.get(key, ()))
                 fam = ", ".join(f"'{n}'" for n in names) if key not in ("all", "other") else ""
                 ev = _SLOW_EVIDENCE.format(service=service, not_own=not_own,
                                            names=fam or "SELECT syscall_name FROM syscall_events")
             else:
                 ev = ev.replace(":key", _sql_str(key)) if ":key" in ev else ev
-            out[name] = Series(name, d.table, d.unit, d.kind, _bin(window, krows, d, first),
+                ev = ev.replace("{not_own}", not_own)
+            vals = np.max(tops, axis=0) if d.top_key else _bin(window, krows, d, first)
+            out[name] = Series(name, d.table, d.unit, d.kind, vals,
                                d.direction, d.floor, ev, len(krows))
+    return out
+
+
+def _by_pid(rows: Any, d: SignalDef) -> dict[str, list[tuple[int, Any]]]:
+    out: dict[str, list[tuple[int, Any]]] = {}
+    for t, pid, v, *_ in rows:
+        if v is not None:
+            out.setdefault(str(pid), []).append((int(t), v))
     return out
 
 
