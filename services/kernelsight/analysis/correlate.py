@@ -88,19 +88,29 @@ CHAINS: tuple[Chain, ...] = (
           ("lock.top_process_futex_waits_per_s",
            "lock.top_process_futex_waits_summarised_per_s"),
           # The cost: time its threads spend waiting, and the switches each wait takes.
-          ("lock.top_process_futex_wait_ms_per_s", "lock.futex_wait_ms_per_s",
+          ("lock.top_process_futex_wait_ms_per_s",
+           "lock.top_process_futex_wait_ms_summarised_per_s", "lock.futex_wait_ms_per_s",
            "sched.voluntary_per_s"),
-          """SELECT pid, comm, COUNT(*) FROM syscall_events
+          # Waits are rows (--record-waits) or per-interval summaries (the default): both.
+          """SELECT pid, comm, SUM(n) FROM (
+          SELECT pid, comm, 1 AS n FROM syscall_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
           AND syscall_name IN ('futex', 'futex_waitv')
+          UNION ALL SELECT pid, comm, wait_count FROM syscall_wait_summaries
+          WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
+          AND syscall_name IN ('futex', 'futex_waitv'))
           GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
     Chain("tcp_retransmits",
           "TCP retransmits -> slow send/recv",
           ("tcp.retrans_per_s",),
           ("syscall.net.*",),
-          """SELECT pid, comm, COUNT(*) FROM syscall_events
+          """SELECT pid, comm, SUM(n) FROM (
+          SELECT pid, comm, 1 AS n FROM syscall_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
           AND syscall_name IN ('sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect')
+          UNION ALL SELECT pid, comm, wait_count FROM syscall_wait_summaries
+          WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
+          AND syscall_name IN ('sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect'))
           GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
 )
 # Slow syscalls no chain explains still make a (weaker) finding of their own.

@@ -120,6 +120,7 @@ def _vmstat(name: str, unit: str, expr: str, floor: float, per_second: bool = Tr
         WHERE timestamp BETWEEN :lo AND :hi) WHERE d > 0 ORDER BY d DESC LIMIT :n""")
 
 _FUTEX = "'futex', 'futex_waitv'"
+_NET = "'sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect'"
 
 SIGNALS: tuple[SignalDef, ...] = (
     SignalDef("syscall.{key}.slow_per_s", "syscall_events", "1/s", COUNT,
@@ -244,6 +245,20 @@ SIGNALS: tuple[SignalDef, ...] = (
               AND {{not_own}}""", per_second=True, floor=60.0, top_key=True,
               evidence_sql=f"""SELECT id, pid, comm, wait_count FROM syscall_wait_summaries
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}} ORDER BY wait_count DESC LIMIT :n"""),
+    SignalDef("lock.top_process_futex_wait_ms_summarised_per_s", "syscall_wait_summaries",
+              "ms/s", COUNT,
+              f"""SELECT timestamp, pid, latency_sum_ns / 1e6 FROM syscall_wait_summaries
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
+              AND {{not_own}}""", per_second=True, floor=500.0, top_key=True),
+    # Slow socket waits (send/recv blocked on the peer or on retransmits), summarised per
+    # interval by the syscall tracer: the effect a retransmit storm has.
+    SignalDef("syscall.net.waits_per_s", "syscall_wait_summaries", "1/s", COUNT,
+              f"""SELECT timestamp, '', wait_count FROM syscall_wait_summaries
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_NET})
+              AND {{not_own}}""", per_second=True, floor=2.0,
+              evidence_sql=f"""SELECT id, pid, comm, wait_count FROM syscall_wait_summaries
+              WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_NET})
               AND {{not_own}} ORDER BY wait_count DESC LIMIT :n"""),
     SignalDef("sched.voluntary_per_s", "sched_events", "1/s", COUNT,
               """SELECT timestamp, '', voluntary_switches FROM sched_events
