@@ -70,6 +70,7 @@ class Ingester:
         self._last_trim = 0.0
         self._trim_batches = -1
         self._last_beat = 0.0
+        self._last_tick = 0.0
         self._idle_reads = 0  # consecutive reads that returned nothing
         self._last_reclaim = 0.0
         self._last_accounting = 0.0
@@ -349,6 +350,8 @@ class Ingester:
         if now - self._last_beat >= defaults.HEARTBEAT_S:
             self._last_beat = now
             self._heartbeat()
+        if now - self._last_tick >= 1.0:  # sd_notify watchdog / supervisor: no Redis
+            self._last_tick = now
             self.events.beat(self)
         if now - self._last_trim > 1.0 and (self.stats.batches != self._trim_batches
                                             or now - self._last_trim > defaults.TRIM_IDLE_S):
