@@ -13,6 +13,9 @@ from kernelsight.redis_server import free_port
 
 def ks(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     e = {k: v for k, v in os.environ.items() if not k.startswith("KS_")}
+    # Bad-input cases are not about /metrics: a port held by another ingester on this host
+    # must not change which error comes first.
+    e["KS_METRICS_ADDR"] = "off"
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "kernelsight", *args], capture_output=True,
                           text=True, timeout=60, env=e, check=False)

@@ -148,8 +148,9 @@ def test_totals_match_getrusage_and_every_major_is_an_event(settings: Settings,
     # Minor events are a sample; the totals say exactly how many of them were stored.
     assert sampled.get("minor") == events.get("minor"), (sampled, events)
     assert sampled.get("major") == events.get("major"), (sampled, events)
-    # The anonymous region was first touched by writes: any sampled event there says so.
-    assert anon_events[0] == anon_events[1], anon_events
+    # The anonymous region was first touched by writes: any sampled event there says so (at
+    # the default --minor-fault-rate 10/s for the whole host, often none falls there).
+    assert anon_events[0] == (anon_events[1] or 0), anon_events
     # Per-interval max is consistent with the interval's sum and count.
     assert max_ok[0] == max_ok[1], max_ok
 
