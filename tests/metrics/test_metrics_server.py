@@ -207,9 +207,13 @@ def test_run_serves_metrics_from_its_ingester(settings, tmp_path) -> None:
             if not _up(port):
                 return None
             s = samples(scrape(port))
+            # Produced comes from the accounting snapshots the ingester has stored, about a
+            # second behind its own stored counter: wait for both.
             ok = s.get(("kernelsight_collector_up", (("collector", "scraper"),))) == 1 and \
                 s.get(("kernelsight_ingest_events_stored_total",
-                       (("event_type", "memory_metrics"),)), 0) >= 2
+                       (("event_type", "memory_metrics"),)), 0) >= 2 and \
+                s.get(("kernelsight_events_produced_total",
+                       (("collector", "scraper"), ("event_type", "memory_metrics"))), 0) >= 2
             return s if ok else None
 
         s = wait_for(scraper_seen, 45, "scraper series in /metrics")
