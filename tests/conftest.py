@@ -25,6 +25,10 @@ os.environ["KS_METRICS_ADDR"] = "off"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "docker: needs a Docker engine (docker/setup-docker.sh)")
+    config.addinivalue_line(
+        "markers", "quiet_host: judges analysis against background activity (incident ranks, "
+        "the idle finding budget); needs a host doing nothing else: `make test-quiet`, not "
+        "`make test`")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from kernelsight.analysis import history
 from kernelsight.analysis.baselines import anomalies
@@ -45,6 +46,7 @@ def test_prior_finds_an_incident_that_fills_the_window():
     assert (a.start, a.end) == (0, 30) and a.baseline == 10.0 and 45 < a.level < 55
 
 
+@pytest.mark.quiet_host
 def test_baselines_are_stored_and_used(recording, tmp_path, monkeypatch):
     db = _copy(recording.db, tmp_path / "ks.db")
     cpu = next(i for i in recording.incidents if i.kind == "cpu_oversubscription")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from conftest import need_root
 
@@ -25,6 +26,7 @@ def _ks(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, check=False)
 
 
+@pytest.mark.quiet_host
 def test_idle_run_yields_at_most_one_finding(tmp_path: Path):
     need_root()
     db = tmp_path / "idle.db"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 from rich.console import Console
 from sqlalchemy import text
 
@@ -39,6 +40,7 @@ KINDS = ("cpu_oversubscription", "block_latency", "memory_pressure", "tcp_retran
          "lock_contention")
 
 
+@pytest.mark.quiet_host
 def test_true_cause_ranks_first_with_real_evidence(recording):
     """Each of the five incidents in its own window: the true cause in the top three in all
     and first in at least four (the issue's bar), with evidence rows that exist in its time
