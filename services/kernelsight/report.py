@@ -77,6 +77,7 @@ from sqlalchemy import Connection, Engine, text
 from kernelsight import collectors, defaults, schema, waits
 from kernelsight.analysis.own import not_own_sql
 from kernelsight.db import open_readonly
+from kernelsight.latespans import DEAD_SQL, INT64_MAX, late_rows, late_spans, max_le
 from kernelsight.maintenance import rollup_counts
 from kernelsight.runs import resolve
 from kernelsight.safetext import printable
@@ -106,15 +107,6 @@ LINES_SQL = """
 SELECT host, source, MAX(CASE WHEN stream_id <= :lo THEN stream_id END),
   MAX(CASE WHEN stream_id <= :hi THEN stream_id END)
 FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY host, source"""
-# Per producer instance with stream positions: its line, first and last snapshot positions,
-# and its start mark (NULL for producers older than START_MARK).
-INSTANCES_SQL = f"""
-SELECT instance, host, source, MIN(stream_id), MAX(stream_id),
-  MAX(CASE WHEN event_type = '' AND metric = '{schema.START_MARK}'
-      THEN CAST(detail AS INTEGER) END)
-FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY instance"""
-LATE_SQL = 'SELECT COUNT(*) FROM "{table}" WHERE host = :h AND stream_id > :lo AND stream_id <= :hi'
-DEAD_SQL = """SELECT event_type, reason, entry_id FROM dead_letters WHERE timestamp >= :since"""
 # Service-time syscalls only (waits such as futex/wait4 are idle by design), without our own
 # processes: kernelsight.waits and kernelsight.analysis.own say what is left out.
 SLOW_SQL = """SELECT comm, syscall_name, latency_ns / 1000000.0 FROM syscall_events
@@ -126,7 +118,6 @@ PF_EVENTS_SQL = """SELECT fault_type, COUNT(*), AVG(latency_ns) FROM page_fault_
 WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
 SPAN_SQL = """SELECT MIN(timestamp), MAX(timestamp) FROM memory_metrics
 WHERE timestamp BETWEEN :since AND :until"""
-INT64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -193,10 +184,12 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
         spans = late_spans(c)
         for sp in spans:  # each span's end is a boundary position of its line
             lo_pos, hi_pos = lines.get((sp.host, sp.source), (None, None))
-            lines[(sp.host, sp.source)] = (_max_le(lo_pos, sp.end, lo),
-                                           _max_le(hi_pos, sp.end, hi))
+            lines[(sp.host, sp.source)] = (max_le(lo_pos, sp.end, lo),
+                                           max_le(hi_pos, sp.end, hi))
         _accounting(rep, c, lo, hi)
-        _late(rep, c, [sp for sp in spans if lo < sp.end <= hi])
+        for t, n in late_rows(c, [sp for sp in spans if lo < sp.end <= hi]).items():
+            rep.late[t] = n
+            rep.produced[t] = rep.produced.get(t, 0) + n
         rep.counts = _stored(c, w, lines)
         _dead(rep, c, w, lines, since)
         if not w.whole:
@@ -224,75 +217,6 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
         rep.duration_s = (span_hi - span_lo) / 1e9 + 1 if span_lo else 0.0
     _judge(rep, expected)
     return rep
-
-
-@dataclass(frozen=True)
-class LateSpan:
-    """Positions (after, end] of a line where an instance's rows would be stored after its last
-    snapshot (at ``after``), up to just before the next instance's start (``end``)."""
-
-    instance: str
-    host: str
-    source: str
-    after: int
-    end: int
-
-
-def late_spans(c: Connection) -> list[LateSpan]:
-    """One span per instance whose uncounted rows can be told apart (module docstring)."""
-    lines: dict[tuple[str, str], list[tuple[str, int, int, int | None]]] = {}
-    for inst, host, src, first, last, mark in c.execute(text(INSTANCES_SQL)):
-        lines.setdefault((host, src), []).append(
-            (inst, first if mark is None else min(mark, first), last, mark))
-    spans = []
-    for (host, src), insts in lines.items():
-        for inst, _start, last, _mark in insts:
-            if any(k != inst and s <= last < e for k, s, e, _ in insts):
-                continue  # another instance was producing past its last snapshot
-            later = [(s, m) for _, s, _, m in insts if s > last]
-            if later:
-                start, mark = min(later, key=lambda x: x[0])
-                if mark is None:
-                    continue  # its first snapshot is not where it began
-                end = start - 1
-            else:
-                end = INT64_MAX
-            if end > last:
-                spans.append(LateSpan(inst, host, src, last, end))
-    return spans
-
-
-def _max_le(pos: int | None, end: int, bound: int) -> int | None:
-    """The line's last boundary position <= ``bound``, with ``end`` one more candidate."""
-    if end > bound:
-        return pos
-    return end if pos is None else max(pos, end)
-
-
-def _late(rep: Report, c: Connection, spans: list[LateSpan]) -> None:
-    """Rows and dead letters in each span: produced by its instance, after its last
-    snapshot (the implied final snapshot at the span's end lies in the window)."""
-    if not spans:
-        return
-    types = {et.name: et.source for et in schema.EVENT_TYPES}
-    wanted = {sp.source for sp in spans}
-    dead: dict[str, list[int]] = {}
-    for et, _reason, entry_id in c.execute(text(DEAD_SQL), {"since": 0}):
-        if types.get(et) in wanted:
-            try:
-                dead.setdefault(et, []).append(schema.stream_id_to_int(entry_id))
-            except ValueError:
-                continue
-    for sp in spans:
-        for et in schema.EVENT_TYPES:
-            if et.source != sp.source:
-                continue
-            n = c.execute(text(LATE_SQL.format(table=et.name)),
-                          {"h": sp.host, "lo": sp.after, "hi": sp.end}).scalar_one()
-            n += sum(1 for pos in dead.get(et.name, ()) if sp.after < pos <= sp.end)
-            if n:
-                rep.late[et.name] = rep.late.get(et.name, 0) + n
-                rep.produced[et.name] = rep.produced.get(et.name, 0) + n
 
 
 def _accounting(rep: Report, c: Connection, lo: int, hi: int) -> None:
