@@ -6,10 +6,8 @@ Not a test: `make test` only checks that the quick mode runs and prints every fi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -17,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -26,6 +24,13 @@ import psutil
 import redis
 
 from kernelsight import defaults, peers, schema
+from kernelsight.bench_workloads import (
+    EMPTY,
+    FAULT_WORKLOAD,
+    attach_empty,
+    running_tracer,
+    sched_workload,
+)
 from kernelsight.config import Settings
 from kernelsight.ingest import Ingester, run_ingest
 from kernelsight.loadgen import pool
@@ -270,10 +275,10 @@ class Bench:
         for _ in range(rounds):
             bare.append(self._time(workload))
             b = BPF(text=empty_c)
-            _attach_empty(b, tracer)
+            attach_empty(b, tracer)
             empty.append(self._time(workload))
             b.cleanup()
-            with _running_tracer(collectors.get(tracer), url):
+            with running_tracer(collectors.get(tracer), url):
                 ours.append(self._time(workload))
 
         def ratio(f: Callable) -> float | None:
@@ -490,101 +495,6 @@ def _redis_proc(url: str) -> psutil.Process:
     return psutil.Process(int(pid))
 
 
-@contextlib.contextmanager
-def _running_tracer(cls, url: str) -> Iterator[None]:
-    """The real tracer, polling in a thread and publishing to the bench's Redis."""
-    s = Settings(redis_url=url, host="bench")
-    pub = Publisher(s, cls.name)
-    col = cls(s, pub)
-    col.start()
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            col.poll()
-            pub.flush()
-
-    th = threading.Thread(target=loop, daemon=True)
-    th.start()
-    try:
-        time.sleep(0.3)
-        yield
-    finally:
-        stop.set()
-        th.join(10)
-        col.stop()
-        pub.close()
-
-
-EMPTY = {
-    "syscalls": """
-TRACEPOINT_PROBE(raw_syscalls, sys_enter) { return 0; }
-TRACEPOINT_PROBE(raw_syscalls, sys_exit) { return 0; }
-""",
-    "pagefaults": """
-TRACEPOINT_PROBE(exceptions, page_fault_user) { return 0; }
-TRACEPOINT_PROBE(exceptions, page_fault_kernel) { return 0; }
-int on_maj(struct bpf_perf_event_data *ctx) { return 0; }
-int on_min(struct bpf_perf_event_data *ctx) { return 0; }
-""",
-    "sched": """
-TRACEPOINT_PROBE(sched, sched_switch) { return 0; }
-TRACEPOINT_PROBE(sched, sched_wakeup) { return 0; }
-TRACEPOINT_PROBE(sched, sched_wakeup_new) { return 0; }
-TRACEPOINT_PROBE(sched, sched_process_exit) { return 0; }
-""",
-}
-
-
-def _attach_empty(b, tracer: str) -> None:
-    if tracer == "pagefaults":
-        from bcc import PerfSWConfig, PerfType
-
-        b.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.PAGE_FAULTS_MAJ,
-                            fn_name="on_maj", sample_period=1)
-        b.attach_perf_event(ev_type=PerfType.SOFTWARE, ev_config=PerfSWConfig.PAGE_FAULTS_MIN,
-                            fn_name="on_min", sample_period=1)
-
-
-FAULT_WORKLOAD = [sys.executable, "-c", """
-import mmap
-n = 512 << 20
-page = mmap.PAGESIZE
-ones = b"\\x01" * (n // page)
-for _ in range(4):  # 4 x 131072 private anonymous 4 KiB faults
-    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_NOHUGEPAGE"):
-        m.madvise(mmap.MADV_NOHUGEPAGE)
-    # One byte per page, by mmap's own C loop (an extended-slice assignment): nearly all of
-    # the time is the faults themselves. (memset of every byte instead spends most of it on
-    # memory bandwidth and evicts the tracer's per-CPU state from the caches: 1.65 there.)
-    m[0:n:page] = ones
-    m.close()
-"""]
-SCHED_WORKLOAD = [sys.executable, "-c", """
-import os
-os.sched_setaffinity(0, {0})  # both ends on one CPU: every round trip is two real switches
-r1, w1 = os.pipe(); r2, w2 = os.pipe()
-n = 100000
-if os.fork() == 0:
-    for _ in range(n):
-        os.read(r1, 1); os.write(w2, b"x")
-    os._exit(0)
-for _ in range(n):
-    os.write(w1, b"x"); os.read(r2, 1)
-os.wait()
-"""]
-
-
-def sched_workload(quick: bool) -> list[str]:
-    """stress-ng's switch stressor pinned to one CPU (two context switches per op, in C, so
-    the tracer's share of the time is large enough to measure), else the Python ping-pong."""
-    if shutil.which("stress-ng"):
-        return ["stress-ng", "--switch", "1", "--switch-ops", "200000" if quick else "500000",
-                "--taskset", "0", "--quiet"]
-    return SCHED_WORKLOAD
-
-
 def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], None]) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)  # bench/ is not in a fresh clone
     with tempfile.TemporaryDirectory(prefix="ks-bench-", dir=str(out.parent)) as d, \
@@ -609,7 +519,7 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
             "report": b.report_1m,
             # bcc's syscount/runqlat beside ours (peers.py); minutes of compiling: full runs only
             "peers": lambda: None if quick else peers.run(
-                b, dd, sched_workload(quick), lambda cls: _running_tracer(cls, rs.url)),
+                b, dd, sched_workload(quick), lambda cls: running_tracer(cls, rs.url)),
         }
         for name, fn in steps.items():
             if only and name not in only:

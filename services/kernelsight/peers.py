@@ -185,7 +185,7 @@ for _ in range(k):
 class Peers:
     """The peer comparisons; ``put(name, value, note)`` records a figure (bench.Bench.put),
     ``time_fn(argv)`` is the workload CPU time (bench.Bench._time), ``running(cls)`` runs one
-    of our tracers in this process (bench._running_tracer)."""
+    of our tracers in this process (bench_workloads.running_tracer)."""
 
     def __init__(self, put: Put, echo: Callable[[str], None], time_fn: Callable[[list[str]],
                  float], running: Callable[[Any], Any], quick: bool) -> None:
