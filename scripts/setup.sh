@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what KernelSight needs on a Debian/Ubuntu host (root), idempotently:
 # apt packages (Redis, BCC, kernel headers or the fallback, stress-ng, sqlite3, chromium for
-# the analysis HTML test) and the
+# the analysis HTML test, PostgreSQL for the fleet store and its tests) and the
 # virtualenv in .venv (system site packages, for Debian's bcc module).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # systemd: for `systemd-analyze verify` of deploy/systemd (tests; it need not be PID 1).
 # bpfcc-tools: bcc's syscount/runqlat, which `make bench` compares ours with (peers.py).
 for p in python3 python3-venv python3-pip python3-bpfcc redis-server redis-tools stress-ng \
-         sqlite3 iproute2 procps util-linux chromium systemd bpfcc-tools; do
+         sqlite3 iproute2 procps util-linux chromium systemd bpfcc-tools postgresql; do
   have "$p" || need+=("$p")
 done
 arch=$(dpkg --print-architecture)
@@ -48,7 +48,7 @@ want=$(sha256sum services/pyproject.toml | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: creating .venv"
   /usr/bin/python3 -m venv --system-site-packages .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e 'services[test,analysis]' hiredis
+  .venv/bin/pip install -q --disable-pip-version-check -e 'services[test,analysis,postgres]' hiredis
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c "import bcc, kernelsight" || {

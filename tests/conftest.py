@@ -12,6 +12,8 @@ import pytest
 import redis
 
 from kernelsight.config import Settings
+from kernelsight.pg_server import TemporaryPostgres
+from kernelsight.redis_cluster import LocalRedisCluster
 from kernelsight.redis_server import PrivateRedis
 from kernelsight.runner import Stack
 
@@ -38,6 +40,30 @@ def pytest_configure(config: pytest.Config) -> None:
 def redis_server() -> Iterator[PrivateRedis]:
     with PrivateRedis() as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TemporaryPostgres]:
+    """A real PostgreSQL (initdb, loopback, password auth), one per test session."""
+    if os.geteuid() != 0:
+        pytest.fail("PostgreSQL tests run as root (initdb runs as the postgres user)")
+    with TemporaryPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(pg_server: TemporaryPostgres) -> str:
+    """The SQLAlchemy URL of an empty database on that server (dropped and created again)."""
+    pg_server.reset()
+    return pg_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas, loopback), one per test session. A test
+    that kills a node must start its own: this one is shared."""
+    with LocalRedisCluster() as c:
+        yield c
 
 
 @pytest.fixture
