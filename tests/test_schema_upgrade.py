@@ -1,6 +1,8 @@
 """A database written by schema version 3 (a real file: `kernelsight run --duration 3
---collectors scraper` by commit bf39afc, gzipped) is upgraded in place to version 4 by adding
-the PSI and vmstat tables; nothing in it is lost, and readers say how to upgrade it."""
+--collectors scraper` by commit bf39afc, gzipped) is upgraded in place by adding the PSI and
+vmstat tables and rebuilding the event tables; one written by version 4 (the same command by
+commit ff938ed) by rebuilding its event tables with the (host, stream_id) key. Nothing in
+either is lost, and readers say how to upgrade them."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from kernelsight.exceptions import DatabaseError
 from conftest import FIXTURES
 
 V3 = FIXTURES / "db" / "schema-v3-scraper-3s.db.gz"
+V4 = FIXTURES / "db" / "schema-v4-scraper-3s.db.gz"
 NEW = ("pressure_stats", "vmstat_stats", "pressure_stats_1m", "vmstat_stats_1m")
 
 
@@ -45,7 +48,7 @@ def test_v3_file_is_upgraded_additively(tmp_path):
     assert contents(db) == before  # a reader changes nothing
     open_db(db).dispose()
     after = contents(db)
-    assert after["version"] == str(schema.SCHEMA_VERSION) == "4"
+    assert after["version"] == str(schema.SCHEMA_VERSION) == "5"
     assert {n: after[n] for n in NEW} == dict.fromkeys(NEW, 0)
     assert {k: v for k, v in after.items() if k in before and k != "version"} == {
         k: v for k, v in before.items() if k != "version"}
@@ -67,8 +70,78 @@ def test_other_versions_still_get_the_clear_error(tmp_path):
     con.execute("UPDATE schema_meta SET value = '2' WHERE key = 'version'")
     con.commit()
     con.close()
-    with pytest.raises(DatabaseError, match="version 2, this version needs 4; use a new"):
+    with pytest.raises(DatabaseError, match="version 2, this version needs 5; use a new"):
         open_db(db)
     with pytest.raises(DatabaseError, match="report on it with the version that wrote it"):
         open_readonly(db)
     assert db.exists()
+
+
+def rows(db, table: str) -> list[tuple]:
+    con = sqlite3.connect(db)
+    out = con.execute(f'SELECT * FROM "{table}" ORDER BY id').fetchall()
+    con.close()
+    return out
+
+
+def table_sql(db, table: str) -> str:
+    con = sqlite3.connect(db)
+    out = con.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    con.close()
+    return out
+
+
+def test_v4_file_is_rebuilt_in_place_rows_and_ids_kept(tmp_path):
+    db = tmp_path / "v4.db"
+    db.write_bytes(gzip.decompress(V4.read_bytes()))
+    before = contents(db)
+    assert before["version"] == "4"
+    assert before["memory_metrics"] >= 2 and before["network_interface_stats"] >= 10
+    kept = {t: rows(db, t) for t in schema.TABLES}
+    assert "UNIQUE (stream_id)" in table_sql(db, "memory_metrics")
+    with pytest.raises(DatabaseError, match="upgrades it in place"):
+        open_readonly(db).dispose()
+    assert contents(db) == before
+    open_db(db).dispose()
+    after = contents(db)
+    assert after["version"] == "5"
+    assert {k: v for k, v in after.items() if k != "version"} == {
+        k: v for k, v in before.items() if k != "version"}
+    for t in schema.TABLES:
+        assert rows(db, t) == kept[t], t  # every row, with its id
+        assert f"uq_{t}_host_stream_id" in table_sql(db, t)
+    con = sqlite3.connect(db)
+    idx = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"ix_syscall_events_latency_desc", "ix_block_stats_device_name_timestamp",
+            "ix_memory_metrics_timestamp"} <= idx
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    out = report.report_job(str(db))  # readers of this version accept it
+    assert out["json"]["event_types"]["memory_metrics"]["rows"] == before["memory_metrics"]
+    # the new key: the same stream id from another host is a new row, from the same a dup
+    r = con.execute("SELECT stream_id, timestamp, host FROM memory_metrics LIMIT 1").fetchone()
+    con.execute("INSERT OR IGNORE INTO memory_metrics (stream_id, timestamp, host) "
+                "VALUES (?, ?, ?)", r)
+    con.execute("INSERT OR IGNORE INTO memory_metrics (stream_id, timestamp, host) "
+                "VALUES (?, ?, ?)", (r[0], r[1], r[2] + "-other"))
+    con.commit()
+    assert con.execute("SELECT COUNT(*) FROM memory_metrics").fetchone()[0] == \
+        before["memory_metrics"] + 1
+    con.close()
+    open_db(db).dispose()  # again: a no-op
+    assert all(f"uq_{t}_host_stream_id" in table_sql(db, t) for t in schema.TABLES)
+
+
+def test_v4_rebuild_failure_leaves_the_file_unchanged(tmp_path):
+    """A failing rebuild (here: the disk-full stand-in, a read-only file system is not
+    available to root, so a table that cannot be copied) rolls back completely."""
+    db = tmp_path / "v4.db"
+    db.write_bytes(gzip.decompress(V4.read_bytes()))
+    con = sqlite3.connect(db)
+    # a leftover of the temporary name makes the rebuild's CREATE fail mid-way
+    con.execute('CREATE TABLE "runs__v5" (x)')
+    con.commit()
+    con.close()
+    before = contents(db)
+    with pytest.raises(DatabaseError, match="left unchanged"):
+        open_db(db)
+    assert contents(db) == before

@@ -20,13 +20,17 @@ CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 def _opt(*decls: str, field: str, **kw: Any) -> Callable:
     kw.setdefault("show_envvar", True)
-    return click.option(*decls, field, envvar="KS_" + field.upper(), default=None, **kw)
+    kw.setdefault("envvar", "KS_" + field.upper())
+    return click.option(*decls, field, default=None, **kw)
 
 
 REDIS = _opt("--redis-url", field="redis_url",
              help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0; prefer KS_REDIS_URL "
                   "(a flag's value is visible to every local user in ps).")
-DB = _opt("--db", "--db-path", field="db_path", help=f"SQLite file [default: {defaults.DB_PATH}].")
+DB = _opt("--db", "--db-path", field="db_path", envvar=["KS_DB_PATH", "KS_DB_URL"],
+          help="SQLite file, or a PostgreSQL URL such as postgresql+psycopg://ks@db:5432/ks "
+               "(password from PGPASSWORD or ~/.pgpass, or in KS_DB_URL: a flag's value is "
+               f"visible in ps) [default: {defaults.DB_PATH}].")
 PROCFS = _opt("--procfs", field="procfs", help="procfs root, e.g. /host/proc [default: /proc].")
 HOST = _opt("--host", field="host", help="Host name stored with each event [default: hostname].")
 INTERVAL = _opt("--interval", field="interval", type=float,

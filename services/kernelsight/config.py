@@ -49,6 +49,8 @@ class Settings:
     def validated(self) -> Settings:
         if self.redis_url:
             check_redis_url(self.redis_url)
+        if is_db_url(self.db_path):
+            check_db_url(self.db_path)
         for name in ("interval",):
             v = getattr(self, name)
             if not (0 < v <= 3600):
@@ -179,8 +181,60 @@ def redact(url: str) -> str:
     return scheme + _SECRET_PARAM.sub(r"\1***", rest)
 
 
-def check_db_path(path: str) -> Path:
-    """A database path we can create and write, or one line saying why not."""
+# `--db` takes a SQLite path or a SQLAlchemy URL. PostgreSQL through psycopg 3 is the one
+# server supported; `postgresql://` and `postgres://` mean the same driver.
+DB_URL_SCHEMES = {"postgresql+psycopg": "postgresql+psycopg", "postgresql": "postgresql+psycopg",
+                  "postgres": "postgresql+psycopg"}
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_db_url(target: str | Path) -> bool:
+    """A `--db` value that is a URL (``scheme://...``) rather than a SQLite file path."""
+    return isinstance(target, str) and bool(_URL_LIKE.match(target))
+
+
+def is_postgres(target: str | Path) -> bool:
+    return is_db_url(target) and str(target).split("://", 1)[0].lower() in DB_URL_SCHEMES
+
+
+def check_db_url(url: str) -> str:
+    """The URL in SQLAlchemy's ``postgresql+psycopg`` form, or one line saying what is wrong
+    (the password never shown). Reaching the server is checked when the database is opened."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    scheme = url.split("://", 1)[0].lower()
+    example = "postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DBNAME (or a SQLite file path)"
+    if scheme == "sqlite":
+        raise ConfigError(f"--db {redact(url)}: give a SQLite database as a plain file path, "
+                          "not a sqlite:// URL")
+    if scheme not in DB_URL_SCHEMES:
+        raise ConfigError(f"--db {redact(url)}: unsupported database URL scheme {scheme!r}; "
+                          f"use {example}")
+    try:
+        u = make_url(url)
+        _ = u.port
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"--db {redact(url)} is not a valid database URL; use "
+                          f"{example}") from None
+    if not u.database:
+        raise ConfigError(f"--db {redact(url)} names no database; use {example}")
+    if not u.host and "host" not in u.query:
+        raise ConfigError(f"--db {redact(url)} names no host; use {example}")
+    return u.set(drivername=DB_URL_SCHEMES[scheme]).render_as_string(hide_password=False)
+
+
+def db_label(target: str | Path) -> str:
+    """How a `--db` value is shown in logs, messages and status lines: a path as it is, a URL
+    without its password."""
+    return redact(str(target)) if is_db_url(target) else str(target)
+
+
+def check_db_path(path: str) -> Path | str:
+    """A database path we can create and write (or a valid database URL), or one line saying
+    why not."""
+    if is_db_url(path):
+        return check_db_url(path)
     p = Path(path)
     if p.exists() and p.is_dir():
         raise ConfigError(f"--db {path} is a directory; give a file path such as {path}/ks.db")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from kernelsight import schema
-from kernelsight.config import check_db_path
+from kernelsight.config import check_db_path, is_db_url
 from kernelsight.exceptions import DatabaseError
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,15 @@ def _wal_mode(path: Path) -> bool:
     return head[:16] == b"SQLite format 3\0" and head[18:20] == b"\x02\x02"
 
 
+def is_postgres(eng: Engine) -> bool:
+    return eng.dialect.name == "postgresql"
+
+
 def open_readonly(path: str | Path) -> Engine:
     """A read-only engine on an existing KernelSight database, or one DatabaseError.
+
+    ``path`` may be a PostgreSQL URL: its sessions then run with
+    ``default_transaction_read_only=on`` (storage/postgres.py).
 
     Readers (report, query, the rq job) never write: SQLite's ``mode=ro``, no journal-mode
     change, no schema creation. A WAL database whose writer has exited cleanly has no -wal file
@@ -60,6 +67,9 @@ def open_readonly(path: str | Path) -> Engine:
     writable directory (the reporter's read-only mount) nor leaves -wal/-shm files behind. If a
     writer starts while such a read runs, the reader may see a torn state (an error or odd
     figures, never a change to the file)."""
+    if is_db_url(path):
+        from kernelsight.storage import postgres
+        return postgres.open_readonly(str(path))
     p = Path(path)
     if not p.exists():
         raise DatabaseError(f"no database at {path}; run `kernelsight run` or `make stress` first")
@@ -93,8 +103,7 @@ def open_readonly(path: str | Path) -> Engine:
                 raise DatabaseError(
                     f"{path} has KernelSight schema version {row}, this version reads "
                     f"{schema.SCHEMA_VERSION}; a writer of this version (`kernelsight run` or "
-                    "`kernelsight ingest` with this --db) upgrades it in place by adding the "
-                    "new tables")
+                    "`kernelsight ingest` with this --db) upgrades it in place")
             if row is None or str(row) != str(schema.SCHEMA_VERSION):
                 raise DatabaseError(
                     f"{path} has KernelSight schema version {row}, this version needs "
@@ -115,13 +124,19 @@ def open_readonly(path: str | Path) -> Engine:
 
 def open_db(path: str | Path, create: bool = True, checkpoint_thread: bool = False) -> Engine:
     """The engine for ``path`` with the schema in place, or one clear DatabaseError.
-    ``checkpoint_thread``: the caller runs a Checkpointer, so commits never checkpoint."""
+    ``checkpoint_thread``: the caller runs a Checkpointer, so commits never checkpoint.
+    ``path`` may be a PostgreSQL URL (storage/postgres.py; no checkpointer there)."""
     path = str(path)
+    if is_db_url(path):
+        from kernelsight.storage import postgres
+        return postgres.open_db(path, create=create)
     if create:
         check_db_path(path)
     elif not Path(path).is_file():
         raise DatabaseError(f"no database at {path}; run `kernelsight run` or `make stress` first")
     eng = engine_for(path, checkpoint_thread=checkpoint_thread)
+    if Path(path).is_file() and Path(path).stat().st_size:
+        _rebuild_if_needed(path)
     for attempt in range(3):
         try:
             _create_schema(eng, path)
@@ -134,6 +149,36 @@ def open_db(path: str | Path, create: bool = True, checkpoint_thread: bool = Fal
         except sqlite3.DatabaseError as e:
             raise DatabaseError(f"{path} is not a usable SQLite database: {e}") from None
     return eng
+
+
+def _rebuild_if_needed(path: str) -> None:
+    """A file whose version's upgrade path rebuilds tables (4 -> 5) is rebuilt first, in one
+    transaction of its own (storage/upgrade.py); additive steps then follow below."""
+    try:
+        con = sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM schema_meta WHERE key = 'version'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return  # not ours or no schema yet: _create_schema says what is wrong
+    if row is None or not _upgradable(str(row[0])) or not _rebuild_on_path(str(row[0])):
+        return
+    from kernelsight.storage.upgrade import rebuild_event_tables
+    try:
+        rebuild_event_tables(path)
+    except (sqlite3.Error, RuntimeError) as e:
+        raise DatabaseError(f"cannot upgrade {path} to schema version "
+                            f"{schema.SCHEMA_VERSION} (left unchanged): {e}") from None
+
+
+def _rebuild_on_path(version: str) -> bool:
+    v = int(version)
+    while v != schema.SCHEMA_VERSION:
+        if v in schema.REBUILD_UPGRADES:
+            return True
+        v = schema.ADDITIVE_UPGRADES[v]
+    return False
 
 
 def _create_schema(eng: Engine, path: str) -> None:
@@ -151,11 +196,12 @@ def _create_schema(eng: Engine, path: str) -> None:
             conn.execute(schema.schema_meta.insert().values(
                 key="version", value=str(schema.SCHEMA_VERSION)))
         elif _upgradable(str(row)):
-            # create_all above added the tables this version has and the file lacked; the
-            # upgrades listed are exactly that (schema.ADDITIVE_UPGRADES), in one transaction.
+            # create_all above added the tables this version has and the file lacked (the
+            # additive steps, schema.ADDITIVE_UPGRADES); _rebuild_if_needed already rebuilt
+            # the event tables (schema.REBUILD_UPGRADES).
             conn.execute(schema.schema_meta.update().where(
                 schema.schema_meta.c.key == "version").values(value=str(schema.SCHEMA_VERSION)))
-            log.warning("%s: upgraded KernelSight schema version %s -> %s (tables added)",
+            log.warning("%s: upgraded KernelSight schema version %s -> %s",
                         path, row, schema.SCHEMA_VERSION)
         elif int(row) != schema.SCHEMA_VERSION:
             raise DatabaseError(
@@ -164,13 +210,15 @@ def _create_schema(eng: Engine, path: str) -> None:
 
 
 def _upgradable(version: str) -> bool:
-    """True when a database of ``version`` becomes this version by adding tables only."""
+    """True when a database of ``version`` is upgraded in place to this version (tables
+    added, event tables rebuilt)."""
     try:
         v = int(version)
     except ValueError:
         return False
-    while v in schema.ADDITIVE_UPGRADES:
-        v = schema.ADDITIVE_UPGRADES[v]
+    steps = {**schema.ADDITIVE_UPGRADES, **schema.REBUILD_UPGRADES}
+    while v in steps:
+        v = steps[v]
     return v == schema.SCHEMA_VERSION and int(version) != schema.SCHEMA_VERSION
 
 

@@ -20,7 +20,7 @@ import orjson
 import redis
 
 from kernelsight import collectors, defaults, schema, sdnotify
-from kernelsight.config import Settings, env_name, redact
+from kernelsight.config import Settings, db_label, env_name, redact
 from kernelsight.exceptions import CollectorError, KernelSightError
 from kernelsight.redis_server import PrivateRedis
 from kernelsight.runs import RunRecorder
@@ -460,7 +460,7 @@ def record_loss(settings: Settings, left: dict[str, int], reason: str) -> bool:
         eng.dispose()
         return True
     except Exception as e:  # noqa: BLE001 - the message below is all we can still do
-        log.error("could not record the loss in %s: %s", settings.db_path, e)
+        log.error("could not record the loss in %s: %s", db_label(settings.db_path), e)
         return False
 
 
@@ -484,7 +484,7 @@ def run(settings: Settings, duration: float | None, names: list[str],
         stack.register_self()  # the `kernelsight run` parent: not traced either
         echo(f"redis: {redact(url)}" + (" (private)" if stack.redis else ""))
         ing = stack.start_ingest()
-        echo(f"ingest: pid {ing.popen.pid} -> {settings.db_path}")
+        echo(f"ingest: pid {ing.popen.pid} -> {db_label(settings.db_path)}")
         sup = IngestSupervisor(stack, echo, max_restarts=ingest_restarts)
         rec = RunRecorder(stack.settings, kind).begin()
         echo(f"run: {rec.run_id}")
@@ -500,7 +500,7 @@ def run(settings: Settings, duration: float | None, names: list[str],
         if stack.wait_ingest_ready(start_ns):
             started = [p.name for p in stack.procs.values() if p.state == "started"]
             sdnotify.ready(f"collecting ({', '.join(started) or 'no collector started'}) "
-                           f"into {settings.db_path}")
+                           f"into {db_label(settings.db_path)}")
         watchdog = sdnotify.Watchdog()
         unhealthy = ""
         while (end is None or time.monotonic() < end) and not stopping.is_set():

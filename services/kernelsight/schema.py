@@ -15,10 +15,12 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
+    Identity,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -30,8 +32,13 @@ from kernelsight import streamid as _streamid
 # 4 added pressure_stats, vmstat_stats and syscall_wait_summaries (and their rollups) and
 # nothing else: a version 3 database is upgraded in place by creating the tables it lacks
 # (db._create_schema).
-SCHEMA_VERSION = 4
+# 5: event tables are unique on (host, stream_id) instead of stream_id alone (stream ids are
+# unique only within one host's stream, and hosts share a store). A version 4 SQLite file is
+# rebuilt in place, rows and ids kept (storage/upgrade.py). On PostgreSQL the event tables are
+# partitioned by day on timestamp, so their key is (host, stream_id, timestamp).
+SCHEMA_VERSION = 5
 ADDITIVE_UPGRADES = {3: 4}  # from -> to: only new tables, existing ones unchanged
+REBUILD_UPGRADES = {4: 5}  # from -> to: event tables rebuilt with their new unique key
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -237,32 +244,7 @@ BY_NAME: dict[str, EventType] = {e.name: e for e in EVENT_TYPES}
 BY_STREAM: dict[str, EventType] = {e.stream: e for e in EVENT_TYPES}
 CORE_EVENT_TYPES: tuple[EventType, ...] = tuple(e for e in EVENT_TYPES if e.core)
 
-metadata = MetaData()
-
 _SQL = {"int": BigInteger, "float": Float, "str": Text}
-
-
-def _event_table(et: EventType) -> Table:
-    table = Table(
-        et.name, metadata,
-        Column("id", Integer, primary_key=True),
-        Column("stream_id", BigInteger, nullable=True, unique=True),
-        Column("timestamp", BigInteger, nullable=False),
-        Column("host", Text, nullable=False),
-        *(Column(c.name, _SQL[c.kind]) for c in et.columns),
-    )
-    Index(f"ix_{et.name}_timestamp", table.c.timestamp)
-    for names in et.indexes:
-        if names == ("latency_ns",):
-            # The report and runbook sort slowest first.
-            Index(f"ix_{et.name}_latency_desc", table.c.latency_ns.desc())
-        else:
-            Index(f"ix_{et.name}_{'_'.join(names)}", *(table.c[n] for n in names))
-    return table
-
-
-TABLES: dict[str, Table] = {et.name: _event_table(et) for et in EVENT_TYPES}
-
 UNIT_SUFFIXES = ("_ns", "_us", "_ms", "_kb", "_bytes", "_pct")
 
 
@@ -286,83 +268,144 @@ def rollup_columns(et: EventType) -> list[tuple[str, str, Col]]:
             for c in et.columns if c.role in ROLLUP_STATS for st in ROLLUP_STATS[c.role]]
 
 
-def _rollup_table(et: EventType) -> Table:
-    """``<table>_1m``: one row per (host, minute, key columns); ``timestamp`` is the minute's
-    start in epoch ns and ``samples`` the raw rows it summarises."""
-    keys = [c for c in et.columns if c.role == KEY]
-    cols = [Column(name, Float if st == "avg" or c.kind == "float" else BigInteger)
-            for name, st, c in rollup_columns(et)]
-    table = Table(
-        et.rollup, metadata,
-        Column("id", Integer, primary_key=True),
-        Column("timestamp", BigInteger, nullable=False),
-        Column("host", Text, nullable=False),
-        *(Column(c.name, _SQL[c.kind], nullable=False) for c in keys),
-        Column("samples", BigInteger, nullable=False),
-        *cols,
-        UniqueConstraint("host", "timestamp", *(c.name for c in keys),
-                         name=f"uq_{et.rollup}_key"),
-    )
-    Index(f"ix_{et.rollup}_timestamp", table.c.timestamp)
-    return table
+class _Tables:
+    """Every table of one dialect, built from the definitions above. SQLite's and
+    PostgreSQL's differ only where the engines force it: the ``id`` (SQLite's rowid alias;
+    a 64-bit identity on PostgreSQL) and the event tables' partitioning by day on PostgreSQL,
+    whose unique key must then include ``timestamp``. Same names and columns, so a query
+    built from either compiles for both."""
+
+    def __init__(self, postgres: bool) -> None:
+        self.postgres = postgres
+        self.metadata = MetaData()
+        self.tables = {et.name: self._event_table(et) for et in EVENT_TYPES}
+        self.rollups = {et.name: self._rollup_table(et) for et in EVENT_TYPES if et.rollup}
+        self._other_tables()
+
+    def _id(self) -> Column:
+        if self.postgres:
+            return Column("id", BigInteger, Identity(), primary_key=True)
+        return Column("id", Integer, primary_key=True)
+
+    def _event_table(self, et: EventType) -> Table:
+        cols = [Column("stream_id", BigInteger, nullable=True),
+                Column("timestamp", BigInteger, nullable=False),
+                Column("host", Text, nullable=False),
+                *(Column(c.name, _SQL[c.kind]) for c in et.columns)]
+        if self.postgres:
+            table = Table(
+                et.name, self.metadata,
+                Column("id", BigInteger, Identity(), nullable=False), *cols,
+                PrimaryKeyConstraint("id", "timestamp", name=f"pk_{et.name}"),
+                UniqueConstraint("host", "stream_id", "timestamp",
+                                 name=f"uq_{et.name}_host_stream_id"),
+                postgresql_partition_by="RANGE (timestamp)",
+            )
+        else:
+            table = Table(
+                et.name, self.metadata,
+                Column("id", Integer, primary_key=True), *cols,
+                UniqueConstraint("host", "stream_id", name=f"uq_{et.name}_host_stream_id"),
+            )
+        Index(f"ix_{et.name}_timestamp", table.c.timestamp)
+        for names in et.indexes:
+            if names == ("latency_ns",):
+                # The report and runbook sort slowest first.
+                Index(f"ix_{et.name}_latency_desc", table.c.latency_ns.desc())
+            else:
+                Index(f"ix_{et.name}_{'_'.join(names)}", *(table.c[n] for n in names))
+        return table
+
+    def _rollup_table(self, et: EventType) -> Table:
+        """``<table>_1m``: one row per (host, minute, key columns); ``timestamp`` is the
+        minute's start in epoch ns and ``samples`` the raw rows it summarises."""
+        assert et.rollup
+        keys = [c for c in et.columns if c.role == KEY]
+        cols = [Column(name, Float if st == "avg" or c.kind == "float" else BigInteger)
+                for name, st, c in rollup_columns(et)]
+        table = Table(
+            et.rollup, self.metadata,
+            self._id(),
+            Column("timestamp", BigInteger, nullable=False),
+            Column("host", Text, nullable=False),
+            *(Column(c.name, _SQL[c.kind], nullable=False) for c in keys),
+            Column("samples", BigInteger, nullable=False),
+            *cols,
+            UniqueConstraint("host", "timestamp", *(c.name for c in keys),
+                             name=f"uq_{et.rollup}_key"),
+        )
+        Index(f"ix_{et.rollup}_timestamp", table.c.timestamp)
+        return table
+
+    def _other_tables(self) -> None:
+        md = self.metadata
+        # How far each table's rollup has got: every minute before done_until_ns is in
+        # <table>_1m. The pruner never deletes a raw row at or after it.
+        self.rollup_state = Table(
+            "rollup_state", md,
+            Column("table_name", String(64), primary_key=True),
+            Column("done_until_ns", BigInteger, nullable=False),
+        )
+        # Pipeline accounting: cumulative counters published by each component instance. The
+        # report takes MAX(value) per (instance, event_type, metric, reason) and sums over
+        # instances, so re-delivered or repeated snapshots never double count.
+        self.pipeline_accounting = Table(
+            "pipeline_accounting", md,
+            self._id(),
+            Column("timestamp", BigInteger, nullable=False),
+            Column("host", Text, nullable=False),
+            Column("instance", Text, nullable=False),
+            Column("source", Text, nullable=False),
+            Column("event_type", Text, nullable=False),
+            Column("metric", Text, nullable=False),  # produced | dropped | started | ...
+            Column("reason", Text, nullable=False, default=""),
+            Column("value", BigInteger, nullable=False),
+            Column("detail", Text, nullable=True),
+            # The producer's own packed stream id when it took this snapshot: every event the
+            # snapshot counts has a smaller id from the same producer, every later one a larger
+            # id. NULL for the ingester's and maintenance's own counters (their position is
+            # their timestamp). Reports of a window read the snapshots at its boundaries by
+            # this position (report.py).
+            Column("stream_id", BigInteger, nullable=True),
+            # With value last, MAX(value) per key is one index seek (the report, and
+            # retention, which keeps that row of every key); the timestamp index lets
+            # retention find old snapshots.
+            Index("ix_pipeline_accounting_key", "instance", "event_type", "metric", "reason",
+                  "value"),
+            Index("ix_pipeline_accounting_timestamp", "timestamp"),
+            Index("ix_pipeline_accounting_line", "host", "source", "stream_id"),
+        )
+        # Entries the ingester could not store, with why. Also mirrored to the dead-letter
+        # stream.
+        self.dead_letters = Table(
+            "dead_letters", md,
+            self._id(),
+            Column("timestamp", BigInteger, nullable=False),
+            Column("stream", Text, nullable=False),
+            Column("entry_id", Text, nullable=False),
+            Column("event_type", Text, nullable=False),
+            Column("reason", Text, nullable=False),
+            Column("payload", LargeBinary, nullable=True),
+            UniqueConstraint("stream", "entry_id"),
+            Index("ix_dead_letters_timestamp", "timestamp"),
+        )
+        self.schema_meta = Table(
+            "schema_meta", md,
+            Column("key", String(64), primary_key=True),
+            Column("value", Text, nullable=False),
+        )
 
 
-ROLLUPS: dict[str, Table] = {et.name: _rollup_table(et) for et in EVENT_TYPES if et.rollup}
+_sqlite = _Tables(postgres=False)
+PG = _Tables(postgres=True)  # the PostgreSQL DDL (storage/postgres.py); readers use the below
 
-# How far each table's rollup has got: every minute before done_until_ns is in <table>_1m.
-# The pruner never deletes a raw row at or after it.
-rollup_state = Table(
-    "rollup_state", metadata,
-    Column("table_name", String(64), primary_key=True),
-    Column("done_until_ns", BigInteger, nullable=False),
-)
-
-# Pipeline accounting: cumulative counters published by each component instance. The report
-# takes MAX(value) per (instance, event_type, metric, reason) and sums over instances, so
-# re-delivered or repeated snapshots never double count.
-pipeline_accounting = Table(
-    "pipeline_accounting", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("timestamp", BigInteger, nullable=False),
-    Column("host", Text, nullable=False),
-    Column("instance", Text, nullable=False),
-    Column("source", Text, nullable=False),
-    Column("event_type", Text, nullable=False),
-    Column("metric", Text, nullable=False),  # produced | dropped | started | failed | ...
-    Column("reason", Text, nullable=False, default=""),
-    Column("value", BigInteger, nullable=False),
-    Column("detail", Text, nullable=True),
-    # The producer's own packed stream id when it took this snapshot: every event the snapshot
-    # counts has a smaller id from the same producer, every later one a larger id. NULL for
-    # the ingester's and maintenance's own counters (their position is their timestamp).
-    # Reports of a window read the snapshots at its boundaries by this position (report.py).
-    Column("stream_id", BigInteger, nullable=True),
-    # With value last, MAX(value) per key is one index seek (the report, and retention, which
-    # keeps that row of every key); the timestamp index lets retention find old snapshots.
-    Index("ix_pipeline_accounting_key", "instance", "event_type", "metric", "reason", "value"),
-    Index("ix_pipeline_accounting_timestamp", "timestamp"),
-    Index("ix_pipeline_accounting_line", "host", "source", "stream_id"),
-)
-
-# Entries the ingester could not store, with why. Also mirrored to the dead-letter stream.
-dead_letters = Table(
-    "dead_letters", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("timestamp", BigInteger, nullable=False),
-    Column("stream", Text, nullable=False),
-    Column("entry_id", Text, nullable=False),
-    Column("event_type", Text, nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("payload", LargeBinary, nullable=True),
-    UniqueConstraint("stream", "entry_id"),
-    Index("ix_dead_letters_timestamp", "timestamp"),
-)
-
-schema_meta = Table(
-    "schema_meta", metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
-)
+metadata = _sqlite.metadata
+TABLES: dict[str, Table] = _sqlite.tables
+ROLLUPS: dict[str, Table] = _sqlite.rollups
+rollup_state = _sqlite.rollup_state
+pipeline_accounting = _sqlite.pipeline_accounting
+dead_letters = _sqlite.dead_letters
+schema_meta = _sqlite.schema_meta
 
 # Accounting metrics and well-known drop reasons.
 PRODUCED = "produced"

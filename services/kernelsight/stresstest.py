@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from kernelsight import collectors, defaults
-from kernelsight.config import Settings, check_db_path
+from kernelsight.config import Settings, check_db_path, db_label
 from kernelsight.db import open_db
 from kernelsight.doctor import run_checks
 from kernelsight.exceptions import ConfigError
@@ -70,7 +70,7 @@ def stresstest(settings: Settings, duration: int, log_dir: Path, con: Console,
 
     _step(con, 2, "Initializing Database")
     how = _open_db(settings.db_path)
-    _ok(con, f"Database initialized: {settings.db_path} ({how})")
+    _ok(con, f"Database initialized: {db_label(settings.db_path)} ({how})")
 
     stack = Stack(settings, log_dir)
     interrupted = threading.Event()

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kernelsight import sdnotify
+from kernelsight.config import db_label
 
 if TYPE_CHECKING:
     from kernelsight.ingest.worker import Ingester
@@ -48,7 +49,7 @@ class ServiceEvents(Events):
         self._next_status = 0.0
 
     def ready(self, ing: Ingester) -> None:
-        sdnotify.ready(f"ingesting into {ing.s.db_path}")
+        sdnotify.ready(f"ingesting into {db_label(ing.s.db_path)}")
 
     def beat(self, ing: Ingester) -> None:
         # The beat comes from the loop itself, after a batch: if the loop hangs, pings stop.

@@ -15,7 +15,7 @@ from multiprocessing.connection import wait as wait_any
 from typing import Any
 
 from kernelsight import defaults, sdnotify
-from kernelsight.config import Settings
+from kernelsight.config import Settings, db_label
 from kernelsight.db import open_db
 from kernelsight.exceptions import DatabaseError, KernelSightError
 from kernelsight.ingest.events import ServiceEvents, WorkerEvents, status_line
@@ -218,7 +218,7 @@ class Supervisor:
         """READY once every worker has reported; WATCHDOG while every worker beats."""
         if not self.told_ready and len(self.ready) == self.n:
             self.told_ready = True
-            sdnotify.ready(f"ingesting into {self.s.db_path} with {self.n} workers")
+            sdnotify.ready(f"ingesting into {db_label(self.s.db_path)} with {self.n} workers")
         if self.stopping_seen and not self.told_stopping and (self.told_ready or not self.procs):
             # After READY (a fast worker may start draining before a slow one is ready).
             self.told_stopping = True
