@@ -17,7 +17,9 @@ req=$("$PY" - "$REPO/services/pyproject.toml" <<'PYEOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     p = tomllib.load(f)
-print("\n".join(p["project"]["dependencies"] + ["setuptools>=61", "wheel"]))
+# the PostgreSQL store's driver too (psycopg[binary]: `--db postgresql+psycopg://...`)
+extra = p["project"].get("optional-dependencies", {}).get("postgres", [])
+print("\n".join(p["project"]["dependencies"] + extra + ["setuptools>=61", "wheel"]))
 PYEOF
 )
 stamp="$OUT/.requirements-$PYVER"
