@@ -16,13 +16,14 @@ import signal
 import time
 import uuid
 from collections import defaultdict
+from contextlib import nullcontext
 
 import orjson
 import redis
 
 from kernelsight import defaults, schema
 from kernelsight.clock import now_ns
-from kernelsight.config import Settings, redact
+from kernelsight.config import Settings, is_db_url, redact
 from kernelsight.db import Checkpointer
 from kernelsight.exceptions import RedisRefused, RedisUnavailable
 from kernelsight.ingest import reclaim
@@ -253,10 +254,11 @@ class Ingester:
         counted; a refusal retrying cannot fix (NOPERM, READONLY, WRONGTYPE...) raises
         RedisRefused, so the process exits non-zero, its entries still pending in Redis."""
         self.check_redis()
-        self.checkpointer = Checkpointer(self.s.db_path).start()
+        sqlite = not is_db_url(self.s.db_path)  # WAL checkpoints and the flock: SQLite only
+        self.checkpointer = Checkpointer(self.s.db_path).start() if sqlite else None
         if self.maintain:
             self.maintenance = Maintenance.for_settings(
-                self.s, lambda: WriteLock(self.s.db_path)).start()
+                self.s, (lambda: WriteLock(self.s.db_path)) if sqlite else nullcontext).start()
         try:
             self._loop(idle_exit_s)
             self._settle()
@@ -276,7 +278,8 @@ class Ingester:
             finally:
                 if self.maintenance:
                     self.maintenance.stop()
-                self.checkpointer.stop()
+                if self.checkpointer:
+                    self.checkpointer.stop()
         return self.stats
 
     def _recover(self) -> None:

@@ -1,5 +1,11 @@
-"""Storing a validated batch: one SQLite transaction, with the retry policy for a locked
-database or a full disk (entries stay pending in Redis meanwhile, so nothing is lost)."""
+"""Storing a validated batch: one transaction, with the retry policy for a locked database,
+a full disk or (PostgreSQL) a lost connection; entries stay pending in Redis meanwhile, so
+nothing is lost.
+
+SQLite: executemany of INSERT OR IGNORE under the workers' flock. PostgreSQL
+(storage/pgwrite.py): COPY into a temporary staging table, then INSERT ... SELECT ... ON
+CONFLICT DO NOTHING into the partitioned table; its rowcount is what was stored, the rest
+were duplicates, exactly as SQLite's counts."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 
 from kernelsight import defaults, schema
+from kernelsight.config import db_label, is_db_url
 from kernelsight.db import open_db
 from kernelsight.exceptions import DatabaseError
 
@@ -62,6 +69,12 @@ class WriteLock:
 class Writer:
     """The ingester's database side: its engine, the flock that serialises workers, and the
     prepared INSERTs."""
+
+    def __new__(cls, db_path: str, stats: IngestStats) -> Writer:  # noqa: PYI034
+        if cls is Writer and is_db_url(db_path):
+            from kernelsight.storage.pgwrite import PgWriter
+            return super().__new__(PgWriter)
+        return super().__new__(cls)
 
     def __init__(self, db_path: str, stats: IngestStats) -> None:
         self.db_path = db_path
@@ -129,7 +142,8 @@ class Writer:
                                   "Redis and are stored when it can write again",
                                   self.db_path, msg)
                     if abandon():
-                        raise DatabaseError(f"cannot write {self.db_path}: {msg}") from None
+                        raise DatabaseError(f"cannot write {db_label(self.db_path)}: "
+                                            f"{msg}") from None
                     time.sleep(min(0.2 * attempt, 2.0))
                     continue
-                raise DatabaseError(f"cannot write {self.db_path}: {msg}") from None
+                raise DatabaseError(f"cannot write {db_label(self.db_path)}: {msg}") from None

@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from kernelsight import defaults, schema
-from kernelsight.config import Settings
+from kernelsight.config import Settings, is_db_url
 from kernelsight.maintenance.policy import (
     MINUTE_NS,
     RetentionPolicy,
@@ -78,6 +78,9 @@ class Maintenance:
     @classmethod
     def for_settings(cls, s: Settings,
                      lock_factory: Callable[[], AbstractContextManager]) -> Maintenance:
+        if is_db_url(s.db_path):
+            from kernelsight.maintenance.postgres import PgMaintenance
+            return PgMaintenance.for_pg(s)  # type: ignore[return-value]
         return cls(s.db_path, RetentionPolicy.from_settings(s), lock_factory, s.host,
                    redis_url=s.redis_url)
 

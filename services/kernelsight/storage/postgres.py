@@ -66,6 +66,14 @@ def _version(conn: Connection) -> str | None:
         schema.PG.schema_meta.c.key == "version")).scalar()
 
 
+def _complete(conn: Connection) -> bool:
+    """Every table and every event table's DEFAULT partition exists."""
+    names = [*schema.PG.metadata.tables, *(f"{t}_default" for t in schema.PG.tables)]
+    return conn.execute(text("SELECT COUNT(*) FROM pg_class c JOIN pg_namespace n ON "
+                             "n.oid = c.relnamespace WHERE n.nspname = current_schema() AND "
+                             "c.relname = ANY(:n)"), {"n": names}).scalar() == len(names)
+
+
 def create_schema(eng: Engine, url: str) -> None:
     """Every table (event tables partitioned, each with its DEFAULT partition), the version
     row; a database of another version gets one clear error. Concurrent creators (ingest
@@ -78,6 +86,8 @@ def create_schema(eng: Engine, url: str) -> None:
                 raise DatabaseError(
                     f"{redact(url)} has KernelSight schema version {row}, this version needs "
                     f"{schema.SCHEMA_VERSION}; use a new database")
+            if row is not None and _complete(conn):
+                return  # nothing to create: a role with only INSERT/SELECT rights may write
             schema.PG.metadata.create_all(conn)
             for name in schema.PG.tables:
                 conn.execute(text(f'CREATE TABLE IF NOT EXISTS "{name}_default" PARTITION OF '
