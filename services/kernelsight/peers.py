@@ -100,6 +100,16 @@ class BccTool:
                                + "".join(first)[-500:])
         th.join()
         self.output = "".join(first)
+        # bcc's tools print "Tracing..." just before their `try: sleep()`: a SIGINT in
+        # between (the tool starved of CPU on a loaded host) raises outside the try and it
+        # dies with a traceback and no summary. Wait until it sleeps in that try.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _sleeping(self.proc.pid):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._end()
+                raise RuntimeError(f"{os.path.basename(self.argv[0])} did not reach its "
+                                   "sleep after 'Tracing': " + self.output[-300:])
+            time.sleep(0.01)
         return self
 
     def _end(self) -> None:
@@ -116,6 +126,32 @@ class BccTool:
 
     def __exit__(self, *exc: object) -> None:
         self._end()
+        if exc[0] is None and "Traceback" in self.output:
+            raise RuntimeError(f"{os.path.basename(self.argv[0])} failed: "
+                               + self.output[-300:])
+
+
+# x86_64 and aarch64 numbers: time.sleep() is clock_nanosleep since Python 3.11, and a long
+# sleep may show as the restart after a signal.
+_SLEEP_SYSCALLS = {"x86_64": {"35", "230"}, "aarch64": {"101", "115"}}.get(
+    platform.machine(), set())
+
+
+def _sleeping(pid: int) -> bool:
+    """The process is blocked in a nanosleep (from /proc/PID/syscall; root only). Where that
+    cannot be read, assume so after its state says sleeping."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            nr = f.read().split()[0]
+    except (OSError, IndexError):
+        nr = ""
+    if nr and _SLEEP_SYSCALLS:
+        return nr in _SLEEP_SYSCALLS
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "S"
+    except (OSError, IndexError):
+        return False
 
 
 def parse_syscount(text: str) -> dict[str, int]:
