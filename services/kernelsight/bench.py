@@ -23,7 +23,7 @@ import orjson
 import psutil
 import redis
 
-from kernelsight import defaults, peers, schema
+from kernelsight import bench_pg, defaults, peers, schema
 from kernelsight.bench_workloads import (
     EMPTY,
     FAULT_WORKLOAD,
@@ -45,6 +45,7 @@ FIGURES = (
     "max_lossless_events_per_s", "report_seconds_1m_rows",
     "ingest_while_pruning_events_per_s", "ingest_while_pruning_ratio",
     "idle_cpu_percent", "idle_rss_mb", "idle_db_bytes_per_hour",
+    *bench_pg.FIGURES,  # PostgreSQL ingest vs a bare COPY, the fleet p99 query (bench_pg.py)
 )
 # What a quiet host pays, for comparison (README "Idle cost"): node_exporter and Netdata.
 IDLE_PEERS = "node_exporter ~0.8% of a core, ~20 MB; Netdata 1-5%, 100-200 MB"
@@ -517,6 +518,7 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
             "idle": b.idle,
             "lossless": b.max_lossless,
             "report": b.report_1m,
+            "postgres": lambda: bench_pg.run(b, rs.url),
             # bcc's syscount/runqlat beside ours (peers.py); minutes of compiling: full runs only
             "peers": lambda: None if quick else peers.run(
                 b, dd, sched_workload(quick), lambda cls: running_tracer(cls, rs.url)),
@@ -541,7 +543,8 @@ def run(quick: bool, out: Path, only: list[str] | None, echo: Callable[[str], No
 @click.option("--quick", is_flag=True, envvar="QUICK", help="Short runs (for CI).")
 @click.option("--out", default="bench/results.json", show_default=True, type=click.Path())
 @click.option("--only", default=None, help="Comma list of steps: ingest, pruning, publish, "
-              "syscalls, pagefaults, sched, scraper, stack, idle, lossless, report, peers.")
+              "syscalls, pagefaults, sched, scraper, stack, idle, lossless, report, postgres, "
+              "peers.")
 def command(quick: bool, out: str, only: str | None) -> None:
     """Measure throughput and overhead against bare floors (root for the tracer figures).
 
