@@ -206,7 +206,7 @@ def test_sigkill_mid_batch_then_restart_stores_exactly_n(pg_settings, tmp_path):
 def test_connections_killed_mid_stream_are_retried(pg_settings, pg_server):
     """pg_terminate_backend on the ingester's sessions while it writes: it reconnects and
     retries (entries stay pending meanwhile); every row ends stored once."""
-    n = 40_000
+    n = 100_000
     publish_syscall_rows(pg_settings, n)
     ing = Ingester(pg_settings.with_(batch_size=500))
     admin = create_engine(pg_settings.db_path)
@@ -215,12 +215,17 @@ def test_connections_killed_mid_stream_are_retried(pg_settings, pg_server):
     def killer() -> None:
         while count(admin) < n // 5:
             time.sleep(0.02)
-        for _ in range(3):
+        # An idle pooled session that was killed is replaced at checkout (pool_pre_ping);
+        # keep killing until one dies inside a write transaction (the retry path), for at
+        # most 20 s.
+        deadline = time.monotonic() + 20
+        while ing.writer.retries == 0 and time.monotonic() < deadline:
             with admin.begin() as c:
                 killed.append(c.execute(text(
                     "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-                    "application_name = 'kernelsight' AND pid <> pg_backend_pid()")).scalar())
-            time.sleep(0.3)
+                    "application_name = 'kernelsight' AND state <> 'idle' AND "
+                    "pid <> pg_backend_pid()")).scalar())
+            time.sleep(0.01)
         ing.request_stop(drain=True)
 
     t = threading.Thread(target=killer)
