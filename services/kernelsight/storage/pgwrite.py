@@ -62,6 +62,49 @@ def _stream_of(table: str) -> str:
     return schema.BY_NAME[table].stream
 
 
+COLS: dict[str, tuple[str, ...]] = {}  # the columns a row tuple holds, in order
+TYPES: dict[str, list[str]] = {}  # their PostgreSQL types, for binary COPY
+STR_IDX: dict[str, list[tuple[int, str]]] = {}  # (position, name) of the text columns
+STAGE_DDL: dict[str, str] = {}
+COPY_SQL: dict[str, str] = {}
+INSERT_SQL: dict[str, str] = {}
+for _et in schema.EVENT_TYPES:
+    _cols = ("stream_id", "timestamp", "host", *_et.column_names)
+    _kinds = ["int", "int", "str", *(c.kind for c in _et.columns)]
+    _stage = f"ks_stage_{_et.name}"
+    _names = ", ".join(f'"{c}"' for c in _cols)
+    COLS[_et.name] = _cols
+    TYPES[_et.name] = [_PG_TYPE[k] for k in _kinds]
+    STR_IDX[_et.name] = [(i, c) for i, (c, k) in enumerate(zip(_cols, _kinds, strict=True))
+                         if k == "str"]
+    STAGE_DDL[_et.name] = (f"CREATE TEMP TABLE IF NOT EXISTS {_stage} ("
+                           + ", ".join(f'"{c}" {t}' for c, t in zip(_cols, TYPES[_et.name],
+                                                                    strict=True))
+                           + ") ON COMMIT DELETE ROWS")
+    COPY_SQL[_et.name] = f"COPY {_stage} ({_names}) FROM STDIN (FORMAT BINARY)"
+    INSERT_SQL[_et.name] = (f'INSERT INTO "{_et.name}" ({_names}) SELECT {_names} FROM '
+                            f"{_stage} ON CONFLICT DO NOTHING")
+
+
+def has_nul(table: str, r: tuple) -> str | None:
+    """The first text column of row ``r`` holding U+0000, or None."""
+    return next((c for i, c in STR_IDX[table] if r[i] and "\0" in r[i]), None)
+
+
+def copy_rows(cur: psycopg.Cursor, table: str, rs: list[tuple], staged: set) -> int:
+    """COPY ``rs`` into this session's staging table (created in this transaction when
+    ``staged`` lacks it; the caller adds it once the transaction commits), then move them
+    into ``table``; returns the rows stored (the rest were already there)."""
+    if table not in staged:
+        cur.execute(STAGE_DDL[table])
+    with cur.copy(COPY_SQL[table]) as cp:
+        cp.set_types(TYPES[table])
+        for r in rs:
+            cp.write_row(r)
+    cur.execute(INSERT_SQL[table])
+    return cur.rowcount
+
+
 class PgWriter(Writer):
     """Writer for a ``postgresql+psycopg://`` --db (made by Writer(...) for such a URL)."""
 
@@ -73,30 +116,8 @@ class PgWriter(Writer):
         self.partitions = postgres.Partitions()
         self.nul_dead = 0
         self.retries = 0
-        self._cols: dict[str, tuple[str, ...]] = {}
-        self._copy: dict[str, str] = {}
-        self._insert: dict[str, str] = {}
-        self._stage_ddl: dict[str, str] = {}
-        self._types: dict[str, list[str]] = {}
-        self._str_idx: dict[str, list[tuple[int, str]]] = {}
-        for et in schema.EVENT_TYPES:
-            cols = ("stream_id", "timestamp", "host", *et.column_names)
-            kinds = ["int", "int", "str", *(c.kind for c in et.columns)]
-            stage = f"ks_stage_{et.name}"
-            names = ", ".join(f'"{c}"' for c in cols)
-            self._cols[et.name] = cols
-            self._types[et.name] = [_PG_TYPE[k] for k in kinds]
-            self._str_idx[et.name] = [(i, c) for i, (c, k) in enumerate(zip(cols, kinds,
-                                                                           strict=True))
-                                      if k == "str"]
-            self._stage_ddl[et.name] = (
-                f"CREATE TEMP TABLE IF NOT EXISTS {stage} ("
-                + ", ".join(f'"{c}" {t}' for c, t in zip(cols, self._types[et.name],
-                                                         strict=True))
-                + ") ON COMMIT DELETE ROWS")
-            self._copy[et.name] = f"COPY {stage} ({names}) FROM STDIN (FORMAT BINARY)"
-            self._insert[et.name] = (f'INSERT INTO "{et.name}" ({names}) SELECT {names} FROM '
-                                     f"{stage} ON CONFLICT DO NOTHING")
+        self._cols, self._types, self._str_idx = COLS, TYPES, STR_IDX
+        self._stage_ddl, self._copy, self._insert = STAGE_DDL, COPY_SQL, INSERT_SQL
         self._dead_ins = pg_insert(schema.PG.dead_letters).on_conflict_do_nothing()
         self._acc_ins = pg_insert(schema.PG.pipeline_accounting)
 
@@ -106,10 +127,9 @@ class PgWriter(Writer):
         ``dead`` to the dead-letter stream); returns the rows that remain."""
         out: dict[str, list[tuple]] = {}
         for name, rs in rows.items():
-            idx = self._str_idx[name]
             keep = []
             for r in rs:
-                bad = next((c for i, c in idx if r[i] and "\0" in r[i]), None)
+                bad = has_nul(name, r)
                 if bad is None:
                     keep.append(r)
                     continue
@@ -137,19 +157,6 @@ class PgWriter(Writer):
                 a["detail"] else a for a in acc]
 
     # -- the transaction ------------------------------------------------------------------
-    def _stage(self, staged: set, cur, name: str, rs: list[tuple]) -> int:
-        """COPY ``rs`` into this session's staging table (created in this transaction when
-        the session has none yet: ``staged`` is updated by the caller only after COMMIT),
-        then move them into the table; returns the rows stored."""
-        if name not in staged:
-            cur.execute(self._stage_ddl[name])
-        with cur.copy(self._copy[name]) as cp:
-            cp.set_types(self._types[name])
-            for r in rs:
-                cp.write_row(r)
-        cur.execute(self._insert[name])
-        return cur.rowcount
-
     def commit(self, rows: dict[str, list[tuple]], acc: list[dict], dead: list[dict],
                own_accounting: Callable[[dict, list], list[dict]],
                abandon: Callable[[], bool]) -> None:
@@ -168,7 +175,7 @@ class PgWriter(Writer):
                     staged = conn.connection.info.setdefault("ks_staged", set())
                     cur = conn.connection.driver_connection.cursor()
                     for name, rs in rows.items():
-                        stored[name] = self._stage(staged, cur, name, rs)
+                        stored[name] = copy_rows(cur, name, rs, staged)
                     if dead:
                         conn.execute(self._dead_ins, self._clean_dead(dead))
                     if acc:
