@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from kernelsight import schema
+from kernelsight import defaults, schema
 from kernelsight.db import engine_for
 from kernelsight.exceptions import ConfigError
 from kernelsight.ingest import backlog
@@ -125,12 +125,13 @@ def test_ingest_metrics_match_the_database(settings, ingest_proc, tmp_path) -> N
         newest = c.execute(text("SELECT MAX(timestamp) FROM syscall_events")).scalar_one()
     assert stored == 3000
 
-    def settled():  # the ingester records its counters about once a second
+    def settled():  # the ingester records its counters every INGEST_ACCOUNTING_INTERVAL_S
         s = samples(scrape(port))
         key = ("kernelsight_ingest_events_stored_total", (("event_type", "syscall_events"),))
         return s if s.get(key) == stored else None
 
-    s = wait_for(settled, 10, "stored_total to reach the table's row count")
+    s = wait_for(settled, defaults.INGEST_ACCOUNTING_INTERVAL_S + 10,
+                 "stored_total to reach the table's row count")
     body = scrape(port)
     lbl = (("collector", "syscalls"), ("event_type", "syscall_events"))
     assert s[("kernelsight_events_produced_total", lbl)] == 3017

@@ -211,9 +211,11 @@ class Ingester:
         self.acc_changed.commit(own_upd)
 
     def _own_accounting(self, rows: dict, dead: list) -> list[dict]:
-        """The ingester's counters, as cumulative accounting rows (about once a second)."""
+        """The ingester's counters, as cumulative accounting rows (every
+        INGEST_ACCOUNTING_INTERVAL_S)."""
         now = time.monotonic()
-        if now - self._last_accounting < 1.0 and not self._draining:
+        if (now - self._last_accounting < defaults.INGEST_ACCOUNTING_INTERVAL_S
+                and not self._draining):
             return []
         self._last_accounting = now
         base = {"timestamp": now_ns(), "host": self.s.host, "instance": self.instance,
@@ -361,9 +363,10 @@ class Ingester:
             self._last_trim = now
             self._trim_batches = self.stats.batches
             self.trim()
-        if self.stats.batches != self._acc_batches and now - self._last_accounting >= 1.0:
+        if (self.stats.batches != self._acc_batches
+                and now - self._last_accounting >= defaults.INGEST_ACCOUNTING_INTERVAL_S):
             # Idle: record the last batches' counts now rather than at the next batch,
-            # so /metrics and `status` are at most a second or two behind.
+            # so /metrics and `status` are at most one accounting interval behind.
             self._last_accounting = 0.0
             self._commit({}, [], [])
         if now - self._last_reclaim > 10.0:
