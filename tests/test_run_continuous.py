@@ -26,8 +26,8 @@ class Run:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KS_")}
         self.p = subprocess.Popen(
             [sys.executable, "-m", "kernelsight", "run", "--collectors", "scraper", "--db",
-             str(db), "--log-dir", str(log_dir), *extra], stderr=subprocess.PIPE, text=True,
-            env=env)
+             str(db), "--log-dir", str(log_dir), "--interval", "1", *extra],
+            stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from sqlalchemy import text
 
 from kernelsight import procfs
@@ -20,12 +21,18 @@ def snmp_now() -> dict[str, int]:
         return procfs.tcp_retransmits(procfs.parse_snmp(f.read()))
 
 
-def test_run_scraper_ten_seconds(tmp_path):
+@pytest.mark.parametrize(("extra", "duration", "n_lo", "n_hi"), [
+    (["--interval", "1"], "10", 9, 12),
+    # the service default (defaults.SERVICE_INTERVAL_S, 10 s): a sample at once, one at 10 s
+    ([], "12", 2, 3),
+], ids=["interval_1", "service_default_10s"])
+def test_run_scraper_ten_seconds(tmp_path, extra, duration, n_lo, n_hi):
     db = tmp_path / "run.db"
     before = snmp_now()
     t0 = time.time_ns()
-    p = subprocess.run([sys.executable, "-m", "kernelsight", "run", "--duration", "10", "--db",
-                        str(db), "--collectors", "scraper", "--log-dir", str(tmp_path / "logs")],
+    p = subprocess.run([sys.executable, "-m", "kernelsight", "run", "--duration", duration,
+                        "--db", str(db), "--collectors", "scraper", "--log-dir",
+                        str(tmp_path / "logs"), *extra],
                        capture_output=True, text=True, timeout=90, env=_env_without_redis(),
                        check=False)
     t1 = time.time_ns()
@@ -37,7 +44,7 @@ def test_run_scraper_ten_seconds(tmp_path):
         for t in ("memory_metrics", "load_metrics", "tcp_stats", "tcp_retransmit_stats"):
             n, lo, hi = c.execute(text(f"SELECT COUNT(*), MIN(timestamp), MAX(timestamp) "
                                        f"FROM {t}")).one()
-            assert 9 <= n <= 12, (t, n)
+            assert n_lo <= n <= n_hi, (t, n)
             assert t0 <= lo <= hi <= t1, t  # epoch nanoseconds from this run
         n_if = c.execute(text("SELECT COUNT(DISTINCT interface_name) FROM "
                               "network_interface_stats")).scalar_one()
@@ -47,7 +54,7 @@ def test_run_scraper_ten_seconds(tmp_path):
             per = c.execute(text(f"SELECT COUNT(*) FROM {t} GROUP BY "
                                  f"{'device_name' if t == 'block_stats' else 'interface_name'}"
                                  )).scalars().all()
-            assert per and all(9 <= k <= 12 for k in per), (t, per)
+            assert per and all(n_lo <= k <= n_hi for k in per), (t, per)
         rows = c.execute(text("SELECT retrans_segs, out_segs FROM tcp_retransmit_stats "
                               "ORDER BY timestamp")).all()
         mem = c.execute(text("SELECT mem_total_kb FROM memory_metrics LIMIT 1")).scalar_one()

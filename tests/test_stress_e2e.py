@@ -53,8 +53,8 @@ def test_make_stress_20s():
         f.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KS_")}
     old = subprocess.run([str(ROOT / ".venv/bin/kernelsight"), "run", "--collectors", "scraper",
-                          "--duration", "3", "--db", str(db)], capture_output=True, text=True,
-                         timeout=120, env=env, check=False)
+                          "--duration", "3", "--interval", "1", "--db", str(db)],
+                         capture_output=True, text=True, timeout=120, env=env, check=False)
     assert old.returncode == 0, old.stderr
     con = sqlite3.connect(db)
     old_rows = con.execute("SELECT COUNT(*) FROM memory_metrics").fetchone()[0]

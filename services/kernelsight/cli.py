@@ -34,7 +34,8 @@ DB = _opt("--db", "--db-path", field="db_path", envvar=["KS_DB_PATH", "KS_DB_URL
 PROCFS = _opt("--procfs", field="procfs", help="procfs root, e.g. /host/proc [default: /proc].")
 HOST = _opt("--host", field="host", help="Host name stored with each event [default: hostname].")
 INTERVAL = _opt("--interval", field="interval", type=float,
-                help="Seconds between samples/intervals [default: 1].")
+                help="Seconds between samples/intervals [default: 1; `run`: "
+                     f"{defaults.SERVICE_INTERVAL_S:g}].")
 BUFFER = _opt("--buffer-max", field="buffer_max", type=int,
               help=f"Events buffered while Redis is unreachable [default: {defaults.BUFFER_MAX}].")
 BUFFER_BYTES = _opt("--buffer-max-bytes", field="buffer_max_bytes", type=int,
@@ -164,7 +165,10 @@ def run(duration: float | None, collector_list: str, log_dir: str | None,
     from kernelsight.db import open_db
     from kernelsight.metrics import resolve_addr
 
+    interval_given = kw.get("interval") is not None
     s = settings_from(kw)
+    if not interval_given:
+        s = s.with_(interval=defaults.SERVICE_INTERVAL_S)
     # The ingest child serves /metrics (it owns the batch histogram); it gets the address
     # resolved here through KS_METRICS_ADDR.
     s = s.with_(metrics_addr=resolve_addr(s.metrics_addr or None))

@@ -5,6 +5,12 @@ DB_PATH = "data/kernelsight.db"
 PROCFS = "/proc"
 SYSFS = "/sys"
 INTERVAL_S = 1.0
+# `kernelsight run` (the continuous service, systemd) samples every 10 s unless --interval or
+# KS_INTERVAL says otherwise: at 1 s an idle host's database grew ~25 MB/h (scraper rows,
+# per-interval summaries and their accounting), at 10 s a tenth of that. Peers' defaults:
+# PCP pmlogger 60 s, a Prometheus scrape of node_exporter typically 15 s, Netdata 1 s.
+# One-shot runs (stresstest, collect, trace) keep INTERVAL_S.
+SERVICE_INTERVAL_S = 10.0
 
 # Ingest batching: whichever bound is hit first.
 BATCH_SIZE = 1000
@@ -23,8 +29,9 @@ BUFFER_MAX_BYTES = 256 * 1024 * 1024  # and at most this many payload bytes
 BUFFER_MAX = 100_000  # events held in memory while Redis is unreachable or a stream is full
 STREAM_MAXLEN = 1_000_000  # producers hold back (and count) above this many unread entries
 STREAM_RETAIN = 10_000  # the ingester trims acknowledged entries beyond this many
-# Producers' cumulative accounting snapshots, at most this often and at every stop: windowed
-# reports (--since/--until) split a run at these positions, so this is their precision.
+# Producers' cumulative accounting snapshots, at most this often (or once per --interval when
+# that is longer) and at every stop: windowed reports (--since/--until) split a run at these
+# positions, so this is their precision.
 ACCOUNTING_INTERVAL_S = 1.0
 # The ingester's own counters (stored/duplicates per type, for /metrics and `status` only; the
 # report counts rows): at most this often and at every stop. At 1 s they were half of all

@@ -266,7 +266,8 @@ class Publisher:
                 self._buf_bytes += len(acc)
                 self._buf.append((schema.ACCOUNTING_STREAM, acc, "", eid))
                 self._dirty = False
-                self._next_accounting = now + defaults.ACCOUNTING_INTERVAL_S
+                self._next_accounting = now + max(defaults.ACCOUNTING_INTERVAL_S,
+                                                  self.settings.interval)
             idle = not self._buf
         if idle and self.connected and now < self._next_confirm and now < self._next_beat:
             return True  # nothing to send, nothing due: no round trip
