@@ -381,7 +381,8 @@ def _register_optional() -> None:
     import importlib
 
     for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "soak", "bench", "rqjobs",
-                "compose_stress", "collectors.host", "analysis.command", "status", "service"):
+                "compose_stress", "collectors.host", "analysis.command", "status", "service",
+                "copydb"):
         try:
             m = importlib.import_module(f"kernelsight.{mod}")
         except ModuleNotFoundError as e:

@@ -218,7 +218,7 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
               help="Seconds of stress workloads.")
 @click.option("--redis-url", envvar="KS_REDIS_URL", required=True, show_envvar=True,
               help="The compose stack's Redis.")
-@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
+@click.option("--db", "--db-path", "db_path", envvar=["KS_DB_PATH", "KS_DB_URL"], show_envvar=True,
               default="/data/kernelsight.db", show_default=True,
               help="The database as the reporter sees it.")
 @click.option("--collectors", "collector_list", envvar="KS_COLLECTORS", show_envvar=True,

@@ -13,12 +13,14 @@ from kernelsight import schema
 INT64_MAX = 2**63 - 1
 DEAD_SQL = """SELECT event_type, reason, entry_id FROM dead_letters WHERE timestamp >= :since"""
 # Per producer instance with stream positions: its line, first and last snapshot positions,
-# and its start mark (NULL for producers older than START_MARK).
+# and its start mark (NULL for producers older than START_MARK). SQL valid on SQLite and
+# PostgreSQL: every selected column grouped (an instance has one host and source), the mark a
+# BIGINT (a packed stream id; PostgreSQL's INTEGER is 32-bit).
 INSTANCES_SQL = f"""
 SELECT instance, host, source, MIN(stream_id), MAX(stream_id),
   MAX(CASE WHEN event_type = '' AND metric = '{schema.START_MARK}'
-      THEN CAST(detail AS INTEGER) END)
-FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY instance"""
+      THEN CAST(detail AS BIGINT) END)
+FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY instance, host, source"""
 LATE_SQL = 'SELECT COUNT(*) FROM "{table}" WHERE host = :h AND stream_id > :lo AND stream_id <= :hi'
 
 

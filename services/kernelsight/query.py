@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from kernelsight import schema, waits
 from kernelsight.analysis.own import not_own_sql
+from kernelsight.config import db_label
 from kernelsight.db import open_readonly
 from kernelsight.maintenance import rollup_counts
 from kernelsight.runs import list_runs, resolve
@@ -20,22 +21,36 @@ from kernelsight.safetext import printable
 from kernelsight.window import Selection, Window
 
 _IN = "timestamp BETWEEN :since AND :until"
+# SQL valid on SQLite and PostgreSQL: the first column, ``timestamp``, is shown as UTC time by
+# Python (SQLite's datetime() does not exist in PostgreSQL), latencies in ms are computed in
+# double precision on both (CAST ... AS DOUBLE PRECISION: REAL affinity in SQLite), and ties
+# are broken by stream position so both list the same rows in the same order.
 # Service-time syscalls only, without KernelSight's own processes (kernelsight.waits, .own).
-SLOWEST = f"""SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, comm, pid,
- syscall_name, 'service' AS class, latency_ns / 1000000.0 AS latency_ms, ret_value
+SLOWEST = f"""SELECT timestamp AS time, comm, pid, syscall_name, 'service' AS class,
+ CAST(latency_ns AS DOUBLE PRECISION) / 1000000 AS latency_ms, ret_value
  FROM syscall_events WHERE {_IN} AND {{service}} AND {{not_own}}
- ORDER BY latency_ns DESC LIMIT :n"""
-MEMORY = f"""SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, mem_total_kb,
- mem_available_kb, cached_kb, dirty_kb FROM memory_metrics WHERE {_IN}
- ORDER BY timestamp DESC LIMIT :n"""
-IO = f"""SELECT datetime(timestamp/1000000000, 'unixepoch') AS time, device, read_count,
- write_count, read_p50_us, read_p95_us, write_p50_us, write_p95_us FROM io_latency_stats
- WHERE {_IN} ORDER BY timestamp DESC LIMIT :n"""
+ ORDER BY latency_ns DESC, stream_id LIMIT :n"""
+MEMORY = f"""SELECT timestamp AS time, mem_total_kb, mem_available_kb, cached_kb, dirty_kb
+ FROM memory_metrics WHERE {_IN} ORDER BY timestamp DESC, stream_id DESC LIMIT :n"""
+IO = f"""SELECT timestamp AS time, device, read_count, write_count, read_p50_us, read_p95_us,
+ write_p50_us, write_p95_us FROM io_latency_stats
+ WHERE {_IN} ORDER BY timestamp DESC, stream_id DESC LIMIT :n"""
+
+
+def utc(ns: int) -> str:
+    """Epoch ns as SQLite's datetime(ns / 1e9, 'unixepoch') prints it (whole seconds, UTC)."""
+    return datetime.fromtimestamp(int(ns) // 1_000_000_000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _bounds(w: Window) -> dict[str, int]:
     return {"since": w.since_ns if w.since_ns is not None else 0,
             "until": w.until_ns if w.until_ns is not None else schema.INT64_MAX}
+
+
+def _cell(i: int, v: object) -> Text:
+    if i == 0 and isinstance(v, int):
+        return Text(utc(v))
+    return Text(f"{v:.3f}" if isinstance(v, float) else printable(v))
 
 
 def _table(console: Console, title: str, conn, sql: str, n: int, w: Window) -> None:
@@ -45,7 +60,7 @@ def _table(console: Console, title: str, conn, sql: str, n: int, w: Window) -> N
         t.add_column(c, justify="left")
     rows = res.fetchall()
     for r in rows:
-        t.add_row(*(Text(f"{v:.3f}" if isinstance(v, float) else printable(v)) for v in r))
+        t.add_row(*(_cell(i, v) for i, v in enumerate(r)))
     if not rows:
         console.print(f"[bold]{title}[/bold]: no rows")
     else:
@@ -57,7 +72,7 @@ def demo(db_path: str, limit: int = 10, sel: Selection | None = None) -> None:
     console = Console()
     w = resolve(eng, sel)
     b = _bounds(w)
-    t = Table(title=Text(f"Rows per table in {printable(db_path, 4096)} "
+    t = Table(title=Text(f"Rows per table in {printable(db_label(db_path), 4096)} "
                          f"({printable(w.describe(), 400)})"), title_justify="left")
     t.add_column("table")
     t.add_column("rows", justify="right")
@@ -93,9 +108,9 @@ def runs(db_path: str, limit: int = 10) -> None:
     eng.dispose()
     console = Console()
     if not rows:
-        console.print(Text(f"Runs in {printable(db_path, 4096)}: none recorded"))
+        console.print(Text(f"Runs in {printable(db_label(db_path), 4096)}: none recorded"))
         return
-    t = Table(title=Text(f"Runs in {printable(db_path, 4096)} (newest first)"),
+    t = Table(title=Text(f"Runs in {printable(db_label(db_path), 4096)} (newest first)"),
               title_justify="left")
     for col in ("run id", "kind", "host", "start (UTC)", "duration", "verdict"):
         t.add_column(col, overflow="fold")

@@ -76,21 +76,25 @@ from sqlalchemy import Connection, Engine, text
 
 from kernelsight import collectors, defaults, schema, waits
 from kernelsight.analysis.own import not_own_sql
+from kernelsight.config import db_label
 from kernelsight.db import open_readonly
 from kernelsight.latespans import DEAD_SQL, INT64_MAX, late_rows, late_spans, max_le
 from kernelsight.maintenance import rollup_counts
 from kernelsight.runs import resolve
 from kernelsight.safetext import printable
+from kernelsight.sqlcompat import bigint
 from kernelsight.window import Window, parse_selection
 from kernelsight.window import options as window_options
 
 EVENTS_PER_60S = 2000
 EBPF_TYPES = ("syscall_events", "page_fault_events", "io_latency_stats", "sched_events")
 
-ACCOUNTING_SQL = """
-SELECT event_type, metric, reason, SUM(v) FROM (
+# The SQL here runs on SQLite and PostgreSQL alike (kernelsight.sqlcompat says how); divisions
+# happen in Python.
+ACCOUNTING_SQL = f"""
+SELECT event_type, metric, reason, {bigint('SUM(v)')} FROM (
   SELECT instance, event_type, metric, reason, MAX(value) AS v FROM pipeline_accounting
-  GROUP BY instance, event_type, metric, reason)
+  GROUP BY instance, event_type, metric, reason) AS per_instance
 GROUP BY event_type, metric, reason"""
 # A snapshot's position: its stream_id, or (the ingester's own rows) its timestamp's ms.
 _POS = "COALESCE(stream_id, ((timestamp / 1000000) << 19) | 524287)"
@@ -100,8 +104,8 @@ SELECT instance, host, source, event_type, metric, reason,
   MAX(CASE WHEN pos <= :hi THEN value END), MAX(CASE WHEN pos <= :lo THEN value END),
   MIN(pos), MAX(pos), MAX(CASE WHEN pos <= :hi THEN detail END)
 FROM (SELECT instance, host, source, event_type, metric, reason, value, detail,
-             {_POS} AS pos FROM pipeline_accounting)
-GROUP BY instance, event_type, metric, reason"""
+             {_POS} AS pos FROM pipeline_accounting) AS positioned
+GROUP BY instance, host, source, event_type, metric, reason"""
 # Per line (host, source): the positions of its last snapshots at or before lo and hi.
 LINES_SQL = """
 SELECT host, source, MAX(CASE WHEN stream_id <= :lo THEN stream_id END),
@@ -109,13 +113,15 @@ SELECT host, source, MAX(CASE WHEN stream_id <= :lo THEN stream_id END),
 FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY host, source"""
 # Service-time syscalls only (waits such as futex/wait4 are idle by design), without our own
 # processes: kernelsight.waits and kernelsight.analysis.own say what is left out.
-SLOW_SQL = """SELECT comm, syscall_name, latency_ns / 1000000.0 FROM syscall_events
+# Ties broken by stream position, so both databases list the same rows.
+SLOW_SQL = """SELECT comm, syscall_name, latency_ns FROM syscall_events
 WHERE timestamp BETWEEN :since AND :until AND {service} AND {not_own}
-ORDER BY latency_ns DESC LIMIT :n"""
-PF_TOTALS_SQL = """SELECT fault_type, SUM(fault_count), SUM(latency_sum_ns), SUM(sampled_events)
+ORDER BY latency_ns DESC, stream_id LIMIT :n"""
+PF_TOTALS_SQL = f"""SELECT fault_type, {bigint('SUM(fault_count)')},
+  {bigint('SUM(latency_sum_ns)')}, {bigint('SUM(sampled_events)')}
 FROM page_fault_totals WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
-PF_EVENTS_SQL = """SELECT fault_type, COUNT(*), AVG(latency_ns) FROM page_fault_events
-WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
+PF_EVENTS_SQL = f"""SELECT fault_type, COUNT(*), {bigint('SUM(latency_ns)')}
+FROM page_fault_events WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
 SPAN_SQL = """SELECT MIN(timestamp), MAX(timestamp) FROM memory_metrics
 WHERE timestamp BETWEEN :since AND :until"""
 
@@ -197,14 +203,14 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
         rep.rolled = rollup_counts(c, since, until)
         args = {"since": since, "until": until}
         slow_sql = SLOW_SQL.format(service=waits.service_sql(), not_own=not_own_sql(c))
-        rep.slow = [(r[0], r[1], float(r[2]))
+        rep.slow = [(r[0], r[1], int(r[2] or 0) / 1e6)
                     for r in c.execute(text(slow_sql), {**args, "n": 5})]
         for ft, n, lat, sampled in c.execute(text(PF_TOTALS_SQL), args):
             rep.faults[ft] = {"count": int(n or 0), "avg_us": (lat or 0) / max(n or 0, 1) / 1000,
                               "sampled_events": int(sampled or 0), "exact": True}
         if not rep.faults:  # older databases without totals: say these are sample figures
-            for ft, n, avg in c.execute(text(PF_EVENTS_SQL), args):
-                rep.faults[ft] = {"count": int(n), "avg_us": (avg or 0) / 1000,
+            for ft, n, lat in c.execute(text(PF_EVENTS_SQL), args):
+                rep.faults[ft] = {"count": int(n), "avg_us": (lat or 0) / max(n, 1) / 1000,
                                   "sampled_events": int(n), "exact": False}
         span_lo, span_hi = c.execute(text(SPAN_SQL), args).one()
     if duration_s:
@@ -361,7 +367,7 @@ def _judge(rep: Report, expected: list[str] | None) -> None:
 
 def to_json(rep: Report) -> dict[str, Any]:
     return {
-        "database": rep.db_path,
+        "database": db_label(rep.db_path),
         "window": {"run_id": rep.window.run_id, "kind": rep.window.kind,
                    "since_ns": rep.window.since_ns, "until_ns": rep.window.until_ns,
                    "still_running": rep.window.open_end, "text": rep.window.describe()},
@@ -499,7 +505,7 @@ def render(rep: Report, console: Console) -> None:
         console.print(Text("Pipeline counters: " + ", ".join(
             f"{printable(k)}={v:,}" for k, v in sorted(rep.ingest.items()))))
     console.rule()
-    console.print(Text(f"Database: {printable(rep.db_path, 4096)}"))
+    console.print(Text(f"Database: {printable(db_label(rep.db_path), 4096)}"))
 
 
 def report_job(db_path: str, duration_s: float | None = None,
@@ -519,8 +525,10 @@ def report_job(db_path: str, duration_s: float | None = None,
 
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
-              default=defaults.DB_PATH, show_default=True, help="Database to report on.")
+@click.option("--db", "--db-path", "db_path", envvar=["KS_DB_PATH", "KS_DB_URL"], show_envvar=True,
+              default=defaults.DB_PATH, show_default=True,
+              help="Database to report on: a SQLite path or a PostgreSQL URL "
+                   "(postgresql+psycopg://USER:PASSWORD@HOST:5432/DB; prefer KS_DB_URL).")
 @window_options
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
               help="Seconds the run lasted [default: the run's or window's own span; the "
@@ -539,6 +547,7 @@ def command(db_path: str, run: str | None, since: str | None, until: str | None,
       kernelsight report --db data/stress_test.db --run stress-20261130T101500-1a2b3c
       kernelsight report --since 2h --until 1h            # a window, whatever ran in it
       kernelsight report --since 2026-11-30T10:00:00Z --json | jq .event_types
+      KS_DB_URL=postgresql+psycopg://ks:PW@db:5432/kernelsight kernelsight report
     """
     sel = parse_selection(run, since, until)
     names = collectors.parse_list(expect)

@@ -7,7 +7,12 @@ follows its dependencies and repeats. Ours validates the whole hash before rq ac
 it: only ``kernelsight.report.report_job`` with JSON arguments of the expected names and types,
 a database inside the data directory, and no field beyond those a plain enqueue writes.
 Anything else is marked failed ("refused: ...") without running anything, and the worker goes
-on. The job class also never resolves a callback or sends a webhook, whatever the hash says."""
+on. The job class also never resolves a callback or sends a webhook, whatever the hash says.
+
+A PostgreSQL database is reported on only when it is the worker's own (``--db`` /
+KS_DB_URL / KS_DB_PATH of the worker): a job names it by URL, with or without the password
+(better without: the job hash is readable by whoever reads Redis), and the worker connects with
+its own URL. A job can thus never make the worker connect to another server."""
 
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from rq.utils import decode_redis_hash
 from rq.worker import WorkerStatus
 
 from kernelsight import collectors, defaults
+from kernelsight.config import db_label
 from kernelsight.exceptions import ConfigError
+from kernelsight.sqlcompat import same_database
 from kernelsight.streams import ping
 from kernelsight.window import parse_selection
 
@@ -56,13 +63,30 @@ def data_dir() -> Path:
     return Path(d).resolve()
 
 
+def worker_db_url() -> str | None:
+    """The PostgreSQL database this worker may report on (KS_DB_URL, else a URL in
+    KS_DB_PATH), or None."""
+    for var in ("KS_DB_URL", "KS_DB_PATH"):
+        v = os.environ.get(var)
+        if v and "://" in v:
+            return v
+    return None
+
+
 def confined(db_path: object, root: Path | None = None) -> str:
-    """The job's database as a real path inside the data directory, or Refused. Relative
-    paths are taken from the data directory; ``..`` is refused outright, and a symlink that
-    leads out is refused because the resolved path is checked."""
+    """The job's database as a real path inside the data directory (or, a URL, the worker's
+    own database URL), or Refused. Relative paths are taken from the data directory; ``..`` is
+    refused outright, and a symlink that leads out is refused because the resolved path is
+    checked."""
     root = root or data_dir()
     if not isinstance(db_path, str) or not db_path or len(db_path) > 4096 or "\0" in db_path:
         raise Refused("db_path must be a non-empty string")
+    if "://" in db_path:
+        own = worker_db_url()
+        if own is None or not same_database(db_path, own):
+            raise Refused(f"database {db_label(db_path)!r} is not this worker's database "
+                          "(start the worker with --db URL / KS_DB_URL to report on it)")
+        return own
     if ".." in Path(db_path).parts:
         raise Refused(f"db_path {db_path!r} contains '..'; give a path inside the data "
                       f"directory {root}")
@@ -227,8 +251,12 @@ def queue(redis_url: str) -> Queue:
 @click.option("--data-dir", envvar="KS_DATA_DIR", show_envvar=True, default=None,
               help="Job databases must lie in this directory [default: the directory of "
                    f"KS_DB_PATH, else of {defaults.DB_PATH}].")
+@click.option("--db", "db_url", envvar="KS_DB_URL", show_envvar=True, default=None,
+              help="A PostgreSQL database (postgresql+psycopg://USER:PASSWORD@HOST/DB) that "
+                   "jobs may name (by URL, password left out) [default: KS_DB_PATH if it is "
+                   "a URL; else none: SQLite files in the data directory only].")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
-def command(redis_url: str, data_dir: str | None, burst: bool) -> None:
+def command(redis_url: str, data_dir: str | None, db_url: str | None, burst: bool) -> None:
     """Run an rq worker that executes report jobs only (JSON, no pickle).
 
     Every job is checked before rq acts on it: only kernelsight.report.report_job with JSON
@@ -239,9 +267,15 @@ def command(redis_url: str, data_dir: str | None, burst: bool) -> None:
     Examples:
       KS_REDIS_URL=redis://:PASSWORD@redis:6379/0 kernelsight report-worker
       kernelsight report-worker --data-dir /data --burst
+      KS_DB_URL=postgresql+psycopg://ks:PW@db/kernelsight kernelsight report-worker
     """
     if data_dir:
         os.environ["KS_DATA_DIR"] = data_dir  # read again in the work horse
+    if db_url:
+        if "://" not in db_url:
+            raise ConfigError(f"--db {db_url}: give a PostgreSQL URL; SQLite files are "
+                              "named by the jobs (inside --data-dir)")
+        os.environ["KS_DB_URL"] = db_url
     q = queue(redis_url)
     w = ReportWorker([q], connection=q.connection, serializer=JSONSerializer,
                      job_class=ReportOnlyJob, log_job_description=False)

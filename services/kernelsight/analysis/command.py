@@ -69,8 +69,9 @@ def render(analysis: Any, console: Console) -> None:
 
 
 @click.command("analyze", context_settings=CTX)
-@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
-              default=None, help="Database to analyse [default: data/kernelsight.db].")
+@click.option("--db", "--db-path", "db_path", envvar=["KS_DB_PATH", "KS_DB_URL"], show_envvar=True,
+              default=None, help="Database to analyse: a SQLite path or a PostgreSQL URL "
+              "(prefer KS_DB_URL) [default: data/kernelsight.db].")
 @window.options
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"window", "findings", "signals"} as JSON.')
@@ -90,6 +91,7 @@ def command(db_path: str | None, run: str | None, since: str | None, until: str 
       kernelsight analyze --db data/ks.db --since 2026-11-30T10:30 --until 2026-11-30T10:45
       kernelsight analyze --db data/ks.db --json | jq '.findings[0].evidence'
       kernelsight analyze --db data/ks.db --html data/analysis.html
+      KS_DB_URL=postgresql+psycopg://ks:PW@db/kernelsight kernelsight analyze --run latest
     """
     import orjson
 
@@ -120,7 +122,7 @@ def command(db_path: str | None, run: str | None, since: str | None, until: str 
 
 @click.command("ask", context_settings=CTX)
 @click.argument("question")
-@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
+@click.option("--db", "--db-path", "db_path", envvar=["KS_DB_PATH", "KS_DB_URL"], show_envvar=True,
               default=None, help="Database to ask about [default: data/kernelsight.db].")
 @window.options
 def ask_command(question: str, db_path: str | None, run: str | None, since: str | None,
@@ -160,7 +162,7 @@ def _open_window(db_path: str | None, run: str | None, since: str | None,
 
 
 @click.command("baselines", context_settings=CTX)
-@click.option("--db", "--db-path", "db_path", envvar="KS_DB_PATH", show_envvar=True,
+@click.option("--db", "--db-path", "db_path", envvar=["KS_DB_PATH", "KS_DB_URL"], show_envvar=True,
               default=None, help="Database to read and to store the baselines in "
               "[default: data/kernelsight.db].")
 @window.options

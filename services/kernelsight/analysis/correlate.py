@@ -15,6 +15,7 @@ import numpy as np
 
 from kernelsight.analysis.baselines import Anomaly
 from kernelsight.analysis.signals import Series
+from kernelsight.sqlcompat import greatest, least, real
 
 MAX_LAG = 3  # bins the effect may trail the cause by
 OVERLAP_SLACK = 2  # bins around the cause episode in which effects count
@@ -49,7 +50,7 @@ CHAINS: tuple[Chain, ...] = (
           """SELECT pid, comm, SUM(cpu_time_ms)
           FROM sched_events
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
+          GROUP BY pid, comm ORDER BY 3 DESC, 1, 2 LIMIT 50"""),
     Chain("block_latency",
           "Block device latency -> slow fsync/read/write",
           # Latency first; a surge of IOPS on a device leads when its p99 stays under the
@@ -60,7 +61,7 @@ CHAINS: tuple[Chain, ...] = (
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
           AND syscall_name IN ('fsync', 'fdatasync', 'sync', 'syncfs', 'write', 'pwrite64',
           'read', 'pread64', 'msync')
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50""",
+          GROUP BY pid, comm ORDER BY 3 DESC, 1, 2 LIMIT 50""",
           led_only_with=(("io.*.iops", ("syscall.sync.*", "syscall.write.*")),)),
     Chain("memory_pressure",
           "Memory pressure -> major faults -> fault latency -> slow read/mmap",
@@ -71,11 +72,12 @@ CHAINS: tuple[Chain, ...] = (
           ("faults.major_latency_us", "syscall.read.*", "syscall.memory.*"),
           # Each totals row by the part of its interval inside the span (a late row still
           # names who faulted).
-          """SELECT pid, comm, SUM(fault_count * (MIN(timestamp, :hi)
-          - MAX(timestamp - interval_ns, :lo)) * 1.0 / MAX(interval_ns, 1))
+          f"""SELECT pid, comm, SUM({real(f"fault_count * ({least('timestamp', ':hi')} - "
+                                        f"{greatest('timestamp - interval_ns', ':lo')})")}
+          / {greatest('interval_ns', '1')})
           FROM page_fault_totals
           WHERE timestamp >= :lo AND timestamp - interval_ns <= :hi AND fault_type = 'major'
-          AND {not_own} GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50""",
+          AND {{not_own}} GROUP BY pid, comm ORDER BY 3 DESC, 1, 2 LIMIT 50""",
           # Major faults are rare at rest: name who faulted, not who faulted more than before.
           by_rise=False),
     # A futex wait is a wait (waits.py): idle thread pools sleep in futex by design, at a low
@@ -98,8 +100,8 @@ CHAINS: tuple[Chain, ...] = (
           AND syscall_name IN ('futex', 'futex_waitv')
           UNION ALL SELECT pid, comm, wait_count FROM syscall_wait_summaries
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
-          AND syscall_name IN ('futex', 'futex_waitv'))
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
+          AND syscall_name IN ('futex', 'futex_waitv')) AS waits
+          GROUP BY pid, comm ORDER BY 3 DESC, 1, 2 LIMIT 50"""),
     Chain("tcp_retransmits",
           "TCP retransmits -> slow send/recv",
           ("tcp.retrans_per_s",),
@@ -110,15 +112,15 @@ CHAINS: tuple[Chain, ...] = (
           AND syscall_name IN ('sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect')
           UNION ALL SELECT pid, comm, wait_count FROM syscall_wait_summaries
           WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
-          AND syscall_name IN ('sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect'))
-          GROUP BY pid, comm ORDER BY 3 DESC LIMIT 50"""),
+          AND syscall_name IN ('sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect')) AS waits
+          GROUP BY pid, comm ORDER BY 3 DESC, 1, 2 LIMIT 50"""),
 )
 # Slow syscalls no chain explains still make a (weaker) finding of their own.
 UNEXPLAINED = Chain("slow_syscalls", "Slow service-time syscalls (no kernel cause seen)",
                     ("syscall.*.slow_ms_per_s",), (),
                     """SELECT pid, comm, COUNT(*) FROM syscall_events
                     WHERE timestamp BETWEEN :lo AND :hi AND {not_own} GROUP BY pid, comm
-                    ORDER BY 3 DESC LIMIT 50""")
+                    ORDER BY 3 DESC, 1, 2 LIMIT 50""")
 
 
 def matching(patterns: tuple[str, ...], names: list[str]) -> list[str]:

@@ -23,23 +23,30 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from kernelsight.analysis import signals
 from kernelsight.analysis.baselines import MAD_TO_SD
+from kernelsight.config import is_db_url, redact
 from kernelsight.exceptions import DatabaseError
+from kernelsight.sqlcompat import table_names
 
 TABLE = "signal_baselines"
+# Valid on SQLite and PostgreSQL (where REAL is 4 bytes and INTEGER 32 bits: doubles and
+# BIGINTs, as SQLite stores them anyway).
 DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     signal TEXT PRIMARY KEY,
     unit TEXT NOT NULL,
-    median REAL NOT NULL,
-    scale REAL NOT NULL,
-    samples INTEGER NOT NULL,
-    since_ns INTEGER NOT NULL,
-    until_ns INTEGER NOT NULL,
-    step_ns INTEGER NOT NULL,
-    updated_ns INTEGER NOT NULL
+    median DOUBLE PRECISION NOT NULL,
+    scale DOUBLE PRECISION NOT NULL,
+    samples BIGINT NOT NULL,
+    since_ns BIGINT NOT NULL,
+    until_ns BIGINT NOT NULL,
+    step_ns BIGINT NOT NULL,
+    updated_ns BIGINT NOT NULL
 )"""
+COLUMNS = ("signal", "unit", "median", "scale", "samples", "since_ns", "until_ns", "step_ns",
+           "updated_ns")
 # Fewer observed intervals than this and the history says too little: the window's own
 # baseline is used instead (10 minutes at the default 1 s interval).
 MIN_SAMPLES = 600
@@ -78,6 +85,9 @@ def compute(eng: Engine, since_ns: int | None = None,
 
 def write(db_path: str | Path, rows: list[Stored]) -> None:
     """Replace the stored baselines with ``rows``, in one transaction."""
+    if is_db_url(db_path):
+        _write_url(str(db_path), rows)
+        return
     p = Path(db_path)
     if not p.is_file():
         raise DatabaseError(f"no database at {db_path}; run `kernelsight run` first")
@@ -97,11 +107,33 @@ def write(db_path: str | Path, rows: list[Stored]) -> None:
         con.close()
 
 
+def _write_url(url: str, rows: list[Stored]) -> None:
+    """The same on a PostgreSQL database (the table is created there on first use)."""
+    from kernelsight.db import open_db
+
+    eng = open_db(url, create=False)
+    now = time.time_ns()
+    try:
+        with eng.begin() as conn:
+            conn.execute(text(DDL))
+            conn.execute(text(f"DELETE FROM {TABLE}"))
+            if rows:
+                conn.execute(text(f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES "
+                                  f"({', '.join(':' + c for c in COLUMNS)})"),
+                             [dict(zip(COLUMNS, (r.signal, r.unit, r.median, r.scale, r.samples,
+                                                 r.since_ns, r.until_ns, r.step_ns, now),
+                                       strict=True)) for r in rows])
+    except SQLAlchemyError as e:
+        msg = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise DatabaseError(f"cannot write baselines into {redact(url)}: {msg}") from None
+    finally:
+        eng.dispose()
+
+
 def read(conn: Connection, step_ns: int) -> dict[str, Stored]:
     """The stored baselines usable for a window of ``step_ns`` intervals: taken at the same
     interval (within 10 %) over at least MIN_SAMPLES intervals; {} without the table."""
-    if conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :t"),
-                    {"t": TABLE}).first() is None:
+    if TABLE not in table_names(conn):
         return {}
     rows = conn.execute(text(
         f"SELECT signal, unit, median, scale, samples, since_ns, until_ns, step_ns "

@@ -15,6 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from kernelsight.config import db_label
 from kernelsight.exceptions import ConfigError
 from kernelsight.safetext import printable
 
@@ -110,7 +111,8 @@ def to_html(analysis: Any, db_path: str) -> str:
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
             "<title>KernelSight analysis</title>"
             f"<style>{CSS}</style></head><body><h1>KernelSight analysis</h1>"
-            f"<p>Database {_e(db_path, 1000)}; window {_dt(w.since_ns):%Y-%m-%d %H:%M:%S}–"
+            f"<p>Database {_e(db_label(db_path), 1000)}; "
+            f"window {_dt(w.since_ns):%Y-%m-%d %H:%M:%S}–"
             f"{_dt(w.until_ns):%H:%M:%S} UTC, {w.bins} intervals of {w.step_ns / 1e9:.2f} s; "
             f"{len(analysis.series)} signals.</p><h2>Findings</h2>{findings}"
             f"<h2>Signals</h2>{plot}</body></html>")

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, text
 from kernelsight import waits
 from kernelsight.analysis.own import not_own_sql
 from kernelsight.exceptions import DatabaseError
+from kernelsight.sqlcompat import greatest, real, table_names
 
 COUNT, GAUGE = "count", "gauge"
 
@@ -102,9 +103,12 @@ class SignalDef:
 
 _SLOW = """SELECT timestamp, syscall_name, {expr} FROM syscall_events
 WHERE timestamp BETWEEN :lo AND :hi AND {service} AND {not_own}"""
-_SLOW_EVIDENCE = """SELECT id, pid, comm, latency_ns / 1e6 FROM syscall_events
-WHERE timestamp BETWEEN :lo AND :hi AND {service} AND {not_own} AND syscall_name IN ({names})
-ORDER BY latency_ns DESC LIMIT :n"""  # value: the syscall's latency in ms
+# The SQL runs on SQLite and PostgreSQL alike (kernelsight.sqlcompat says how): values are
+# doubles on both, evidence ties are broken by stream position.
+_MS = f"{real('latency_ns')} / 1e6"  # a syscall's latency in ms
+_SLOW_EVIDENCE = f"""SELECT id, pid, comm, {_MS} FROM syscall_events
+WHERE timestamp BETWEEN :lo AND :hi AND {{service}} AND {{not_own}} AND syscall_name IN ({{names}})
+ORDER BY latency_ns DESC, stream_id LIMIT :n"""  # value: the syscall's latency in ms
 
 
 
@@ -115,9 +119,10 @@ def _vmstat(name: str, unit: str, expr: str, floor: float, per_second: bool = Tr
         f"vmstat.{name}", "vmstat_stats", unit, COUNT,
         f"""SELECT timestamp, '', {expr} FROM vmstat_stats
         WHERE timestamp BETWEEN :lo AND :hi""", per_second=per_second, diff=True, floor=floor,
-        evidence_sql=f"""SELECT id, 0, '', d FROM (SELECT id, ({expr}) - LAG({expr}) OVER
-        (PARTITION BY host ORDER BY timestamp) AS d FROM vmstat_stats
-        WHERE timestamp BETWEEN :lo AND :hi) WHERE d > 0 ORDER BY d DESC LIMIT :n""")
+        evidence_sql=f"""SELECT id, 0, '', d FROM (SELECT id, stream_id, ({expr}) - LAG({expr})
+        OVER (PARTITION BY host ORDER BY timestamp) AS d FROM vmstat_stats
+        WHERE timestamp BETWEEN :lo AND :hi) AS growth WHERE d > 0
+        ORDER BY d DESC, stream_id LIMIT :n""")
 
 _FUTEX = "'futex', 'futex_waitv'"
 _NET = "'sendto', 'sendmsg', 'recvfrom', 'recvmsg', 'connect'"
@@ -126,7 +131,7 @@ SIGNALS: tuple[SignalDef, ...] = (
     SignalDef("syscall.{key}.slow_per_s", "syscall_events", "1/s", COUNT,
               _SLOW.replace("{expr}", "1"), per_second=True, floor=2.0, by_family=True),
     SignalDef("syscall.{key}.slow_ms_per_s", "syscall_events", "ms/s", COUNT,
-              _SLOW.replace("{expr}", "latency_ns / 1e6"), per_second=True, floor=50.0,
+              _SLOW.replace("{expr}", _MS), per_second=True, floor=50.0,
               by_family=True, cap_to_step=True),
     SignalDef("faults.{key}_per_s", "page_fault_totals", "1/s", COUNT,
               """SELECT timestamp, fault_type, fault_count, interval_ns FROM page_fault_totals
@@ -134,29 +139,31 @@ SIGNALS: tuple[SignalDef, ...] = (
               spread=True, floor=50.0, fill_zero=True,
               evidence_sql="""SELECT id, pid, comm, fault_count FROM page_fault_totals
               WHERE timestamp BETWEEN :lo AND :hi AND fault_type = :key
-              ORDER BY fault_count DESC LIMIT :n"""),
+              ORDER BY fault_count DESC, stream_id LIMIT :n"""),
     SignalDef("faults.major_latency_us", "page_fault_totals", "us", GAUGE,
-              """SELECT timestamp, '', SUM(latency_sum_ns) / 1e3 / MAX(SUM(fault_count), 1)
+              f"""SELECT timestamp, '', {real('SUM(latency_sum_ns)')} / 1e3
+              / {greatest('SUM(fault_count)', '1')}
               FROM page_fault_totals WHERE timestamp BETWEEN :lo AND :hi AND fault_type = 'major'
               GROUP BY timestamp""", agg="max", floor=200.0,
-              evidence_sql="""SELECT id, pid, comm, latency_sum_ns / 1e3 / MAX(fault_count, 1)
-              FROM page_fault_totals
+              evidence_sql=f"""SELECT id, pid, comm, {real('latency_sum_ns')} / 1e3
+              / {greatest('fault_count', '1')} FROM page_fault_totals
               WHERE timestamp BETWEEN :lo AND :hi AND fault_type = 'major'
-              ORDER BY latency_sum_ns DESC LIMIT :n"""),
+              ORDER BY latency_sum_ns DESC, stream_id LIMIT :n"""),
     SignalDef("io.{key}.p99_us", "io_latency_stats", "us", GAUGE,
-              """SELECT timestamp, device, MAX(read_p99_us, write_p99_us) FROM io_latency_stats
+              f"""SELECT timestamp, device, {greatest('read_p99_us', 'write_p99_us')}
+              FROM io_latency_stats
               WHERE timestamp BETWEEN :lo AND :hi AND read_count + write_count > 0""",
               agg="max", floor=2000.0, fill_zero=True,
-              evidence_sql="""SELECT id, 0, device, MAX(read_p99_us, write_p99_us)
+              evidence_sql=f"""SELECT id, 0, device, {greatest('read_p99_us', 'write_p99_us')}
               FROM io_latency_stats WHERE timestamp BETWEEN :lo AND :hi AND device = :key
-              ORDER BY 4 DESC LIMIT :n"""),
+              ORDER BY 4 DESC, stream_id LIMIT :n"""),
     SignalDef("io.{key}.iops", "io_latency_stats", "1/s", COUNT,
               """SELECT timestamp, device, read_count + write_count FROM io_latency_stats
               WHERE timestamp BETWEEN :lo AND :hi""", per_sample=True, floor=50.0,
               fill_zero=True,
               evidence_sql="""SELECT id, 0, device, read_count + write_count
               FROM io_latency_stats WHERE timestamp BETWEEN :lo AND :hi AND device = :key
-              ORDER BY 4 DESC LIMIT :n"""),
+              ORDER BY 4 DESC, stream_id LIMIT :n"""),
     # Run-queue latency of the processes that ran at least a few times in the interval.
     SignalDef("sched.runq_p95_us", "sched_events", "us", GAUGE,
               """SELECT timestamp, '', runq_latency_p95_us FROM sched_events
@@ -164,29 +171,32 @@ SIGNALS: tuple[SignalDef, ...] = (
               agg="median", floor=2000.0,
               evidence_sql="""SELECT id, pid, comm, runq_latency_p95_us FROM sched_events
               WHERE timestamp BETWEEN :lo AND :hi AND context_switches >= 5
-              ORDER BY runq_latency_p95_us DESC LIMIT :n"""),
+              ORDER BY runq_latency_p95_us DESC, stream_id LIMIT :n"""),
     SignalDef("sched.involuntary_per_s", "sched_events", "1/s", COUNT,
               """SELECT timestamp, '', involuntary_switches FROM sched_events
               WHERE timestamp BETWEEN :lo AND :hi AND {not_own}""", per_sample=True,
               floor=100.0,
               evidence_sql="""SELECT id, pid, comm, involuntary_switches FROM sched_events
               WHERE timestamp BETWEEN :lo AND :hi
-              ORDER BY involuntary_switches DESC LIMIT :n"""),
+              ORDER BY involuntary_switches DESC, stream_id LIMIT :n"""),
     SignalDef("load.running", "load_metrics", "tasks", GAUGE,
               """SELECT timestamp, '', running_processes FROM load_metrics
               WHERE timestamp BETWEEN :lo AND :hi""", agg="max", floor=2.0,
               evidence_sql="""SELECT id, 0, '', running_processes FROM load_metrics
-              WHERE timestamp BETWEEN :lo AND :hi ORDER BY running_processes DESC LIMIT :n"""),
+              WHERE timestamp BETWEEN :lo AND :hi
+              ORDER BY running_processes DESC, stream_id LIMIT :n"""),
     SignalDef("load.load_1min", "load_metrics", "", GAUGE,
               """SELECT timestamp, '', load_1min FROM load_metrics
               WHERE timestamp BETWEEN :lo AND :hi""", agg="last", floor=1.0,
               evidence_sql="""SELECT id, 0, '', load_1min FROM load_metrics
-              WHERE timestamp BETWEEN :lo AND :hi ORDER BY load_1min DESC LIMIT :n"""),
+              WHERE timestamp BETWEEN :lo AND :hi
+              ORDER BY load_1min DESC, stream_id LIMIT :n"""),
     SignalDef("memory.available_mb", "memory_metrics", "MiB", GAUGE,
-              """SELECT timestamp, '', mem_available_kb / 1024.0 FROM memory_metrics
+              f"""SELECT timestamp, '', {real('mem_available_kb')} / 1024 FROM memory_metrics
               WHERE timestamp BETWEEN :lo AND :hi""", agg="last", direction=-1, floor=256.0,
-              evidence_sql="""SELECT id, 0, '', mem_available_kb / 1024.0 FROM memory_metrics
-              WHERE timestamp BETWEEN :lo AND :hi ORDER BY mem_available_kb ASC LIMIT :n"""),
+              evidence_sql=f"""SELECT id, 0, '', {real('mem_available_kb')} / 1024
+              FROM memory_metrics WHERE timestamp BETWEEN :lo AND :hi
+              ORDER BY mem_available_kb ASC, stream_id LIMIT :n"""),
     # Pressure stall information: the kernel's 10 s average of the share of time in which some
     # (or, "full", all) non-idle tasks stalled on the resource. cpu "full" is left out: the
     # kernel defines it at the system level as zero (psi.rst), so it could only be noise.
@@ -195,14 +205,14 @@ SIGNALS: tuple[SignalDef, ...] = (
               WHERE timestamp BETWEEN :lo AND :hi""", agg="max", floor=5.0,
               evidence_sql="""SELECT id, 0, resource, some_avg10_pct FROM pressure_stats
               WHERE timestamp BETWEEN :lo AND :hi AND resource = :key
-              ORDER BY some_avg10_pct DESC LIMIT :n"""),
+              ORDER BY some_avg10_pct DESC, stream_id LIMIT :n"""),
     SignalDef("psi.{key}.full_avg10_pct", "pressure_stats", "%", GAUGE,
               """SELECT timestamp, resource, full_avg10_pct FROM pressure_stats
               WHERE timestamp BETWEEN :lo AND :hi AND resource != 'cpu'""", agg="max",
               floor=5.0,
               evidence_sql="""SELECT id, 0, resource, full_avg10_pct FROM pressure_stats
               WHERE timestamp BETWEEN :lo AND :hi AND resource = :key
-              ORDER BY full_avg10_pct DESC LIMIT :n"""),
+              ORDER BY full_avg10_pct DESC, stream_id LIMIT :n"""),
     # vmstat's cumulative counters as increases per interval (system-wide, every process).
     _vmstat("pgmajfault_per_s", "1/s", "pgmajfault_total", 50.0),
     _vmstat("pgscan_per_s", "pages/s", "pgscan_kswapd_total + pgscan_direct_total", 100.0),
@@ -216,26 +226,26 @@ SIGNALS: tuple[SignalDef, ...] = (
               f"""SELECT timestamp, pid, 1 FROM syscall_events
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
               AND {{not_own}}""", per_second=True, floor=60.0, top_key=True,
-              evidence_sql=f"""SELECT id, pid, comm, latency_ns / 1e6 FROM syscall_events
+              evidence_sql=f"""SELECT id, pid, comm, {_MS} FROM syscall_events
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
               AND pid = (SELECT pid FROM syscall_events WHERE timestamp BETWEEN :lo AND :hi
               AND syscall_name IN ({_FUTEX}) AND {{not_own}}
-              GROUP BY pid ORDER BY COUNT(*) DESC LIMIT 1)
-              ORDER BY latency_ns DESC LIMIT :n"""),
+              GROUP BY pid ORDER BY COUNT(*) DESC, pid LIMIT 1)
+              ORDER BY latency_ns DESC, stream_id LIMIT :n"""),
     SignalDef("lock.futex_waits_per_s", "syscall_events", "1/s", COUNT,
               f"""SELECT timestamp, '', 1 FROM syscall_events
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
               AND {{not_own}}""", per_second=True, floor=20.0,
-              evidence_sql=f"""SELECT id, pid, comm, latency_ns / 1e6 FROM syscall_events
+              evidence_sql=f"""SELECT id, pid, comm, {_MS} FROM syscall_events
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
-              AND {{not_own}} ORDER BY latency_ns DESC LIMIT :n"""),
+              AND {{not_own}} ORDER BY latency_ns DESC, stream_id LIMIT :n"""),
     SignalDef("lock.top_process_futex_wait_ms_per_s", "syscall_events", "ms/s", COUNT,
-              f"""SELECT timestamp, pid, latency_ns / 1e6 FROM syscall_events
+              f"""SELECT timestamp, pid, {_MS} FROM syscall_events
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
               AND {{not_own}}""", per_second=True, floor=500.0, cap_to_step=True,
               top_key=True),
     SignalDef("lock.futex_wait_ms_per_s", "syscall_events", "ms/s", COUNT,
-              f"""SELECT timestamp, '', latency_ns / 1e6 FROM syscall_events
+              f"""SELECT timestamp, '', {_MS} FROM syscall_events
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
               AND {{not_own}}""", per_second=True, floor=500.0, cap_to_step=True),
     SignalDef("lock.top_process_futex_waits_summarised_per_s", "syscall_wait_summaries",
@@ -245,10 +255,11 @@ SIGNALS: tuple[SignalDef, ...] = (
               AND {{not_own}}""", per_second=True, floor=60.0, top_key=True,
               evidence_sql=f"""SELECT id, pid, comm, wait_count FROM syscall_wait_summaries
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
-              AND {{not_own}} ORDER BY wait_count DESC LIMIT :n"""),
+              AND {{not_own}} ORDER BY wait_count DESC, stream_id LIMIT :n"""),
     SignalDef("lock.top_process_futex_wait_ms_summarised_per_s", "syscall_wait_summaries",
               "ms/s", COUNT,
-              f"""SELECT timestamp, pid, latency_sum_ns / 1e6 FROM syscall_wait_summaries
+              f"""SELECT timestamp, pid, {real('latency_sum_ns')} / 1e6
+              FROM syscall_wait_summaries
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_FUTEX})
               AND {{not_own}}""", per_second=True, floor=500.0, top_key=True),
     # Slow socket waits (send/recv blocked on the peer or on retransmits), summarised per
@@ -259,19 +270,20 @@ SIGNALS: tuple[SignalDef, ...] = (
               AND {{not_own}}""", per_second=True, floor=2.0,
               evidence_sql=f"""SELECT id, pid, comm, wait_count FROM syscall_wait_summaries
               WHERE timestamp BETWEEN :lo AND :hi AND syscall_name IN ({_NET})
-              AND {{not_own}} ORDER BY wait_count DESC LIMIT :n"""),
+              AND {{not_own}} ORDER BY wait_count DESC, stream_id LIMIT :n"""),
     SignalDef("sched.voluntary_per_s", "sched_events", "1/s", COUNT,
               """SELECT timestamp, '', voluntary_switches FROM sched_events
               WHERE timestamp BETWEEN :lo AND :hi AND {not_own}""", per_sample=True,
               floor=200.0,
               evidence_sql="""SELECT id, pid, comm, voluntary_switches FROM sched_events
               WHERE timestamp BETWEEN :lo AND :hi AND {not_own}
-              ORDER BY voluntary_switches DESC LIMIT :n"""),
+              ORDER BY voluntary_switches DESC, stream_id LIMIT :n"""),
     SignalDef("tcp.retrans_per_s", "tcp_retransmit_stats", "1/s", COUNT,
               """SELECT timestamp, '', retrans_segs FROM tcp_retransmit_stats
               WHERE timestamp BETWEEN :lo AND :hi""", per_second=True, diff=True, floor=5.0,
               evidence_sql="""SELECT id, 0, '', retrans_segs FROM tcp_retransmit_stats
-              WHERE timestamp BETWEEN :lo AND :hi ORDER BY timestamp DESC LIMIT :n"""),
+              WHERE timestamp BETWEEN :lo AND :hi
+              ORDER BY timestamp DESC, stream_id DESC LIMIT :n"""),
 )
 
 
@@ -365,8 +377,7 @@ def load(conn: Connection, window: Window) -> dict[str, Series]:
     service = f"({waits.service_sql()} OR syscall_name IN ({net}))"
     not_own = not_own_sql(conn)
     out: dict[str, Series] = {}
-    tables = {r[0] for r in conn.execute(text(
-        "SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    tables = table_names(conn)
     for d in SIGNALS:
         if d.table not in tables:  # a table a newer collector adds: no rows, no signal
             continue

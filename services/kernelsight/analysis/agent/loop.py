@@ -24,12 +24,16 @@ from kernelsight.analysis.agent import prompts, tools
 from kernelsight.db import open_readonly
 from kernelsight.exceptions import ConfigError
 from kernelsight.safetext import plain, printable
+from kernelsight.sqlcompat import statement_timeout
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 MAX_TURNS = 8
 MAX_TOKENS = 200_000  # prompt + output tokens over the whole conversation
 MAX_OUTPUT_TOKENS = 2048
 TIMEOUT_MS = 60_000
+# Any one tool's SQL statement is cancelled after this long (PostgreSQL enforces it; the
+# session is read-only there too: db.open_readonly).
+TOOL_STATEMENT_TIMEOUT_S = 10.0
 CITATION = re.compile(r"\b([a-z_]{3,40})#(\d{1,18})\b")
 ENABLE_HINT = ("The Gemini agent is off: set GEMINI_API_KEY (and optionally KS_GEMINI_MODEL, "
                f"default {DEFAULT_MODEL}) to have `kernelsight ask` and `analyze --explain` "
@@ -115,6 +119,8 @@ def run(client: Any, model: str, db_path: str, question: str, since: int | None,
     eng = open_readonly(db_path)
     try:
         with eng.connect() as conn:
+            statement_timeout(conn, TOOL_STATEMENT_TIMEOUT_S)
+            conn.commit()  # for the session, not only this transaction
             while True:
                 if res.turns >= max_turns:
                     res.stopped = f"stopped after {max_turns} model turns"

@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from kernelsight import schema, waits
 from kernelsight.analysis.own import not_own_sql
 from kernelsight.safetext import printable
+from kernelsight.sqlcompat import bigint, real
 
 MAX_ROWS = 50
 TEXT_LIMIT = 64  # characters of any telemetry string passed to the model
@@ -136,7 +138,7 @@ def t_slowest(conn: Connection, a: dict[str, Any], ctx: Any) -> dict[str, Any]:
     rows = conn.execute(text(
         f"SELECT id, timestamp, pid, comm, syscall_name, latency_ns, arg0, ret_value "
         f"FROM syscall_events WHERE timestamp BETWEEN :lo AND :hi AND {waits.service_sql()} "
-        f"AND {not_own_sql(conn)} ORDER BY latency_ns DESC LIMIT :n"),
+        f"AND {not_own_sql(conn)} ORDER BY latency_ns DESC, stream_id LIMIT :n"),
         {"lo": lo, "hi": hi, "n": a["limit"]}).all()
     return {"rows": [{"table": "syscall_events", "id": r[0], "time": _iso(r[1]), "pid": r[2],
                       "comm": data(r[3]), "syscall": data(r[4]), "class": waits.SERVICE,
@@ -148,9 +150,9 @@ def t_faults(conn: Connection, a: dict[str, Any], ctx: Any) -> dict[str, Any]:
     lo, hi = _bounds(conn, a)
     ft = a.get("fault_type", "major")
     rows = conn.execute(text(
-        "SELECT pid, comm, SUM(fault_count), SUM(latency_sum_ns), MAX(latency_max_ns), "
-        "MAX(id) FROM page_fault_totals WHERE timestamp BETWEEN :lo AND :hi AND "
-        "fault_type = :ft GROUP BY pid, comm ORDER BY 3 DESC LIMIT :n"),
+        f"SELECT pid, comm, {bigint('SUM(fault_count)')}, {bigint('SUM(latency_sum_ns)')}, "
+        "MAX(latency_max_ns), MAX(id) FROM page_fault_totals WHERE timestamp BETWEEN :lo AND "
+        ":hi AND fault_type = :ft GROUP BY pid, comm ORDER BY 3 DESC, 1, 2 LIMIT :n"),
         {"lo": lo, "hi": hi, "ft": ft, "n": a["limit"]}).all()
     return {"fault_type": ft, "rows": [
         {"pid": r[0], "comm": data(r[1]), "faults": r[2],
@@ -162,8 +164,9 @@ def t_faults(conn: Connection, a: dict[str, Any], ctx: Any) -> dict[str, Any]:
 def t_io(conn: Connection, a: dict[str, Any], ctx: Any) -> dict[str, Any]:
     lo, hi = _bounds(conn, a)
     rows = conn.execute(text(
-        "SELECT device, SUM(read_count), SUM(write_count), MAX(read_p95_us), MAX(read_p99_us), "
-        "MAX(write_p95_us), MAX(write_p99_us), MAX(id) FROM io_latency_stats "
+        f"SELECT device, {bigint('SUM(read_count)')}, {bigint('SUM(write_count)')}, "
+        "MAX(read_p95_us), MAX(read_p99_us), MAX(write_p95_us), MAX(write_p99_us), MAX(id) "
+        "FROM io_latency_stats "
         "WHERE timestamp BETWEEN :lo AND :hi GROUP BY device ORDER BY 1 LIMIT :n"),
         {"lo": lo, "hi": hi, "n": MAX_ROWS}).all()
     return {"rows": [{"device": data(r[0]), "reads": r[1], "writes": r[2],
@@ -175,10 +178,11 @@ def t_io(conn: Connection, a: dict[str, Any], ctx: Any) -> dict[str, Any]:
 def t_sched(conn: Connection, a: dict[str, Any], ctx: Any) -> dict[str, Any]:
     lo, hi = _bounds(conn, a)
     rows = conn.execute(text(
-        "SELECT pid, comm, SUM(cpu_time_ms), SUM(involuntary_switches), "
-        "SUM(runq_latency_p50_us * context_switches) / 1e3, MAX(runq_latency_p95_us), MAX(id) "
-        "FROM sched_events WHERE timestamp BETWEEN :lo AND :hi GROUP BY pid, comm "
-        "ORDER BY 5 DESC LIMIT :n"), {"lo": lo, "hi": hi, "n": a["limit"]}).all()
+        f"SELECT pid, comm, SUM(cpu_time_ms), {bigint('SUM(involuntary_switches)')}, "
+        f"{real('SUM(runq_latency_p50_us * context_switches)')} / 1e3, "
+        "MAX(runq_latency_p95_us), MAX(id) FROM sched_events WHERE timestamp BETWEEN :lo AND "
+        ":hi GROUP BY pid, comm ORDER BY 5 DESC, 1, 2 LIMIT :n"),
+        {"lo": lo, "hi": hi, "n": a["limit"]}).all()
     return {"rows": [{"pid": r[0], "comm": data(r[1]), "cpu_ms": r[2], "involuntary": r[3],
                       "runq_wait_ms": r[4], "max_runq_p95_us": r[5],
                       "example_row": {"table": "sched_events", "id": r[6]}} for r in rows]}
@@ -236,3 +240,7 @@ def call(conn: Connection, name: Any, args: Any, ctx: Any) -> dict[str, Any]:
         return tool.handler(conn, check_args(tool, args), ctx)
     except ToolError as e:
         return {"error": str(e)}
+    except DBAPIError as e:  # e.g. the statement timeout: the model learns the tool failed
+        conn.rollback()  # PostgreSQL: the failed transaction must end before the next call
+        first = str(e.orig).strip().splitlines()[0] if str(e.orig).strip() else "error"
+        return {"error": f"the database refused or cancelled the query: {data(first)}"}
