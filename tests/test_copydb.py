@@ -189,3 +189,34 @@ def test_copy_db_bad_input_one_line(tmp_path, case):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "secret" not in r.stderr + r.stdout
     assert not (tmp_path / "b.db").exists()  # nothing created when the source is missing
+
+
+def test_nul_in_text_refused_or_escaped_never_silent(tmp_path, pg_url):
+    """PostgreSQL text cannot hold U+0000: an event row with one is refused and counted (exit
+    1, one line), an accounting detail with one is stored with it written as \\x00."""
+    from kernelsight.db import open_db
+    from kernelsight.storage.rows import store_rows
+
+    db = str(tmp_path / "nul.db")
+    eng = open_db(db)
+    base = {"pid": 1, "tid": 1, "cpu": 0, "uid": 0, "syscall_nr": 0, "syscall_name": "read",
+            "latency_ns": 5, "ret_value": 0, "is_error": 0, "arg0": 3, "host": "h"}
+    rows = [{**base, "stream_id": i, "timestamp": 1_800_000_000 * 10**9 + i,
+             "comm": "evil\0name" if i == 2 else "ok"} for i in range(1, 4)]
+    assert store_rows(eng, "syscall_events", rows) == (3, [])
+    with eng.begin() as c:
+        c.execute(schema.pipeline_accounting.insert().values(
+            timestamp=1, host="h", instance="i", source="scraper", event_type="",
+            metric="failed", reason="", value=1, detail="boom\0here", stream_id=5))
+    eng.dispose()
+    r = ks("copy-db", db, pg_url)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "U+0000" in r.stderr, r.stderr
+    assert "refused (U+0000 in text): 1" in r.stdout and "written as \\x00: 1" in r.stdout
+    pg = create_engine(pg_url)
+    with pg.connect() as c:
+        assert c.execute(text("SELECT comm FROM syscall_events ORDER BY stream_id")
+                         ).scalars().all() == ["ok", "ok"]
+        assert c.execute(text("SELECT detail FROM pipeline_accounting")).scalar_one() == \
+            "boom\\x00here"
+    pg.dispose()

@@ -8,7 +8,9 @@ lacks. What identifies a row:
 * event tables and their per-minute rollups, dead letters, ``rollup_state``: their unique key
   in the schema (an event's ``(host, stream_id)``, a rollup's host, minute and key columns, a
   dead letter's stream and entry id, a rollup state's table). Rows whose key DST already holds
-  are skipped by the database itself (``INSERT ... ON CONFLICT DO NOTHING``).
+  are skipped by the database itself (``INSERT ... ON CONFLICT DO NOTHING``). Event rows go in
+  the ingester's own way (storage.rows.store_rows: day partitions first on PostgreSQL, then
+  COPY into a staging table).
 * ``pipeline_accounting`` has no unique key (the report takes MAX per counter, so a repeated
   snapshot never counts twice): a row whose every column equals a row DST holds for the same
   instance is skipped.
@@ -17,6 +19,11 @@ lacks. What identifies a row:
 so a row's ``id`` differs between SRC and DST while its key does not. ``schema_meta`` is DST's
 own (DST is created or checked at this version first). Several sources can be copied into one
 DST; hosts never collide because every key includes the host.
+
+PostgreSQL text cannot hold U+0000 (SQLite's can, e.g. a hostile process name): an event row
+with one is not stored and is counted as refused (exit status 1: the copy is incomplete);
+in the other tables (accounting details, dead letters, rollup keys) the character is written
+as the four characters ``\x00``, as the ingester does, and counted as escaped.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from kernelsight import schema
 from kernelsight.config import db_label
 from kernelsight.exceptions import ConfigError, DatabaseError
 from kernelsight.sqlcompat import same_database
-from kernelsight.storage.postgres import Partitions
+from kernelsight.storage.rows import store_rows
 
 # Rows read from SRC per batch (one short transaction each on DST, so an interrupted copy
 # keeps what it committed and a re-run goes on from there).
@@ -48,10 +55,13 @@ class TableCopy:
     table: str
     read: int = 0
     copied: int = 0
+    refused: int = 0  # event rows PostgreSQL cannot store (U+0000 in a text value)
+    escaped: int = 0  # other rows whose U+0000 was written as \x00
 
     @property
     def skipped(self) -> int:
-        return self.read - self.copied
+        """Rows DST already had."""
+        return self.read - self.copied - self.refused
 
 
 def tables() -> list[Table]:
@@ -122,18 +132,42 @@ def _pages(src: Connection, table: Table, cols: list[str], batch: int,
             return
 
 
-def _copy_unique(src: Connection, dst: Engine, table: Table, batch: int,
-                 parts: Partitions | None) -> TableCopy:
+def _escape_nul(rows: list[tuple]) -> tuple[list[tuple], int]:
+    """Rows with U+0000 in a text value written as \\x00 (PostgreSQL text cannot hold it),
+    and how many rows changed."""
+    out, n = [], 0
+    for r in rows:
+        if any(isinstance(v, str) and "\0" in v for v in r):
+            n += 1
+            out.append(tuple(v.replace("\0", "\\x00") if isinstance(v, str) else v
+                             for v in r))
+        else:
+            out.append(r)
+    return out, n
+
+
+def _copy_events(src: Connection, dst: Engine, table: Table, batch: int) -> TableCopy:
     cols = _columns(table)
     tc = TableCopy(table.name)
-    partitioned = parts is not None and table.name in schema.TABLES
-    ts = cols.index("timestamp") if partitioned else -1
     for rows in _pages(src, table, cols, batch):
         tc.read += len(rows)
-        if partitioned:
-            # PostgreSQL's event tables have a partition per day: create those this batch
-            # needs first (rows of a day without one would stay in the DEFAULT partition).
-            parts.ensure(dst, table.name, {r[ts] for r in rows})  # type: ignore[union-attr]
+        stored, refused = store_rows(dst, table.name, [dict(zip(cols, r, strict=True))
+                                                        for r in rows])
+        tc.copied += stored
+        tc.refused += len(refused)
+    return tc
+
+
+def _copy_unique(src: Connection, dst: Engine, table: Table, batch: int) -> TableCopy:
+    cols = _columns(table)
+    tc = TableCopy(table.name)
+    pg = dst.dialect.name == "postgresql"
+    for page in _pages(src, table, cols, batch):
+        tc.read += len(page)
+        rows = page
+        if pg:
+            rows, n = _escape_nul(page)
+            tc.escaped += n
         with dst.begin() as d:
             tc.copied += insert_ignore(d, table, cols, rows)
     return tc
@@ -158,6 +192,9 @@ def _copy_accounting(src: Connection, dst: Engine, batch: int) -> TableCopy:
                 if r not in have:
                     have.add(r)
                     new.append(r)
+            if dst.dialect.name == "postgresql":
+                new, n = _escape_nul(new)
+                tc.escaped += n
             with dst.begin() as d:
                 tc.copied += insert_ignore(d, t, cols, new)
     return tc
@@ -168,13 +205,14 @@ def copy(src: Engine, dst: Engine, batch: int = BATCH_ROWS,
     """Copy every table of SRC into DST (both at this schema version); per table, the rows
     read and copied."""
     out = []
-    parts = Partitions() if dst.dialect.name == "postgresql" else None
     with src.connect() as s:
         for table in tables():
             if table is schema.pipeline_accounting:
                 tc = _copy_accounting(s, dst, batch)
+            elif table.name in schema.TABLES:
+                tc = _copy_events(s, dst, table, batch)
             else:
-                tc = _copy_unique(s, dst, table, batch, parts)
+                tc = _copy_unique(s, dst, table, batch)
             out.append(tc)
             if progress:
                 progress(tc)
@@ -214,7 +252,9 @@ def command(src: str, dst: str, batch_rows: int) -> None:
     click.echo(f"{'table':<32} {'in source':>12} {'copied':>12} {'already there':>14}")
 
     def show(tc: TableCopy) -> None:
-        click.echo(f"{tc.table:<32} {tc.read:>12,} {tc.copied:>12,} {tc.skipped:>14,}")
+        extra = (f"  refused (U+0000 in text): {tc.refused:,}" if tc.refused else "") + (
+            f"  U+0000 written as \\x00: {tc.escaped:,}" if tc.escaped else "")
+        click.echo(f"{tc.table:<32} {tc.read:>12,} {tc.copied:>12,} {tc.skipped:>14,}{extra}")
 
     try:
         res = copy(s, d, batch_rows, show)
@@ -226,6 +266,10 @@ def command(src: str, dst: str, batch_rows: int) -> None:
         s.dispose()
         d.dispose()
     read, copied = sum(t.read for t in res), sum(t.copied for t in res)
-    click.echo(f"total: {read:,} rows in source, {copied:,} copied, {read - copied:,} already "
-               f"there ({time.monotonic() - t0:.1f} s)")
+    refused = sum(t.refused for t in res)
+    click.echo(f"total: {read:,} rows in source, {copied:,} copied, "
+               f"{sum(t.skipped for t in res):,} already there ({time.monotonic() - t0:.1f} s)")
+    if refused:
+        raise DatabaseError(f"{refused:,} event rows were not copied: a text value holds "
+                            "U+0000, which PostgreSQL cannot store (listed per table above)")
     sys.exit(0)
