@@ -232,10 +232,9 @@ def command(src: str, dst: str, batch_rows: int) -> None:
     already has are skipped, so re-running copies only what is new. SRC is opened read-only.
 
     \b
-    Examples:
-      kernelsight copy-db data/kernelsight.db postgresql+psycopg://ks:PW@db:5432/kernelsight
-      kernelsight copy-db postgresql+psycopg://ks:PW@db/kernelsight data/copy.db
-    Put the password in PGPASSWORD or ~/.pgpass rather than in the URL (visible in ps).
+    Examples (the password from PGPASSWORD or ~/.pgpass: a URL's is visible in ps):
+      PGPASSWORD=... kernelsight copy-db data/kernelsight.db postgresql+psycopg://ks@db/kernelsight
+      PGPASSWORD=... kernelsight copy-db postgresql+psycopg://ks@db/kernelsight data/copy.db
     """
     from kernelsight.db import open_db, open_readonly
 
