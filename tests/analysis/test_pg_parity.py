@@ -326,3 +326,28 @@ def test_rollup_and_float_values_identical(recording, pg_copy):
     finally:
         con.close()
         eng.dispose()
+
+
+def test_baselines_stored_alike(recording, pg_url, tmp_path):
+    """`kernelsight baselines` (the one analysis command that writes) on both stores: the
+    same signals, medians and scales (doubles and BIGINTs on PostgreSQL too)."""
+    lite = tmp_path / "copy.db"
+    src = sqlite3.connect(f"file:{recording.db}?mode=ro", uri=True)
+    dst = sqlite3.connect(lite)
+    src.backup(dst)
+    src.close()
+    dst.close()
+    r = ks("copy-db", str(lite), pg_url)
+    assert r.returncode == 0, r.stderr
+    rows = []
+    for db in (str(lite), pg_url):
+        r = ks("baselines", "--db", db)
+        assert r.returncode == 0 and "stored" in r.stdout, r.stdout + r.stderr
+        eng = create_engine(db if "://" in db else f"sqlite:///{db}")
+        with eng.connect() as c:
+            rows.append([tuple(x) for x in c.execute(text(
+                "SELECT signal, unit, median, scale, samples, since_ns, until_ns, step_ns "
+                "FROM signal_baselines ORDER BY signal"))])
+        eng.dispose()
+    assert len(rows[0]) > 10
+    assert close(rows[0], rows[1])
