@@ -26,7 +26,8 @@ PID_TABLES = ("syscall_events", "syscall_wait_summaries", "page_fault_events",
 def test_registry_keeps_live_entries_and_prunes_the_rest(rclient: redis.Redis) -> None:
     """Entries are checked against /proc: a live pid with the recorded start time counts
     (with its descendants for a tree entry); an exited pid, a recycled pid (other start
-    time) and another pid namespace's entry do not, and the dead ones are removed."""
+    time) and an entry of a pid namespace that does not exist do not, and the dead ones are
+    removed."""
     host = f"selftest-{os.getpid()}"
     key = selfpids.KEY.format(host=host)
     rclient.delete(key)
@@ -49,11 +50,66 @@ def test_registry_keeps_live_entries_and_prunes_the_rest(rclient: redis.Redis) -
         got = selfpids.registered(rclient, host)
         assert got == {parent.pid, grandchild, os.getpid()}, got
         left = {int(k) for k in rclient.hkeys(key)}
-        assert left == {parent.pid, os.getpid(), 1}, left
+        # namespace 12345 does not exist and this test sees every namespace: pruned too
+        assert left == {parent.pid, os.getpid()}, left
     finally:
         parent.kill()
         parent.wait()
         rclient.delete(key)
+
+
+def test_entry_from_another_pid_namespace_maps_to_its_host_pid(rclient: redis.Redis) -> None:
+    """A KernelSight process in its own pid namespace (a container without `pid: host`)
+    registers its namespace's pid number; a tracer in the host's namespace filters the host
+    pid of that very process (NSpid), with its descendants for a tree entry, and never the
+    host process that happens to carry the same number. Once it exits, the entry is pruned."""
+    need_root()
+    host = f"selfns-{os.getpid()}"
+    key = selfpids.KEY.format(host=host)
+    rclient.delete(key)
+    code = ("import os, subprocess, sys, time\n"
+            "from kernelsight import selfpids\n"
+            "from kernelsight.streams import connect\n"
+            "r = connect(sys.argv[1], 2)\n"
+            "assert selfpids.register(r, sys.argv[2], tree=True)\n"
+            "c = subprocess.Popen(['sleep', '60'])\n"
+            "print(os.getpid(), c.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    redis_url = _url_of(rclient)
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+                          code, redis_url, host], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout
+        line = p.stdout.readline().split()
+        assert len(line) == 2, line
+        ns_pid = int(line[0])
+        assert ns_pid <= 3, ns_pid  # numbered inside its own namespace
+        assert {int(k) for k in rclient.hkeys(key)} == {ns_pid}
+        got = selfpids.registered(rclient, host)
+        # the python process and its sleep, by their host pids: the descendants of the
+        # unshare process, which is not ours (it did not register)
+        kids = selfpids.descendants(p.pid)
+        assert len(kids) == 2, kids  # python (pid 1 in its namespace) and its sleep
+        py = [k for k in kids if selfpids.descendants(k)]
+        assert len(py) == 1 and selfpids.pid_namespace(py[0]) != selfpids.pid_namespace()
+        assert got == kids, (got, kids)  # by host pid; not host pid 1 (systemd/init)
+        assert ns_pid not in got
+        assert p.pid not in got
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(p.pid)], check=False)
+        p.kill()
+        p.wait()
+    # the namespace's init is killed, then the kernel kills the rest: give it a moment
+    deadline = time.monotonic() + 10
+    while selfpids.registered(rclient, host) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert selfpids.registered(rclient, host) == set()
+    assert rclient.hlen(key) == 0  # the dead entry was pruned
+
+
+def _url_of(r: redis.Redis) -> str:
+    kw = r.connection_pool.connection_kwargs
+    return f"unix://:{kw['password']}@{kw['path']}?db=0"
 
 
 def ks_pids(stack) -> set[int]:

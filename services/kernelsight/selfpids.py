@@ -11,8 +11,9 @@ tracer also always ignores its own process, with or without Redis.
 
 How it is applied: every tracer loads ``bpf/ks_self.h`` (a tgid array the verifier inlines)
 and runs a :class:`SelfFilter`, a thread that every ``SYNC_S`` reads the hash, checks each
-entry against /proc (same start time, so a recycled pid is never filtered; same pid namespace,
-so a container's own pid numbers are never taken for host pids) and updates the BPF map with
+entry against /proc (same start time, so a recycled pid is never filtered; a container's pid
+numbers are translated through /proc/PID/status's NSpid within the entry's pid namespace, never
+taken for host pids) and updates the BPF map with
 only the differences. Dead entries are removed from the hash. A restarted process is filtered
 within ``SYNC_S`` of its registration (``kernelsight run`` registers a child right after
 starting it, before its first import).
@@ -133,15 +134,46 @@ def descendants(pid: int, procfs: str = "/proc", limit: int = 4096) -> set[int]:
     return out
 
 
+PROC_PID_INIT_INO = 0xEFFFFFFC  # the kernel's initial pid namespace's inode number (fixed)
+
+
+def ns_pid_index(namespaces: set[int], procfs: str = "/proc") -> dict[tuple[int, int], int]:
+    """(pid namespace inode, pid inside it) -> pid here, for the processes of those
+    namespaces that this procfs shows (a container's processes, seen from the host's pid
+    namespace: the last NSpid field of /proc/PID/status is the innermost pid)."""
+    out: dict[tuple[int, int], int] = {}
+    try:
+        names = os.listdir(procfs)
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        ino = pid_namespace(name, procfs)
+        if ino not in namespaces:
+            continue
+        try:
+            with open(f"{procfs}/{name}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"NSpid:"):
+                        out[(ino, int(line.split()[-1]))] = int(name)
+                        break
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def registered(r: redis.Redis, host: str, procfs: str = "/proc",
                prune: bool = True) -> set[int]:
     """The pids (host pid namespace = ours) that are KernelSight's own right now: every
-    live registered entry and the descendants of tree entries. Dead entries are pruned."""
+    live registered entry and the descendants of tree entries, including entries registered
+    from another pid namespace that this procfs shows. Dead entries are pruned."""
     key = KEY.format(host=host)
     raw = r.hgetall(key)
     ns = pid_namespace()
     out: set[int] = set()
     dead: list[bytes] = []
+    foreign: list[tuple[bytes, int, int, int, bool]] = []
     for k, v in raw.items():
         try:
             pid = int(k)
@@ -151,13 +183,30 @@ def registered(r: redis.Redis, host: str, procfs: str = "/proc",
             dead.append(k)
             continue
         if ens != ns:
-            continue  # another pid namespace's numbers (a container): not ours to apply
+            foreign.append((k, pid, ens, start, tree))
+            continue
         if proc_start(pid, procfs) != start:
             dead.append(k)  # exited (or the pid was recycled)
             continue
         out.add(pid)
         if tree:
             out |= descendants(pid, procfs)
+    if foreign:
+        # Another pid namespace's numbers (a container's KernelSight processes): mapped to
+        # ours through /proc, when this procfs shows that namespace (compose's tracer runs
+        # with `pid: host`). The start time (clock ticks since boot) is the same in both.
+        index = ns_pid_index({f[2] for f in foreign}, procfs)
+        seen_ns = {ino for ino, _ in index}
+        for k, nspid, ens, start, tree in foreign:
+            here = index.get((ens, nspid))
+            if here is not None and proc_start(here, procfs) == start:
+                out.add(here)
+                if tree:
+                    out |= descendants(here, procfs)
+            elif ens in seen_ns or ns == PROC_PID_INIT_INO:
+                # That namespace is visible and the process is not in it, or we see every
+                # namespace and it is gone (a removed container): dead.
+                dead.append(k)
     if dead and prune:
         with contextlib.suppress(redis.RedisError):
             r.hdel(key, *dead)
