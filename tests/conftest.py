@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from kernelsight import schema
 from kernelsight.config import Settings
 from kernelsight.pg_server import TemporaryPostgres
 from kernelsight.redis_cluster import LocalRedisCluster
@@ -70,6 +71,9 @@ def redis_cluster() -> Iterator[LocalRedisCluster]:
 def redis_url(redis_server: PrivateRedis) -> str:
     r = redis.Redis.from_url(redis_server.url)
     r.flushall()
+    # The settings fixture's host, registered as its producers would (streams.register):
+    # ingesters read the hosts in the registry, and tests write to its streams directly.
+    r.sadd(schema.HOSTS_KEY, "testhost")
     r.close()
     return redis_server.url
 

@@ -13,6 +13,8 @@ from sqlalchemy import text
 from kernelsight import schema
 from kernelsight.db import open_readonly
 
+H = "testhost"  # the settings fixture's host
+
 TS = 1_800_000_000 * 10**9
 GOOD = {"timestamp": TS, "host": "h1", "instance": "scraper-1", "source": "scraper",
         "counters": [["memory_metrics", "produced", "", 7, ""],
@@ -68,10 +70,10 @@ RAW = {
 def test_crafted_accounting_entries_are_dead_lettered(settings, rclient):
     ids = {}
     for name, (obj, _) in CASES.items():
-        ids[rclient.xadd(schema.ACCOUNTING_STREAM, {b"d": orjson.dumps(obj)}).decode()] = name
+        ids[rclient.xadd(schema.accounting_stream(H), {b"d": orjson.dumps(obj)}).decode()] = name
     for name, (raw, _) in RAW.items():
-        ids[rclient.xadd(schema.ACCOUNTING_STREAM, {b"d": raw}).decode()] = name
-    rclient.xadd(schema.ACCOUNTING_STREAM, {b"d": orjson.dumps(GOOD)})
+        ids[rclient.xadd(schema.accounting_stream(H), {b"d": raw}).decode()] = name
+    rclient.xadd(schema.accounting_stream(H), {b"d": orjson.dumps(GOOD)})
     res = subprocess.run([sys.executable, "-m", "kernelsight", "ingest", "--drain",
                           "--redis-url", settings.redis_url, "--db", settings.db_path],
                          capture_output=True, text=True, timeout=300, check=False)
@@ -80,7 +82,7 @@ def test_crafted_accounting_entries_are_dead_lettered(settings, rclient):
     with eng.connect() as c:
         dead = {eid: reason for eid, reason in c.execute(text(
             "SELECT entry_id, reason FROM dead_letters WHERE stream = :s"),
-            {"s": schema.ACCOUNTING_STREAM})}
+            {"s": schema.accounting_stream(H)})}
         stored = sorted(tuple(r) for r in c.execute(text(
             "SELECT host, instance, source, event_type, metric, reason, value, detail "
             "FROM pipeline_accounting WHERE instance = 'scraper-1'")))
@@ -101,7 +103,7 @@ def test_longest_accepted_values(settings, rclient):
     name = "n" * 64
     entry = bad(host="h" * 255, instance="i" * 200, source=name, counters=[
         [name, name, "r" * 200, 2**63 - 1, "d" * 500]])
-    rclient.xadd(schema.ACCOUNTING_STREAM, {b"d": orjson.dumps(entry)})
+    rclient.xadd(schema.accounting_stream(H), {b"d": orjson.dumps(entry)})
     res = subprocess.run([sys.executable, "-m", "kernelsight", "ingest", "--drain",
                           "--redis-url", settings.redis_url, "--db", settings.db_path],
                          capture_output=True, text=True, timeout=300, check=False)

@@ -16,7 +16,9 @@ from kernelsight import schema
 from kernelsight.config import Settings
 from kernelsight.ingest import Ingester
 from kernelsight.loadgen import make_event
-from kernelsight.streams import FIELD
+from kernelsight.streams import FIELD, register
+
+H = "h"  # the ingester's host below
 
 TYPES = [et.name for et in schema.EVENT_TYPES]
 
@@ -99,14 +101,15 @@ def test_hostile_entries_are_dead_lettered_and_batch_goes_on(redis_server, tmp_p
         if kind == "good":
             name = rng.choice(TYPES)
             ev = make_event(schema.BY_NAME[name], rng, "h", 1_700_000_000 * 10**9)
-            r.xadd(schema.STREAM_PREFIX + name, {FIELD: orjson.dumps(ev)})
+            r.xadd(schema.stream_key(H, name), {FIELD: orjson.dumps(ev)})
             good_by_type[name] = good_by_type.get(name, 0) + 1
         else:
             name, payload = item
-            r.xadd(schema.STREAM_PREFIX + name, {FIELD: payload} if payload is not None
+            r.xadd(schema.stream_key(H, name), {FIELD: payload} if payload is not None
                    else {b"x": b"y"})
     # An event type nobody owns is dead-lettered too, not left unseen.
-    r.xadd(schema.STREAM_PREFIX + "bogus_events", {FIELD: b"{}"})
+    r.xadd(schema.stream_key(H, "bogus_events"), {FIELD: b"{}"})
+    register(r, H, [schema.stream_key(H, "bogus_events")])  # as its producer would
     ing = Ingester(Settings(redis_url=url, db_path=str(db), host="h", batch_size=7))
     ing.request_stop(drain=True)
     ing.run()
@@ -119,6 +122,6 @@ def test_hostile_entries_are_dead_lettered_and_batch_goes_on(redis_server, tmp_p
     assert all(d.split(":")[0] in {
         "decode_error", "too_large", "wrong_type", "out_of_range", "missing_field",
         "unknown_field", "not_an_object", "unknown_event_type"} for d in dead), dead
-    assert r.xlen(schema.DEADLETTER_STREAM) == len(bad) + 1
+    assert r.xlen(schema.deadletter_stream(H)) == len(bad) + 1
     ing.engine.dispose()
     r.close()

@@ -6,6 +6,7 @@ password in the environment or one Redis cannot take is refused with one line.""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -146,8 +147,9 @@ def test_healthcheck_key_names_are_kernelsights() -> None:
     from kernelsight.streams import HEALTH_KEY
 
     hc = load_healthcheck()
-    assert (hc.HEALTH_KEY, hc.STATUS_KEY, hc.ACCOUNTING_STREAM, hc.INGEST_GROUP) == (
-        HEALTH_KEY, STATUS_KEY, schema.ACCOUNTING_STREAM, schema.INGEST_GROUP)
+    assert (hc.HEALTH_KEY, hc.STATUS_KEY, hc.ACCOUNTING_STREAM.format(host="h1"),
+            hc.INGEST_GROUP) == (HEALTH_KEY, STATUS_KEY, schema.accounting_stream("h1"),
+                                 schema.INGEST_GROUP)
     assert hc.RQ_QUEUE_WORKERS == WORKERS_BY_QUEUE_KEY % QUEUE
     assert tuple(collectors.ALL) == hc.COLLECTORS
 
@@ -187,9 +189,10 @@ def test_healthcheck_against_real_redis(redis_url: str, rclient: redis.Redis) ->
     assert healthcheck(redis_url, "syscalls", "io")[0] == 0  # a failed one counts as reported
 
     assert healthcheck(redis_url, "ingest")[0] == 1  # no group yet
-    rclient.xgroup_create(schema.ACCOUNTING_STREAM, schema.INGEST_GROUP, id="0", mkstream=True)
-    rclient.xadd(schema.ACCOUNTING_STREAM, {"d": "{}"})
-    rclient.xreadgroup(schema.INGEST_GROUP, "c1", {schema.ACCOUNTING_STREAM: ">"}, count=1)
+    acc = schema.accounting_stream(os.environ.get("KS_HOST") or socket.gethostname())
+    rclient.xgroup_create(acc, schema.INGEST_GROUP, id="0", mkstream=True)
+    rclient.xadd(acc, {"d": "{}"})
+    rclient.xreadgroup(schema.INGEST_GROUP, "c1", {acc: ">"}, count=1)
     rc, out = healthcheck(redis_url, "ingest")
     assert rc == 0 and "consumer read" in out, out
 

@@ -24,6 +24,8 @@ from kernelsight.redis_server import PrivateRedis
 from kernelsight.report import build
 from kernelsight.streams import FIELD, HEALTH_KEY, Publisher, connect
 
+H = "testhost"  # the settings fixture's host
+
 
 def start_ingest(settings: Settings, log: Path, consumer: str = "ingest-1",
                  extra: dict | None = None) -> subprocess.Popen:
@@ -211,7 +213,7 @@ def test_two_ingest_workers_share_without_duplicates(settings, tmp_path):
     produced, stored, _, bad = conservation(settings.db_path)
     r = connect(settings.redis_url)
     per = {c["name"]: c["pending"] for c in r.xinfo_consumers(
-        schema.BY_NAME["page_fault_events"].stream, schema.INGEST_GROUP)}
+        schema.BY_NAME["page_fault_events"].stream_for(H), schema.INGEST_GROUP)}
     logs = [(tmp_path / n).read_text() for n in ("a.log", "b.log")]
     shares = [int(lg.rsplit("stored ", 1)[1].split(",")[0]) for lg in logs]
     print(f"\ntwo workers: produced {produced}, stored {stored}, shares {shares}, {per}")
@@ -228,12 +230,12 @@ def test_resent_chunk_is_not_stored_twice(settings, rclient):
     rng = random.Random(1)
     pub.publish(et.name, [make_event(et, rng, "t", time.time_ns()) for _ in range(300)])
     chunk = list(pub._buf)
-    pub._xadd_all(chunk, [et.stream])  # delivered, but suppose the reply never came back
+    pub._xadd_all(chunk, [et.stream_for(H)])  # delivered, but suppose the reply never came back
     pub.flush(final=True)  # the buffer still holds the chunk: it is sent again
-    assert rclient.xlen(et.stream) == 300
+    assert rclient.xlen(et.stream_for(H)) == 300
     assert pub.resent_dupes == 300
     # Another producer ahead of us on the same stream: our entries get fresh ids, none lost.
-    rclient.xadd(et.stream, {FIELD: b"{}"}, id=f"{int(time.time() * 1000) + 60_000}-0")
+    rclient.xadd(et.stream_for(H), {FIELD: b"{}"}, id=f"{int(time.time() * 1000) + 60_000}-0")
     pub.publish(et.name, [make_event(et, rng, "t", time.time_ns()) for _ in range(50)])
     pub.close()
-    assert rclient.xlen(et.stream) == 300 + 1 + 50
+    assert rclient.xlen(et.stream_for(H)) == 300 + 1 + 50

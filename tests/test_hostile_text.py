@@ -19,6 +19,8 @@ import redis
 
 from kernelsight import schema
 
+H = "testhost"  # the settings fixture's host
+
 OSC8 = "\x1b]8;;http://evil.example/\x1b\\click\x1b]8;;\x1b\\"
 HOSTILE = [
     "[/x]",
@@ -66,18 +68,18 @@ def publish_hostile(r: redis.Redis) -> None:
     counters.append(["", "failed", "", 1, "\n".join(HOSTILE)])
     counters.append(["", "failed", "", 1, BIG])
     for i, c in enumerate(counters):  # one entry each: the ingester refuses some, stores others
-        r.xadd(schema.ACCOUNTING_STREAM, {b"d": payload({
+        r.xadd(schema.accounting_stream(H), {b"d": payload({
             "timestamp": ts, "host": "h", "instance": f"evil-{i}", "source": "scraper",
             "counters": [c]})})
     for name in ("syscall_events", "io_latency_stats", "block_stats", "page_fault_events"):
         et = schema.BY_NAME[name]
         for i, s in enumerate(HOSTILE):
-            r.xadd(et.stream, {b"d": payload(event_row(et, s, ts + i))})
+            r.xadd(et.stream_for(H), {b"d": payload(event_row(et, s, ts + i))})
         bad = event_row(et, "x", ts)  # dead letters whose reasons carry the hostile strings
-        r.xadd(et.stream, {b"d": payload({**bad, OSC8: 1, "[/x]": 2})})
-        r.xadd(et.stream, {b"d": b'{"timestamp": "\xff\xfe\x1b[2J", "host": "[/x]"}'})
-        r.xadd(et.stream, {b"d": b'{"host": "\\ud800\\u001b[2J"}'})
-        r.xadd(et.stream, {b"d": payload({**bad, "timestamp": BIG})})
+        r.xadd(et.stream_for(H), {b"d": payload({**bad, OSC8: 1, "[/x]": 2})})
+        r.xadd(et.stream_for(H), {b"d": b'{"timestamp": "\xff\xfe\x1b[2J", "host": "[/x]"}'})
+        r.xadd(et.stream_for(H), {b"d": b'{"host": "\\ud800\\u001b[2J"}'})
+        r.xadd(et.stream_for(H), {b"d": payload({**bad, "timestamp": BIG})})
 
 
 def ks(*args: str, colour: bool) -> subprocess.CompletedProcess:

@@ -21,6 +21,8 @@ from kernelsight.ingest import Ingester, backlog
 from kernelsight.loadgen import make_event
 from kernelsight.streams import FIELD, Publisher, connect
 
+H = "testhost"  # the settings fixture's host
+
 
 def valid_row(et: schema.EventType, i: int = 0) -> dict:
     return make_event(et, random.Random(i), "testhost", time.time_ns())
@@ -68,7 +70,7 @@ def test_conservation_and_dead_letters(settings, rclient):
         pub.publish(et.name, [valid_row(et, i)])
         per_type[et.name] = per_type.get(et.name, 0) + 1
     pub.close()
-    sys_stream = schema.BY_NAME["syscall_events"].stream
+    sys_stream = schema.BY_NAME["syscall_events"].stream_for(H)
     good = valid_row(schema.BY_NAME["syscall_events"])
     bad = {
         "decode_error": {FIELD: b"{not json"},
@@ -80,7 +82,7 @@ def test_conservation_and_dead_letters(settings, rclient):
     }
     for fields in bad.values():
         rclient.xadd(sys_stream, fields)
-    rclient.xadd(schema.BY_NAME["syscall_events"].stream, {b"other": b"x"})  # no payload
+    rclient.xadd(schema.BY_NAME["syscall_events"].stream_for(H), {b"other": b"x"})  # no payload
     ing = drain(settings)
     counts = table_counts(ing.engine)
     for name, n in per_type.items():
@@ -90,10 +92,10 @@ def test_conservation_and_dead_letters(settings, rclient):
         reasons = sorted(r.split(":")[0] for (r,) in c.execute(
             text("SELECT reason FROM dead_letters")))
     assert reasons == sorted([*bad, "missing_field"])
-    assert rclient.xlen(schema.DEADLETTER_STREAM) == len(bad) + 1
+    assert rclient.xlen(schema.deadletter_stream(H)) == len(bad) + 1
     assert backlog(rclient) == 0
     # Re-delivering everything (as after a lost XACK) stores nothing twice.
-    for s in [et.stream for et in schema.EVENT_TYPES]:
+    for s in [et.stream_for(H) for et in schema.EVENT_TYPES]:
         rclient.xgroup_setid(s, schema.INGEST_GROUP, "0")
     ing2 = drain(settings)
     assert sum(table_counts(ing2.engine).values()) == n_good
@@ -196,7 +198,7 @@ def test_own_pending_entries_are_reclaimed(settings, rclient):
     ing.ensure_groups()
     # Read without processing: the entries are now pending on this consumer, as after a crash.
     got = ing._read(">", None, 1000)
-    assert sum(len(es) for s, es in got if s == et.stream.encode()) == 100
+    assert sum(len(es) for s, es in got if s == et.stream_for(H).encode()) == 100
     assert backlog(rclient) == 101  # plus the publisher's accounting snapshot
     ing2 = drain(settings)
     assert table_counts(ing2.engine)["load_metrics"] == 100

@@ -154,5 +154,5 @@ def test_ingester_that_stays_down_is_counted_as_loss(tmp_path):
     in_line = dict(part.rsplit(" ", 1) for part in line.split("(")[1].split(")")[0].split(
         ", "))
     events = {k: int(v.replace(",", "")) for k, v in in_line.items()
-              if k != "kernelsight:accounting"}
+              if k != "accounting"}
     assert recorded == events and total >= sum(events.values())

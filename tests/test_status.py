@@ -36,7 +36,8 @@ def test_status_of_a_running_pipeline(settings, tmp_path: Path) -> None:
         assert st["components"]["ingest"]["healthy"] is True
         assert st["components"]["scraper"]["state"] == "started"
         assert 0 <= st["components"]["scraper"]["heartbeat_age_s"] < 10
-        mem = next(s for s in st["streams"] if s["stream"] == "kernelsight:events:memory_metrics")
+        mem_stream = "kernelsight:{testhost}:events:memory_metrics"
+        mem = next(s for s in st["streams"] if s["stream"] == mem_stream)
         assert mem["backlog"] == mem["lag"] + mem["pending"] >= 0
         assert 0 < st["database"]["size_bytes"] <= Path(settings.db_path).stat().st_size
         assert "password" not in p.stdout and settings.redis_url not in p.stdout
@@ -45,7 +46,7 @@ def test_status_of_a_running_pipeline(settings, tmp_path: Path) -> None:
 
         text_out = status(*args)
         assert text_out.returncode == 0, text_out.stdout
-        assert "kernelsight:events:memory_metrics" in text_out.stdout
+        assert "kernelsight:{testhost}:events:memory_metrics" in text_out.stdout
         assert text_out.stdout.rstrip().endswith("healthy")
 
         # A component that should run but has never reported: unhealthy, exit 1.

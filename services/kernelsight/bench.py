@@ -35,7 +35,7 @@ from kernelsight.config import Settings
 from kernelsight.ingest import Ingester, run_ingest
 from kernelsight.loadgen import pool
 from kernelsight.redis_server import PrivateRedis
-from kernelsight.streams import FIELD, Publisher
+from kernelsight.streams import FIELD, Publisher, register
 
 FIGURES = (
     "ingest_events_per_s", "ingest_floor_events_per_s", "ingest_ratio",
@@ -70,10 +70,11 @@ class Bench:
         r.flushall()
         events = pool("benchhost", seed=7, size=1000)
         ts = time.time_ns()
+        register(r, "benchhost")  # ingesters find a host's streams in the registry
         pipe = r.pipeline(transaction=False)
         for i in range(n):
             name, row = events[i % len(events)]
-            pipe.xadd(schema.STREAM_PREFIX + name, {FIELD: orjson.dumps({**row,
+            pipe.xadd(schema.stream_key("benchhost", name), {FIELD: orjson.dumps({**row,
                                                                          "timestamp": ts})})
             if i % 2000 == 1999:
                 pipe.execute()
@@ -90,8 +91,9 @@ class Bench:
             cols = ("timestamp", "host", *et.column_names)
             con.execute(f"CREATE TABLE {et.name} (id INTEGER PRIMARY KEY, "
                         f"{', '.join(cols)})")
-            sqls[et.stream.encode()] = (f"INSERT INTO {et.name} ({', '.join(cols)}) VALUES "
-                                        f"({', '.join('?' * len(cols))})", cols)
+            sqls[et.stream_for("benchhost").encode()] = (
+                f"INSERT INTO {et.name} ({', '.join(cols)}) VALUES "
+                f"({', '.join('?' * len(cols))})", cols)
         last = {s: b"0" for s in sqls}
         n = 0
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import re
 import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from kernelsight import defaults
 from kernelsight.exceptions import ConfigError
@@ -51,6 +51,10 @@ class Settings:
             check_redis_url(self.redis_url)
         if is_db_url(self.db_path):
             check_db_url(self.db_path)
+        from kernelsight.schema import host_problem
+
+        if (why := host_problem(self.host)) is not None:
+            raise ConfigError(f"--host: {why}; it names the host's Redis keys, use a plain name")
         for name in ("interval",):
             v = getattr(self, name)
             if not (0 < v <= 3600):
@@ -146,7 +150,34 @@ def parse_size(value: str, flag: str = "--retention-size") -> int:
     return n
 
 
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def cluster_nodes(url: str) -> tuple[str | None, list[tuple[str, int]]]:
+    """``redis+cluster://[:PASSWORD@]host:port[,host:port...]`` -> (password, seed nodes).
+    Raises ValueError for anything else."""
+    rest = url.split("://", 1)[1]
+    userinfo, at, hosts = rest.rpartition("@")
+    password = unquote(userinfo.partition(":")[2]) if at else None
+    hosts = hosts.split("/", 1)[0].split("?", 1)[0]
+    nodes = []
+    for part in hosts.split(","):
+        h, colon, port = part.strip().rpartition(":")
+        if not colon or not h or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad cluster node {part!r}")
+        nodes.append((h.strip("[]"), int(port)))
+    return password or None, nodes
+
+
 def check_redis_url(url: str) -> str:
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        try:
+            cluster_nodes(url)
+            return url
+        except ValueError:
+            raise ConfigError(
+                f"redis URL {redact(url)!r} is not valid; a cluster is "
+                "redis+cluster://[:password@]host:port[,host:port...]") from None
     try:
         p = urlparse(url)
         ok = p.scheme in ("redis", "rediss", "unix") and (p.scheme == "unix" or bool(p.hostname))
@@ -156,7 +187,8 @@ def check_redis_url(url: str) -> str:
         ok = False
     if not ok:
         raise ConfigError(
-            f"redis URL {redact(url)!r} is not valid; use redis://[:password@]host:port/0")
+            f"redis URL {redact(url)!r} is not valid; use redis://[:password@]host:port/0 (or "
+            "redis+cluster://[:password@]host:port[,host:port...] for a cluster)")
     return url
 
 

@@ -32,6 +32,7 @@ STATUS_KEY = "kernelsight:status:{name}"
 # Setting this key asks every collector watching this Redis to finish (flush, publish its final
 # accounting, exit 0). It is how the compose stress job stops collectors it cannot signal.
 STOP_KEY = "kernelsight:control:stop"
+ACCOUNTING = "accounting"  # backlog_by_stream's key for the accounting streams
 
 
 def _set_status(settings: Settings, name: str, state: str, detail: str = "") -> None:
@@ -413,11 +414,15 @@ class IngestSupervisor:
         return self.alive
 
 
-def backlog_by_stream(r: redis.Redis) -> dict[str, int]:
-    """Entries each KernelSight stream still holds that the ingest group has not stored
-    (undelivered + unacknowledged; a stream the group never read counts whole)."""
+def backlog_by_stream(r: redis.Redis, host: str | None = None) -> dict[str, int]:
+    """Entries the KernelSight streams still hold that the ingest group has not stored
+    (undelivered + unacknowledged; a stream the group never read counts whole), per event
+    table (accounting under its own key), summed over every registered host (and ``host``)."""
+    from kernelsight.ingest.validate import stream_table
+    from kernelsight.streams import all_streams
+
     out: dict[str, int] = {}
-    for et_stream in [et.stream for et in schema.EVENT_TYPES] + [schema.ACCOUNTING_STREAM]:
+    for et_stream in all_streams(r, [host] if host else []):
         n = int(r.xlen(et_stream))
         if not n:
             continue
@@ -434,7 +439,10 @@ def backlog_by_stream(r: redis.Redis) -> dict[str, int]:
             last = last.decode() if isinstance(last, bytes) else last
             left = len(r.xrange(et_stream, "(" + last, "+")) + int(g["pending"])
         if left:
-            out[et_stream.removeprefix(schema.STREAM_PREFIX)] = left
+            parts = schema.split_key(et_stream)
+            key = ACCOUNTING if parts and parts[1] == schema.ACCOUNTING_PART else stream_table(
+                et_stream)
+            out[key] = out.get(key, 0) + left
     return out
 
 
@@ -450,7 +458,7 @@ def record_loss(settings: Settings, left: dict[str, int], reason: str) -> bool:
     rows = [{"timestamp": now_ns(), "host": settings.host, "source": "runner",
              "instance": f"runner@{settings.host}:{os.getpid()}", "event_type": et,
              "metric": schema.DROPPED, "reason": reason, "value": n, "detail": None,
-             "stream_id": None} for et, n in left.items() if et != schema.ACCOUNTING_STREAM]
+             "stream_id": None} for et, n in left.items() if et != ACCOUNTING]
     if not rows:
         return True
     try:
@@ -559,7 +567,7 @@ def _drain(stack: Stack, sup: IngestSupervisor, rec: RunRecorder,
     rec.verdict("drained" if drained else "unstored-entries")
     rc = stack.drain_ingest() if sup.alive else (stack.ingest.popen.returncode
                                                  if stack.ingest else 1)
-    left = backlog_by_stream(r)
+    left = backlog_by_stream(r, stack.settings.host)
     r.close()
     if left and not stack.redis:
         echo(f"{sum(left.values()):,} entries are still in the shared Redis, unstored ("

@@ -42,10 +42,61 @@ REBUILD_UPGRADES = {4: 5}  # from -> to: event tables rebuilt with their new uni
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-STREAM_PREFIX = "kernelsight:events:"
-ACCOUNTING_STREAM = "kernelsight:accounting"
-DEADLETTER_STREAM = "kernelsight:deadletter"
+# Redis key names, one naming in every mode (a single Redis or a Redis Cluster). Every key
+# that belongs to a host carries the host as a hash tag, ``kernelsight:{<host>}:...``, so all
+# of a host's keys share one cluster slot: a producer's chunk script, an XREADGROUP over the
+# host's streams and every pipeline stay within one slot. Ingesters find hosts in HOSTS_KEY
+# (SADDed by each producer at start and with each heartbeat), never by SCAN, which on a
+# cluster would have to ask every master.
+HOSTS_KEY = "kernelsight:hosts"
+HOST_KEY = "kernelsight:{{{host}}}:{name}"  # .format(host=..., name=...): any per-host key
 INGEST_GROUP = "kernelsight-ingest"
+EVENTS_PART = "events:"
+ACCOUNTING_PART = "accounting"
+DEADLETTER_PART = "deadletter"
+
+
+def host_key(host: str, name: str) -> str:
+    """``kernelsight:{<host>}:<name>``: a key in the host's slot."""
+    return HOST_KEY.format(host=host, name=name)
+
+
+def stream_key(host: str, table: str) -> str:
+    """The host's stream of one event table: ``kernelsight:{<host>}:events:<table>``."""
+    return HOST_KEY.format(host=host, name=EVENTS_PART + table)
+
+
+def accounting_stream(host: str) -> str:
+    return HOST_KEY.format(host=host, name=ACCOUNTING_PART)
+
+
+def deadletter_stream(host: str) -> str:
+    return HOST_KEY.format(host=host, name=DEADLETTER_PART)
+
+
+def host_streams(host: str) -> list[str]:
+    """Every stream the ingest group reads for one host: its event streams, then accounting."""
+    return [stream_key(host, et.name) for et in EVENT_TYPES] + [accounting_stream(host)]
+
+
+def split_key(key: str | bytes) -> tuple[str, str] | None:
+    """``kernelsight:{<host>}:<name>`` -> (host, name); None for any other key."""
+    if isinstance(key, bytes):
+        key = key.decode(errors="replace")
+    if not key.startswith("kernelsight:{"):
+        return None
+    host, sep, name = key[len("kernelsight:{"):].partition("}:")
+    return (host, name) if sep and host else None
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` cannot name a host's keys, or None: it is a Redis Cluster hash tag, so no
+    braces (the tag would end early and the host's keys spread over slots)."""
+    if not host:
+        return "the host name is empty"
+    if "{" in host or "}" in host:
+        return f"host name {host!r} contains a brace"
+    return None
 
 
 # How a column rolls up into its table's per-minute rollup (<table>_1m):
@@ -96,9 +147,9 @@ class EventType:
     indexes: tuple[tuple[str, ...], ...] = ()
     core: bool = True  # one of the ten event types the stress verdict counts
 
-    @property
-    def stream(self) -> str:
-        return STREAM_PREFIX + self.name
+    def stream_for(self, host: str) -> str:
+        """This table's stream for ``host`` (schema.stream_key)."""
+        return stream_key(host, self.name)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -240,7 +291,6 @@ EVENT_TYPES: tuple[EventType, ...] = (
 )
 
 BY_NAME: dict[str, EventType] = {e.name: e for e in EVENT_TYPES}
-BY_STREAM: dict[str, EventType] = {e.stream: e for e in EVENT_TYPES}
 CORE_EVENT_TYPES: tuple[EventType, ...] = tuple(e for e in EVENT_TYPES if e.core)
 
 _SQL = {"int": BigInteger, "float": Float, "str": Text}

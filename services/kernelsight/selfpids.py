@@ -33,7 +33,7 @@ import redis
 
 log = logging.getLogger(__name__)
 
-KEY = "kernelsight:self:{host}"
+KEY = "kernelsight:{{{host}}}:self"  # schema.host_key(host, "self"): in the host's slot
 SYNC_S = 2.0  # how often a tracer re-reads the registry (a restarted process waits this long)
 TTL_S = 7 * 86400  # the hash expires if nothing registers for a week
 

@@ -71,13 +71,14 @@ def collector_states(r: redis.Redis, names: tuple[str, ...] = collectors.ALL
     return {n: orjson.loads(v) for n, v in zip(names, raw, strict=True) if v}
 
 
-def stream_stats(r: redis.Redis, group: str = schema.INGEST_GROUP) -> list[StreamStat]:
-    """XLEN, lag and pending of the ingest group on every stream under the prefix."""
-    names = {et.stream.encode() for et in schema.EVENT_TYPES} | {
-        schema.ACCOUNTING_STREAM.encode()} | set(
-        r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000, _type="stream"))
+def stream_stats(r: redis.Redis, group: str = schema.INGEST_GROUP,
+                 host: str | None = None) -> list[StreamStat]:
+    """XLEN, lag and pending of the ingest group on every registered host's streams (and
+    ``host``'s)."""
+    from kernelsight.streams import all_streams
+
     out = []
-    for s in sorted(names):
+    for s in all_streams(r, [host] if host else []):
         try:
             length = r.xlen(s)
             groups = r.xinfo_groups(s)
@@ -181,7 +182,7 @@ def _gather_redis(st: Status, s: Settings, expect: tuple[str, ...] | None,
     try:
         beats = heartbeats(r)
         states = collector_states(r)
-        st.streams = stream_stats(r)
+        st.streams = stream_stats(r, host=s.host)
     except redis.RedisError as e:
         st.redis_error = f"cannot reach Redis at {redact(s.redis_url)} ({e})"
         st.problems.append(st.redis_error)

@@ -1,7 +1,10 @@
 """Redis stream transport: names, encoding, and the producer side (Publisher).
 
 Each event is one stream entry with a single field ``d`` holding the event as JSON (orjson),
-so ``redis-cli XRANGE kernelsight:events:syscall_events - + COUNT 5`` is readable.
+so ``redis-cli XRANGE 'kernelsight:{myhost}:events:syscall_events' - + COUNT 5`` is readable.
+Every key of a host carries the host as a hash tag (schema.host_key), so on a Redis Cluster a
+host's streams, markers and probes share one slot; producers register their host (and the
+streams they write) so that ingesters find them without SCAN.
 
 The Publisher never blocks a collector on Redis: events go to a bounded in-memory buffer which
 is flushed in pipelined transactions. While Redis is unreachable, or a stream holds more than
@@ -25,10 +28,11 @@ from itertools import islice
 
 import orjson
 import redis
+from redis.exceptions import RedisClusterException
 
 from kernelsight import defaults, resp, schema, streamid
 from kernelsight.clock import now_ns
-from kernelsight.config import Settings, redact
+from kernelsight.config import CLUSTER_SCHEME, Settings, cluster_nodes, redact
 from kernelsight.exceptions import RedisUnavailable
 from kernelsight.streamid import MS_MAX, SEQ_MAX, IdSource, StreamIdOutOfRange
 
@@ -47,10 +51,11 @@ R_LOST_IN_REDIS = "lost_in_redis_restart"  # Redis lost them and they could not 
 
 CONFIRM_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = defaults.HEARTBEAT_S
-CHUNK_MARKER = "kernelsight:chunk:{instance}:{first}"
+CHUNK_MARKER = "chunk:{instance}:{first}"  # under schema.host_key
 CHUNK_MARKER_TTL_S = 86_400  # only the last chunk's marker outlives its reply (then deleted)
 CHUNK_MAX = 2000
-PROBE_KEY = "kernelsight:probe:{instance}"  # set at each confirmation: did Redis keep data?
+PROBE_KEY = "probe:{instance}"  # under schema.host_key; set at each confirmation: data kept?
+STREAMS_PART = "streams"  # host_key(host, "streams"): the streams a host's producers write
 PROBE_TTL_S = 86_400
 R_NO_ID_LEFT = "stream_id_exhausted"  # a stream's top id is at the packable maximum
 
@@ -124,11 +129,80 @@ return {start - 1, out, lens}
 CHUNK_SHA = hashlib.sha1(CHUNK_LUA.encode()).hexdigest().encode()
 
 
+def is_cluster(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEME + "://")
+
+
 def connect(url: str, timeout: float = 5.0) -> redis.Redis:
-    """A client that fails fast: socket timeouts so a dead server is noticed, not waited on."""
+    """A client that fails fast: socket timeouts so a dead server is noticed, not waited on.
+    ``redis+cluster://`` gives a RedisCluster (redis.RedisError when no seed answers)."""
+    if is_cluster(url):
+        from redis.cluster import ClusterNode, RedisCluster
+        from redis.exceptions import RedisClusterException
+
+        password, nodes = cluster_nodes(url)
+        try:
+            return RedisCluster(  # type: ignore[return-value]
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password,
+                socket_connect_timeout=timeout, socket_timeout=max(timeout, 10.0),
+                decode_responses=False, require_full_coverage=False)
+        except RedisClusterException as e:
+            raise redis.ConnectionError(f"redis cluster: {e}") from None
     return redis.Redis.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 10.0),
         health_check_interval=0, decode_responses=False)
+
+
+def refresh(r: redis.Redis) -> None:
+    """After an error on a cluster: re-read the slot map (a failover moved a master). Never
+    raises: while no node answers, the caller's next command fails and is retried."""
+    nm = getattr(r, "nodes_manager", None)
+    if nm is not None:
+        with contextlib.suppress(Exception):
+            nm.initialize()
+
+
+def node_client(r: redis.Redis, key: str | bytes) -> redis.Redis:
+    """A plain client for the server that owns ``key``'s slot: ``r`` itself on a single Redis,
+    on a cluster the master serving the slot now (pipelines and raw connections on it are
+    single-slot when their keys share the host's hash tag; a MOVED reply is an error)."""
+    if not hasattr(r, "nodes_manager"):
+        return r
+    from redis.exceptions import RedisClusterException
+
+    try:
+        return r.get_redis_connection(r.get_node_from_key(key))  # type: ignore[attr-defined]
+    except RedisClusterException as e:
+        raise redis.ConnectionError(f"redis cluster: {e}") from None
+
+
+def register(r: redis.Redis, host: str, streams: Iterable[str] = ()) -> None:
+    """Announce ``host`` (and the streams its producers write) to ingesters."""
+    r.sadd(schema.HOSTS_KEY, host)
+    streams = list(streams)
+    if streams:
+        r.sadd(schema.host_key(host, STREAMS_PART), *streams)
+
+
+def known_hosts(r: redis.Redis, also: Iterable[str] = ()) -> list[str]:
+    """Every registered host (plus ``also``), sorted; names that cannot be a tag are skipped."""
+    found = {h.decode(errors="replace") if isinstance(h, bytes) else h
+             for h in r.smembers(schema.HOSTS_KEY)} | set(also)
+    return sorted(h for h in found if schema.host_problem(h) is None)
+
+
+def host_stream_names(r: redis.Redis, host: str) -> list[bytes]:
+    """One host's streams: every event type's and accounting, then any other stream its
+    producers registered (a newer producer's event type: read, and dead-lettered)."""
+    known = [s.encode() for s in schema.host_streams(host)]
+    extra = {s for s in r.smembers(schema.host_key(host, STREAMS_PART))} - set(known)
+    prefix = schema.stream_key(host, "").encode()
+    return known + sorted(s for s in extra if s.startswith(prefix))
+
+
+def all_streams(r: redis.Redis, also_hosts: Iterable[str] = ()) -> list[bytes]:
+    """Every host's streams (see host_stream_names)."""
+    return [s for h in known_hosts(r, also_hosts) for s in host_stream_names(r, h)]
 
 
 def ping(url: str, timeout: float = 2.0) -> redis.Redis:
@@ -154,7 +228,10 @@ class Publisher:
         self.source = source
         self.host = settings.host
         self.instance = f"{source}@{settings.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._r = connect(settings.redis_url)
+        self._client: redis.Redis | None = None
+        self._acc_stream = schema.accounting_stream(self.host)
+        self._streams: dict[str, str] = {}  # event type -> this host's stream
+        self._node = ""  # on a cluster: the master owning this host's slot at the last confirm
         # (stream, payload, event type, entry id). The id is chosen here, once, when the event
         # is produced: a chunk re-sent after an ambiguous failure (sent, reply lost) carries the
         # same ids, so Redis refuses the copies instead of storing them twice.
@@ -195,6 +272,21 @@ class Publisher:
         self.oom_refusals = 0
         self._oom = False
 
+    @property
+    def _r(self) -> redis.Redis:
+        """The client, connected at first use: a cluster client cannot be built while no
+        node answers, and a producer must start (and buffer) with Redis down."""
+        if self._client is None:
+            self._client = connect(self.settings.redis_url)
+        return self._client
+
+    def _hr(self) -> redis.Redis:
+        """The server holding this host's keys (node_client)."""
+        return node_client(self._r, self._acc_stream)
+
+    def _key(self, name: str) -> str:
+        return schema.host_key(self.host, name)
+
     # -- counting -------------------------------------------------------------------------
     def _count(self, event_type: str, metric: str, n: int, reason: str = "") -> None:
         key = (event_type, metric, reason)
@@ -227,7 +319,9 @@ class Publisher:
 
     # -- publishing -----------------------------------------------------------------------
     def publish(self, event_type: str, rows: Iterable[dict]) -> None:
-        stream = schema.STREAM_PREFIX + event_type
+        stream = self._streams.get(event_type)
+        if stream is None:
+            stream = self._streams[event_type] = schema.stream_key(self.host, event_type)
         with self._lock:
             n = 0
             cap, cap_bytes = self.settings.buffer_max, self.settings.buffer_max_bytes
@@ -264,7 +358,7 @@ class Publisher:
                 eid = self._new_id()
                 acc = self._accounting_entry(eid)
                 self._buf_bytes += len(acc)
-                self._buf.append((schema.ACCOUNTING_STREAM, acc, "", eid))
+                self._buf.append((self._acc_stream, acc, "", eid))
                 self._dirty = False
                 self._next_accounting = now + max(defaults.ACCOUNTING_INTERVAL_S,
                                                   self.settings.interval)
@@ -272,6 +366,8 @@ class Publisher:
         if idle and self.connected and now < self._next_confirm and now < self._next_beat:
             return True  # nothing to send, nothing due: no round trip
         try:
+            if self._node and self._node != self._node_now():
+                self.connected = False  # the host's slot moved (failover): confirm first
             if not self.connected or (now >= self._next_confirm and (self._window_len or
                                                                        self._buf)):
                 # With nothing sent and nothing awaiting acknowledgement there is nothing
@@ -313,10 +409,20 @@ class Publisher:
         except redis.exceptions.OutOfMemoryError:
             self._note_oom(now)
             return False
-        except redis.RedisError as e:
+        except (redis.RedisError, RedisClusterException) as e:
             self._note_failure(e)
             return False
         return not self._buf
+
+    def _node_now(self) -> str:
+        """The cluster node owning this host's slot now ("" on a single Redis)."""
+        if not self._cluster:
+            return ""
+        return self._r.get_node_from_key(self._acc_stream).name  # type: ignore[attr-defined]
+
+    @property
+    def _cluster(self) -> bool:
+        return is_cluster(self.settings.redis_url)
 
     def _note_oom(self, now: float) -> None:
         """Redis at maxmemory (noeviction) refused the chunk, atomically: back-pressure. The
@@ -339,8 +445,8 @@ class Publisher:
 
         Encoded by kernelsight.resp rather than by redis-py, whose per-argument packing costs
         more than Redis's own work."""
-        marker = CHUNK_MARKER.format(instance=self.instance,
-                                     first=chunk[0][3].decode()).encode()
+        marker = self._key(CHUNK_MARKER.format(instance=self.instance,
+                                               first=chunk[0][3].decode())).encode()
         index = {st: resp.bulk(b"%d" % (i + 3)) for i, st in enumerate(streams)}
         body = b"".join([b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
             index[stream], len(eid), eid, len(payload), payload)
@@ -352,7 +458,7 @@ class Publisher:
         try:
             res = self._send_chunk(packed)
         except redis.exceptions.NoScriptError:
-            self._r.script_load(CHUNK_LUA)
+            self._hr().script_load(CHUNK_LUA)
             res = self._send_chunk(packed)
         before, moved, lengths = res
         self._prev_marker = marker
@@ -374,7 +480,7 @@ class Publisher:
         return ids, lengths
 
     def _send_chunk(self, packed: bytes) -> list:
-        pool = self._r.connection_pool
+        pool = self._hr().connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command([packed], check_health=False)
@@ -414,21 +520,30 @@ class Publisher:
         whether Redis kept its data (AOF/RDB): then the restored group state first removes
         what was stored, acknowledged and trimmed meanwhile (absent from the stream, yet not
         lost); only the rest is replayed."""
-        pipe = self._r.pipeline(transaction=False)
+        node = self._node_now()
+        pipe = self._hr().pipeline(transaction=False)
         pipe.info("server")
-        pipe.set(PROBE_KEY.format(instance=self.instance), b"1", ex=PROBE_TTL_S, get=True)
+        pipe.set(self._key(PROBE_KEY.format(instance=self.instance)), b"1", ex=PROBE_TTL_S,
+                 get=True)
         info, old = pipe.execute(raise_on_error=False)
         if isinstance(info, Exception):
             raise info
         run_id = info["run_id"]
+        if self._run_id is None:
+            self._register()  # before the first entry: ingesters and backlog() see this host
         if self._run_id is not None and run_id != self._run_id:
+            # On a cluster, a failover: the promoted replica has what was replicated to it
+            # before the master died (asynchronous replication), the rest is re-added here.
             kept = old is not None and not isinstance(old, Exception)
-            log.warning("redis restarted (run_id changed, data %s); checking for lost entries",
+            log.warning("redis %s (run_id changed, data %s); checking for lost entries",
+                        f"failed over to {node}" if node else "restarted",
                         "kept" if kept else "lost")
             if kept:
                 self._forget_acknowledged()
             self._recover()
+            self._register()
         self._run_id = run_id
+        self._node = node
         self._forget_acknowledged()
 
     def _forget_acknowledged(self) -> None:
@@ -436,7 +551,7 @@ class Publisher:
         streams = [s for s, d in self._window.items() if d]
         if not streams:
             return
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._hr().pipeline(transaction=False)
         for st in streams:
             pipe.xinfo_groups(st)
             pipe.xpending(st, schema.INGEST_GROUP)
@@ -463,12 +578,13 @@ class Publisher:
             if not d:
                 continue
             lo, hi = schema.int_to_stream_id(d[0][0]), schema.int_to_stream_id(d[-1][0])
+            hr = self._hr()
             present = {streamid.parse(e[0])
-                       for e in self._r.xrange(st, lo, hi, count=len(d) + 10)}
+                       for e in hr.xrange(st, lo, hi, count=len(d) + 10)}
             missing = [e for e in d if divmod(e[0], 1 << streamid.SEQ_BITS) not in present]
             if not missing:
                 continue
-            pipe = self._r.pipeline(transaction=False)
+            pipe = hr.pipeline(transaction=False)
             for eid, payload, _ in missing:
                 pipe.xadd(st, {FIELD: payload}, id=schema.int_to_stream_id(eid))
             res = pipe.execute(raise_on_error=False)
@@ -488,6 +604,8 @@ class Publisher:
                         redact(self.settings.redis_url), e, self.settings.buffer_max)
         self.connected = False
         self.last_error = str(e)
+        if self._client is not None:
+            refresh(self._client)
         self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
         self._retry_at = time.monotonic() + self._backoff
 
@@ -496,8 +614,14 @@ class Publisher:
             self._r.set(HEALTH_KEY.format(source=self.source), encode(
                 {"instance": self.instance, "timestamp": now_ns()}),
                 ex=defaults.HEALTH_TTL_S)
-        except redis.RedisError:
+            self._register()
+        except (redis.RedisError, RedisClusterException):
             pass
+
+    def _register(self) -> None:
+        """In the host registry, again at each heartbeat: a restarted Redis or a promoted
+        replica may have lost the entry, and ingesters find hosts only there."""
+        register(self._r, self.host, self._streams.values())
 
     def _ran_in_doubt(self) -> int:
         """How many entries at the head of the buffer Redis ran although their reply was lost
@@ -505,10 +629,11 @@ class Publisher:
         unflushed. 0 when no chunk is in doubt or Redis cannot tell now."""
         if not self._resend_n or not self._buf:
             return 0
-        key = CHUNK_MARKER.format(instance=self.instance, first=self._buf[0][3].decode())
+        key = self._key(CHUNK_MARKER.format(instance=self.instance,
+                                            first=self._buf[0][3].decode()))
         try:
-            done = self._r.get(key)
-        except redis.RedisError:
+            done = self._hr().get(key)
+        except (redis.RedisError, RedisClusterException):
             return 0
         if not done:
             return 0
@@ -535,14 +660,14 @@ class Publisher:
                 # One last try to deliver the accounting that says so.
                 try:
                     eid = self._new_id()
-                    self._xadd_all([(schema.ACCOUNTING_STREAM, self._accounting_entry(eid), "",
-                                     eid)], [schema.ACCOUNTING_STREAM])
-                except redis.RedisError:
+                    self._xadd_all([(self._acc_stream, self._accounting_entry(eid), "",
+                                     eid)], [self._acc_stream])
+                except (redis.RedisError, RedisClusterException):
                     log.error("could not deliver final accounting for %s", self.instance)
                 break
             time.sleep(0.1)
-        self._r.close()
-
+        if self._client is not None:
+            self._client.close()
 
 
 def payload_of_fields(fields: dict | list | None) -> bytes | None:

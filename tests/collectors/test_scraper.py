@@ -15,6 +15,8 @@ from kernelsight.streams import FIELD, Publisher, decode
 
 from conftest import FIXTURES
 
+H = "testhost"  # the settings fixture's host
+
 FC = FIXTURES / "proc" / "firecracker-6.18"  # copied before PSI/vmstat were scraped
 LOADED = FIXTURES / "proc" / "loaded-6.18"
 
@@ -37,7 +39,7 @@ def scrape(settings, root: Path, times: int = 1) -> tuple[Publisher, dict[str, l
     pub.close()
     out = {}
     for et in ("pressure_stats", "vmstat_stats", "memory_metrics"):
-        out[et] = [decode(f[FIELD]) for _, f in pub._r.xrange(schema.BY_NAME[et].stream)]
+        out[et] = [decode(f[FIELD]) for _, f in pub._r.xrange(schema.BY_NAME[et].stream_for(H))]
     return pub, out
 
 

@@ -29,7 +29,7 @@ def snapshot(mark: int, produced: int, dropped: int) -> dict:
 
 def test_repeated_counters_are_stored_once(settings, rclient):
     for s in SNAPSHOTS:
-        rclient.xadd(schema.ACCOUNTING_STREAM, {b"d": orjson.dumps(snapshot(*s))})
+        rclient.xadd(schema.accounting_stream("testhost"), {b"d": orjson.dumps(snapshot(*s))})
     res = subprocess.run([sys.executable, "-m", "kernelsight", "ingest", "--drain",
                           "--redis-url", settings.redis_url, "--db", settings.db_path],
                          capture_output=True, text=True, timeout=300, check=False)

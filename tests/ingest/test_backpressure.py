@@ -39,14 +39,14 @@ def test_private_redis_is_capped_and_producers_hold_back_at_maxmemory(monkeypatc
             pub._retry_at = pub._held_until = 0.0
             assert not pub.flush()
         assert pub.oom_refusals >= 5 and pub.connected
-        assert r.xlen(SYS.stream) == 0 and len(pub._buf) >= 800  # held, nothing half-added
+        assert r.xlen(SYS.stream_for("t")) == 0 and len(pub._buf) >= 800  # held, nothing half-added
         pub.publish(SYS.name, rows(400))  # past the 1,000-event cap: counted drops
         dropped = pub.counters[(SYS.name, schema.DROPPED, R_BUFFER_FULL)]
         held = sum(1 for e in pub._buf if e[2])  # events (not accounting snapshots)
         assert dropped > 0 and dropped + held == 1200
         r.config_set("maxmemory", "1gb")  # the ingester freed memory
         pub.close()
-        assert r.xlen(SYS.stream) == held
+        assert r.xlen(SYS.stream_for("t")) == held
         assert pub.counters[("", "redis_oom", "")] >= 5
     monkeypatch.setenv("KS_REDIS_MAXMEMORY", "1gb\nrequirepass x")
     with pytest.raises(ConfigError, match="KS_REDIS_MAXMEMORY"):
@@ -78,9 +78,9 @@ def test_close_is_bounded_and_its_final_accounting_arrives(settings, rclient):
     t = time.monotonic()
     pub.close(deadline_s=0.3)
     took = time.monotonic() - t
-    sent = rclient.xlen(SYS.stream)
+    sent = rclient.xlen(SYS.stream_for("t"))
     assert took < 2.0 and 0 < sent < n, (took, sent)
-    last = rclient.xrevrange(schema.ACCOUNTING_STREAM, count=1)[0][1][FIELD]
+    last = rclient.xrevrange(schema.accounting_stream("t"), count=1)[0][1][FIELD]
     counters = {(et, m, r): v for et, m, r, v, _ in orjson.loads(last)["counters"]}
     assert counters[(SYS.name, schema.PRODUCED, "")] == n
     assert counters[(SYS.name, schema.DROPPED, R_UNFLUSHED)] == n - sent

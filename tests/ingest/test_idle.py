@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from kernelsight import defaults
+from kernelsight import defaults, schema
 from kernelsight.ingest import Ingester
 from kernelsight.redis_server import PrivateRedis
 from kernelsight.streams import HEALTH_KEY, Publisher
@@ -67,7 +67,7 @@ def test_idle_ingester_spaces_out_its_reads(settings, rclient):
         assert reads <= 6 / (defaults.IDLE_BLOCK_MS / 1000) + 3, reads
         assert rclient.get(HEALTH_KEY.format(source="ingest"))  # still beating
         # An entry is read at once, however long the idle read waits.
-        rclient.xadd("kernelsight:accounting", {b"d": b"{}"})
+        rclient.xadd(schema.accounting_stream("testhost"), {b"d": b"{}"})
         deadline = time.monotonic() + 10
         while not ing.stats.dead:
             assert time.monotonic() < deadline, "the entry was not read"

@@ -11,6 +11,8 @@ from kernelsight.ingest import Ingester, drained_until
 from kernelsight.loadgen import make_event
 from kernelsight.streams import FIELD, encode
 
+H = "testhost"  # the settings fixture's host
+
 SYS = schema.BY_NAME["syscall_events"]
 LOAD = schema.BY_NAME["load_metrics"]
 
@@ -24,11 +26,11 @@ def test_drained_until_follows_delivery_and_ack(settings, rclient):
     base = 1_700_000_000_000
     assert drained_until(rclient, streamid.pack_parts(base, 5))  # nothing exists yet
     # A stream without the group: its entries up to the mark are not drained.
-    rclient.xadd(SYS.stream, {FIELD: row(SYS)}, id=f"{base}-1")
+    rclient.xadd(SYS.stream_for(H), {FIELD: row(SYS)}, id=f"{base}-1")
     assert not drained_until(rclient, streamid.pack_parts(base, 1))
     assert drained_until(rclient, streamid.pack_parts(base, 0))  # the entry is above this mark
-    rclient.xadd(LOAD.stream, {FIELD: row(LOAD)}, id=f"{base}-2")
-    rclient.xadd(SYS.stream, {FIELD: row(SYS)}, id=f"{base + 5}-0")
+    rclient.xadd(LOAD.stream_for(H), {FIELD: row(LOAD)}, id=f"{base}-2")
+    rclient.xadd(SYS.stream_for(H), {FIELD: row(SYS)}, id=f"{base + 5}-0")
     ing = Ingester(settings)
     ing.ensure_groups()
     mark = streamid.pack_parts(base, 2)
@@ -42,7 +44,7 @@ def test_drained_until_follows_delivery_and_ack(settings, rclient):
     assert drained_until(rclient, mark)
     assert drained_until(rclient, f"{base}-2".encode())
     assert drained_until(rclient, base + 5)  # epoch ms: all of that millisecond
-    rclient.xadd(SYS.stream, {FIELD: row(SYS)}, id=f"{base + 9}-3")
+    rclient.xadd(SYS.stream_for(H), {FIELD: row(SYS)}, id=f"{base + 9}-3")
     assert drained_until(rclient, base + 8)
     assert not drained_until(rclient, base + 9)
     assert not drained_until(rclient, streamid.pack_parts(base + 9, 3))

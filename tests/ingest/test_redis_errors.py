@@ -21,7 +21,6 @@ from kernelsight import schema, streamid
 from kernelsight.config import Settings
 from kernelsight.db import open_db, table_counts
 from kernelsight.ingest import backlog, drained_until
-from kernelsight.ingest.wire import ALL_STREAMS
 from kernelsight.loadgen import make_event
 from kernelsight.redis_server import PrivateRedis, free_port
 from kernelsight.streams import FIELD, Publisher, connect
@@ -94,7 +93,7 @@ def test_readonly_replica_exits_nonzero_with_one_line(own_redis, tmp_path):
         # A primary it cannot reach (nothing listens there): it never syncs, keeps its data.
         r.execute_command("REPLICAOF", "127.0.0.1", free_port())
         with pytest.raises(redis.ReadOnlyError):
-            r.xadd(SYS.stream, {FIELD: b"{}"})
+            r.xadd(SYS.stream_for("t"), {FIELD: b"{}"})
         out, _ = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
@@ -113,8 +112,8 @@ def test_oom_on_dead_letter_mirror_is_back_pressure_not_a_stop(own_redis, tmp_pa
     publish(own_redis.url, n)
     r = connect(own_redis.url)
     for i in range(5):
-        r.xadd(SYS.stream, {FIELD: b"{not json %d" % i})
-    for s in ALL_STREAMS:  # the ingester ran before Redis filled up: the group exists
+        r.xadd(SYS.stream_for("t"), {FIELD: b"{not json %d" % i})
+    for s in schema.host_streams("t"):  # the ingester ran before Redis filled up: the group exists
         r.xgroup_create(s, schema.INGEST_GROUP, id="0", mkstream=True)
     r.config_set("maxmemory-policy", "noeviction")
     r.config_set("maxmemory", 1)

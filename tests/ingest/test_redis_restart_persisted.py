@@ -38,7 +38,7 @@ def test_restart_with_aof_after_trim_counts_nothing_lost(tmp_path):
         assert pub.flush(final=True)  # in Redis, and in the publisher's replay window
         ing = drain(replace(s, stream_retain=0))
         ing.trim()  # stored, acknowledged and trimmed before the publisher confirms
-        assert connect(rs.url).xlen(SYS.stream) == 0
+        assert connect(rs.url).xlen(SYS.stream_for("t")) == 0
         rs.stop()
         rs2 = PrivateRedis(password=rs.password, persist_dir=rs.dir,
                            socket_dir=rs.socket_dir).start(persistent=True)

@@ -18,6 +18,8 @@ from kernelsight.streams import Publisher
 
 from .lossy_proxy import LossyProxy
 
+H = "testhost"  # the settings fixture's host
+
 SYS = schema.BY_NAME["syscall_events"]
 
 
@@ -47,10 +49,10 @@ def test_lost_reply_resend_after_store_ack_trim_stores_once(settings, rclient, p
     lossy.lose_next_reply.set()
     assert not pub.flush()  # the chunk ran in Redis, its reply was lost: ambiguous
     assert lossy.lost == 1
-    assert rclient.xlen(SYS.stream) == n + 1
+    assert rclient.xlen(SYS.stream_for(H)) == n + 1
     ing = drain(replace(settings, stream_retain=0))  # stored and acknowledged...
     ing.trim()  # ...and trimmed away before the producer retries
-    assert rclient.xlen(SYS.stream) == 0
+    assert rclient.xlen(SYS.stream_for(H)) == 0
     time.sleep(0.3)  # past the publisher's retry backoff
     pub.close()  # the re-send of the same chunk
     ing = drain(settings)
@@ -79,7 +81,7 @@ def test_chunk_run_by_redis_but_unconfirmed_at_close_is_not_counted_dropped(sett
     pub.publish(SYS.name, [make_event(SYS, rng, "t", time.time_ns()) for _ in range(n)])
     lossy.lose_next_reply.set()
     assert not pub.flush()  # ran in Redis, reply lost: in doubt
-    assert rclient.xlen(SYS.stream) == n + 1
+    assert rclient.xlen(SYS.stream_for(H)) == n + 1
     time.sleep(0.6)  # the proxy has cut that connection
     pub.close(deadline_s=0)  # the deadline is already past: no re-send, only the count
     assert pub.counters.get((SYS.name, schema.DROPPED, R_UNFLUSHED), 0) == 0

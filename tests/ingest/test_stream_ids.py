@@ -14,16 +14,18 @@ from kernelsight.ingest import Ingester, backlog
 from kernelsight.loadgen import make_event
 from kernelsight.streams import FIELD, encode
 
+H = "testhost"  # the settings fixture's host
+
 SYS = schema.BY_NAME["syscall_events"]
 
 
 def test_out_of_range_ids_are_dead_letters_not_duplicates_or_crashes(settings, rclient):
     rng = random.Random(3)
     ev = [encode(make_event(SYS, rng, "t", time.time_ns())) for _ in range(4)]
-    rclient.xadd(SYS.stream, {FIELD: ev[0]}, id="1700000000000-5")
-    rclient.xadd(SYS.stream, {FIELD: ev[1]}, id="1700000000000-524288")  # seq = 2**19
-    rclient.xadd(SYS.stream, {FIELD: ev[2]}, id="1700000000001-0")  # what 2**19 would pack to
-    rclient.xadd(SYS.stream, {FIELD: ev[3]}, id="17592186044416-0")  # ms = 2**44
+    rclient.xadd(SYS.stream_for(H), {FIELD: ev[0]}, id="1700000000000-5")
+    rclient.xadd(SYS.stream_for(H), {FIELD: ev[1]}, id="1700000000000-524288")  # seq = 2**19
+    rclient.xadd(SYS.stream_for(H), {FIELD: ev[2]}, id="1700000000001-0")  # 2**19 packs so
+    rclient.xadd(SYS.stream_for(H), {FIELD: ev[3]}, id="17592186044416-0")  # ms = 2**44
     for attempt in range(2):  # a second run must not meet the same entries again
         ing = Ingester(settings)
         ing.request_stop(drain=True)

@@ -13,6 +13,8 @@ from kernelsight import schema
 from kernelsight.db import open_db
 from kernelsight.report import build
 
+H = "testhost"  # the settings fixture's host
+
 
 def _acc(db, metric: str) -> dict[tuple[str, str], int]:
     return {(et, r): v for et, r, v in rows(
@@ -178,9 +180,9 @@ def test_a_lagging_stream_holds_its_tables_rollup(tmp_path, rclient, redis_url):
     insert(db, "memory_metrics", events("memory_metrics", [NOW - 9 * MIN, NOW]))
     insert(db, "sched_events", events("sched_events", [NOW - 9 * MIN, NOW - 6 * MIN]))
     for t in ("memory_metrics", "sched_events"):
-        rclient.xgroup_create(schema.STREAM_PREFIX + t, schema.INGEST_GROUP, id="0",
+        rclient.xgroup_create(schema.stream_key(H, t), schema.INGEST_GROUP, id="0",
                               mkstream=True)
-    rclient.xadd(schema.STREAM_PREFIX + "sched_events", {"d": b"{}"})
+    rclient.xadd(schema.stream_key(H, "sched_events"), {"d": b"{}"})
     mt = Maintenance(db, RetentionPolicy(3600.0), lambda: WriteLock(str(db)), "h1",
                      clock=lambda: NOW, redis_url=redis_url)
     assert mt.lagging() == {"sched_events"}
@@ -189,10 +191,10 @@ def test_a_lagging_stream_holds_its_tables_rollup(tmp_path, rclient, redis_url):
     assert done["memory_metrics"] == NOW - MIN
     assert done["sched_events"] == NOW - 7 * MIN  # its own newest row - grace
     # once the ingester has read and stored it, the stream is caught up
-    rclient.xreadgroup(schema.INGEST_GROUP, "c", {schema.STREAM_PREFIX + "sched_events": ">"})
+    rclient.xreadgroup(schema.INGEST_GROUP, "c", {schema.stream_key(H, "sched_events"): ">"})
     assert mt.lagging() == {"sched_events"}  # delivered, not acknowledged: still pending
-    [(eid, _)] = rclient.xrange(schema.STREAM_PREFIX + "sched_events")
-    rclient.xack(schema.STREAM_PREFIX + "sched_events", schema.INGEST_GROUP, eid)
+    [(eid, _)] = rclient.xrange(schema.stream_key(H, "sched_events"))
+    rclient.xack(schema.stream_key(H, "sched_events"), schema.INGEST_GROUP, eid)
     assert mt.lagging() == set()
     mt.rollup()
     assert rows(db, "SELECT done_until_ns FROM rollup_state WHERE table_name = "

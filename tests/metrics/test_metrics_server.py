@@ -29,6 +29,8 @@ from kernelsight.metrics.names import SPECS
 from kernelsight.redis_server import free_port
 from kernelsight.streams import Publisher, connect
 
+H = "testhost"  # the settings fixture's host
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -138,10 +140,10 @@ def test_ingest_metrics_match_the_database(settings, ingest_proc, tmp_path) -> N
     assert s[("kernelsight_events_dropped_total", (*lbl, ("reason", "ringbuf_full")))] == 17
     assert s[("kernelsight_ingest_duplicates_total", (("event_type", "syscall_events"),))] == 0
     assert s[("kernelsight_stream_backlog_entries",
-              (("stream", "kernelsight:events:syscall_events"),))] == 0
+              (("stream", schema.stream_key(H, "syscall_events")),))] == 0
     assert s[("kernelsight_stream_length_entries",
-              (("stream", "kernelsight:events:syscall_events"),))] == r.xlen(
-        "kernelsight:events:syscall_events")
+              (("stream", schema.stream_key(H, "syscall_events")),))] == r.xlen(
+        schema.stream_key(H, "syscall_events"))
     assert s[("kernelsight_collector_last_sample_timestamp_seconds",
               (("collector", "syscalls"),))] == pytest.approx(newest / 1e9)
     hb = s[("kernelsight_component_last_heartbeat_timestamp_seconds",

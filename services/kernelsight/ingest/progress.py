@@ -7,15 +7,15 @@ import time
 import redis
 
 from kernelsight import schema, streamid
-from kernelsight.ingest.wire import ALL_STREAMS
+from kernelsight.streams import all_streams
 
 
-def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP) -> int:
-    """Entries not yet stored: undelivered (group lag) plus delivered-but-unacked (pending)."""
+def backlog(r: redis.Redis, group: str = schema.INGEST_GROUP,
+            streams: list[bytes] | None = None) -> int:
+    """Entries not yet stored: undelivered (group lag) plus delivered-but-unacked (pending),
+    over ``streams`` (default: every registered host's)."""
     total = 0
-    streams = set(ALL_STREAMS) | set(
-        r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000, _type="stream"))
-    for s in sorted(streams):
+    for s in (all_streams(r) if streams is None else streams):
         try:
             groups = r.xinfo_groups(s)
         except redis.ResponseError:
@@ -60,19 +60,23 @@ def _upper_bound(mark: int | str | bytes) -> tuple[str, tuple[int, int]]:
 
 
 def drained_until(r: redis.Redis, mark: int | str | bytes,
-                  group: str = schema.INGEST_GROUP) -> bool:
-    """True when, in every event and accounting stream, no entry with id <= ``mark`` is
-    undelivered or pending for ``group``: everything produced up to ``mark`` is stored (or a
-    counted dead letter). Entries trimmed from a stream were acknowledged first."""
+                  group: str = schema.INGEST_GROUP, streams: list[bytes] | None = None) -> bool:
+    """True when, in every event and accounting stream (``streams``, default every registered
+    host's), no entry with id <= ``mark`` is undelivered or pending for ``group``: everything
+    produced up to ``mark`` is stored (or a counted dead letter). Entries trimmed from a
+    stream were acknowledged first."""
     end, hi = _upper_bound(mark)
     gname = group.encode()
+    streams = all_streams(r) if streams is None else streams
+    if not streams:
+        return True
     pipe = r.pipeline(transaction=False)
-    for s in ALL_STREAMS:
+    for s in streams:
         pipe.xinfo_groups(s)
         pipe.xpending_range(s, group, min="-", max=end, count=1)
     res = pipe.execute(raise_on_error=False)
     todo: list[tuple[bytes, bytes]] = []
-    for i, s in enumerate(ALL_STREAMS):
+    for i, s in enumerate(streams):
         groups, pend = res[2 * i], res[2 * i + 1]
         if isinstance(groups, redis.ResponseError) and "no such key" in str(groups):
             continue  # the stream does not exist: nothing in it

@@ -1,5 +1,5 @@
 """Recovery of stuck work: entries delivered but never acknowledged (our own, after a crash,
-or a dead consumer's), and streams under our prefix that no event type owns."""
+or a dead consumer's), and finding every host's streams (the registry, not SCAN)."""
 
 from __future__ import annotations
 
@@ -7,31 +7,33 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from kernelsight import defaults, schema
-from kernelsight.ingest.wire import ALL_STREAMS
+from kernelsight import defaults
+from kernelsight.streams import all_streams
 
 if TYPE_CHECKING:
     from kernelsight.ingest.worker import Ingester
 
 
-def discover(r: redis.Redis, group: str) -> list[bytes]:
-    """Every stream to read: the known ones, plus streams under our prefix that no event type
-    owns (a misconfigured or newer producer), so their entries become counted dead letters
-    rather than sitting unseen. Creates the group on the extra ones."""
-    found = set(r.scan_iter(match=schema.STREAM_PREFIX.encode() + b"*", count=1000,
-                            _type="stream"))
-    extra = []
-    for s in sorted(found - set(ALL_STREAMS)):
-        try:
-            r.xgroup_create(s, group, id="0")
-        except redis.exceptions.OutOfMemoryError:
-            if not has_group(r, s, group):
-                continue  # Redis is full: read it at a later discover
-        except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
-        extra.append(s)
-    return ALL_STREAMS + extra
+def discover(r: redis.Redis, group: str, own_host: str, known: list[bytes]) -> list[bytes]:
+    """Every stream to read: each registered host's (plus this ingester's own host's), with
+    any stream a producer registered that no event type owns (a misconfigured or newer
+    producer), so its entries become counted dead letters rather than sitting unseen.
+    Creates the group (from 0) on the streams not in ``known``; a stream whose group cannot
+    be created now (Redis full) is left for a later discover."""
+    seen = set(known)
+    out = []
+    for s in all_streams(r, [own_host]):
+        if s not in seen:
+            try:
+                r.xgroup_create(s, group, id="0", mkstream=True)
+            except redis.exceptions.OutOfMemoryError:
+                if not has_group(r, s, group):
+                    continue
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        out.append(s)
+    return out
 
 
 def has_group(r: redis.Redis, stream: bytes, group: str) -> bool:

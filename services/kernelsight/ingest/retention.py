@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import redis
 
-from kernelsight.ingest.wire import ALL_STREAMS
 
-
-def trim_acknowledged(r: redis.Redis, group: str, retain: int) -> None:
+def trim_acknowledged(r: redis.Redis, group: str, retain: int, streams: list[bytes]) -> None:
     """Cap streams without losing anything. A stream holding more than ``retain`` entries
     loses every entry the group has acknowledged: those below its oldest pending entry and
     not above its last-delivered id (XTRIM MINID ~, so Redis removes whole internal nodes
     only and up to about a hundred acknowledged entries may stay). A stream at or below
     ``retain`` entries, or without the group, is left alone."""
     pipe = r.pipeline(transaction=False)
-    for s in ALL_STREAMS:
+    for s in streams:
         pipe.xlen(s)
     lens = pipe.execute()
-    for s, n in zip(ALL_STREAMS, lens, strict=True):
+    for s, n in zip(streams, lens, strict=True):
         if n <= retain:
             continue
         # This stream's own groups only: a stream without the group has nothing acknowledged.

@@ -99,7 +99,15 @@ def _keys_error(o: dict, keys: frozenset) -> None:
     raise BadEntry("unknown_field", ",".join(sorted(map(str, o.keys() - keys)))[:200])
 
 
-VALIDATORS = {et.stream.encode(): (et, make_validator(et)) for et in schema.EVENT_TYPES}
+VALIDATORS = {et.name: (et, make_validator(et)) for et in schema.EVENT_TYPES}  # by table
+
+
+def stream_table(stream: bytes | str) -> str:
+    """The table part of a host's event stream name (``...:events:<table>``), else the name."""
+    parts = schema.split_key(stream)
+    name = parts[1] if parts else (stream.decode(errors="replace") if isinstance(stream, bytes)
+                                   else stream)
+    return name.removeprefix(schema.EVENTS_PART)
 
 
 def payload_of(fields: dict | list | None) -> bytes | None:
@@ -223,8 +231,7 @@ def dead_letter_row(stream: bytes, eid: bytes, fields: object, e: Exception) -> 
         e = BadEntry("decode_error", str(e)[:200])
     raw = payload_of(fields)  # type: ignore[arg-type]
     return {"timestamp": now_ns(), "stream": stream.decode(errors="replace"),
-            "entry_id": eid.decode(), "event_type": stream.decode(
-                errors="replace").removeprefix(schema.STREAM_PREFIX),
+            "entry_id": eid.decode(), "event_type": stream_table(stream),
             "reason": str(e)[:300] or e.reason,
             "payload": (raw or b"")[:schema.DEADLETTER_PAYLOAD_MAX]}
 

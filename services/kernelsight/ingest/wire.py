@@ -6,10 +6,7 @@ from collections import deque
 
 import redis
 
-from kernelsight import resp, schema
-
-ALL_STREAMS: list[bytes] = [et.stream.encode() for et in schema.EVENT_TYPES] + [
-    schema.ACCOUNTING_STREAM.encode()]
+from kernelsight import resp
 
 
 def xreadgroup_args(group: str, consumer: str, streams: list[bytes], ids: str,

@@ -40,7 +40,7 @@ from kernelsight.ingest.validate import (
     dead_letter_row,
     validate_entry,
 )
-from kernelsight.ingest.wire import ALL_STREAMS, Wire, classify, refusal, xreadgroup_args
+from kernelsight.ingest.wire import Wire, classify, refusal, xreadgroup_args
 from kernelsight.ingest.wire import entries as read_entries
 from kernelsight.ingest.writer import IngestStats, WriteLock, Writer
 from kernelsight.maintenance import Maintenance
@@ -48,6 +48,8 @@ from kernelsight.streamid import PACKED_MAX, SEQ_MAX
 from kernelsight.streams import FIELD, HEALTH_KEY, connect
 
 log = logging.getLogger(__name__)
+
+DISCOVER_S = 2.0  # how often the host registry is read
 
 
 class Ingester:
@@ -75,7 +77,10 @@ class Ingester:
         self._idle_reads = 0  # consecutive reads that returned nothing
         self._last_reclaim = 0.0
         self._last_accounting = 0.0
-        self.streams: list[bytes] = list(ALL_STREAMS)
+        self.streams: list[bytes] = []  # every host's streams (discover)
+        # stream -> (its host's dead-letter stream, validator or None, is accounting)
+        self._kinds: dict[bytes, tuple[str, tuple | None, bool]] = {}
+        self._last_discover = 0.0
         self.wire = Wire(self.r)
         self._recover_pending = True
         self._need_groups = True
@@ -90,7 +95,10 @@ class Ingester:
 
     # -- setup ----------------------------------------------------------------------------
     def ensure_groups(self) -> None:
-        for s in ALL_STREAMS:
+        """The group on every stream read (discover creates it on streams found later)."""
+        if not self.streams:
+            self.discover()
+        for s in self.streams:
             try:
                 # From 0, so events published before the group existed are not skipped.
                 self.r.xgroup_create(s, self.group, id="0", mkstream=True)
@@ -122,8 +130,20 @@ class Ingester:
         return read_entries(self.r.execute_command(*self._xreadgroup(ids, block, count)))
 
     def discover(self) -> None:
-        """Also read streams under our prefix that no event type owns (see reclaim.discover)."""
-        self.streams = reclaim.discover(self.r, self.group)
+        """Every registered host's streams, groups created on new ones (reclaim.discover)."""
+        self.streams = reclaim.discover(self.r, self.group, self.s.host, self.streams)
+
+    def _kind(self, stream: bytes) -> tuple[str, tuple | None, bool]:
+        parts = schema.split_key(stream)
+        host, name = parts if parts else (self.s.host, "")
+        kind = (schema.deadletter_stream(host),
+                VALIDATORS.get(name.removeprefix(schema.EVENTS_PART))
+                if name.startswith(schema.EVENTS_PART) else None,
+                name == schema.ACCOUNTING_PART)
+        if len(self._kinds) > 100_000:
+            self._kinds.clear()
+        self._kinds[stream] = kind
+        return kind
 
     def _own_pending(self) -> None:
         reclaim.own_pending(self)
@@ -141,7 +161,8 @@ class Ingester:
             return 0
         self._commit(rows, acc, dead)
         for d in dead:
-            self.wire.send("xadd", "XADD", schema.DEADLETTER_STREAM, "MAXLEN", "~", 100_000,
+            dl = (self._kinds.get(d["stream"].encode()) or self._kind(d["stream"].encode()))[0]
+            self.wire.send("xadd", "XADD", dl, "MAXLEN", "~", 100_000,
                            "*", "stream", d["stream"], "id", d["entry_id"],
                            "reason", d["reason"], "payload", d["payload"][:1024])
         group = self.group.encode()
@@ -156,17 +177,16 @@ class Ingester:
         acc: list[dict] = []
         dead: list[dict] = []
         ack: dict[bytes, list[bytes]] = defaultdict(list)
-        acc_stream = schema.ACCOUNTING_STREAM.encode()
         loads = orjson.loads
         seq_max, packed_max = SEQ_MAX, PACKED_MAX  # locals: this loop runs once per event
         n = 0
         for stream, entries in got:
             n += len(entries)
             ack[stream].extend([e[0] for e in entries])
-            vt = VALIDATORS.get(stream)
+            _, vt, is_acc = self._kinds.get(stream) or self._kind(stream)
             if vt is None:
                 for eid, fields in entries:
-                    if stream == acc_stream:
+                    if is_acc:
                         try:
                             acc.extend(accounting_rows(fields))
                         except (BadEntry, orjson.JSONDecodeError, ValueError) as e:
@@ -237,7 +257,7 @@ class Ingester:
     # -- trimming -------------------------------------------------------------------------
     def trim(self) -> None:
         """Cap streams to acknowledged entries (see retention.trim_acknowledged)."""
-        trim_acknowledged(self.r, self.group, self.s.stream_retain)
+        trim_acknowledged(self.r, self.group, self.s.stream_retain, self.streams)
 
     # -- main loop ------------------------------------------------------------------------
     def request_stop(self, drain: bool = True) -> None:
@@ -288,8 +308,8 @@ class Ingester:
         """Start-up, and after any Redis error: groups (if they may be missing), then what
         was delivered to this consumer but not acknowledged."""
         if self._need_groups:
-            self.ensure_groups()
             self.discover()
+            self.ensure_groups()
             self._need_groups = False
         self._settle()
         self._own_pending()
@@ -321,7 +341,8 @@ class Ingester:
                     self._settle()
                     # Pending alone is not enough: an entry added just before the stop
                     # request can be undelivered while the read sent ahead came back empty.
-                    if self._pending_total() == 0 and drained_until(self.r, self._drain_mark):
+                    if self._pending_total() == 0 and drained_until(
+                            self.r, self._drain_mark, self.group, self.streams):
                         break
                 elif idle_exit_s is not None and now - idle_since >= idle_exit_s:
                     break
@@ -369,10 +390,12 @@ class Ingester:
             # so /metrics and `status` are at most one accounting interval behind.
             self._last_accounting = 0.0
             self._commit({}, [], [])
+        if now - self._last_discover > DISCOVER_S:
+            self._last_discover = now
+            self.discover()  # a new host's streams are read within DISCOVER_S
         if now - self._last_reclaim > 10.0:
             self._last_reclaim = now
             self._autoclaim()
-            self.discover()
 
     def _send_read(self, block: int | None) -> None:
         self.wire.send("read", *self._xreadgroup(">", block, self.s.batch_size))

@@ -140,22 +140,23 @@ class Maintenance:
             return None
         import redis
 
-        from kernelsight.streams import connect
+        from kernelsight.streams import connect, known_hosts
 
         try:
             if self._redis is None:
                 self._redis = connect(self.redis_url)
             out = set()
             for t in event_tables():
-                try:
-                    groups = self._redis.xinfo_groups(schema.STREAM_PREFIX + t)
-                except redis.ResponseError:
-                    continue  # no such stream: nothing waiting
-                for g in groups:
-                    name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                    if name == schema.INGEST_GROUP and (g.get("lag") is None or g["lag"] > 0
-                                                        or g["pending"] > 0):
-                        out.add(t)
+                for host in known_hosts(self._redis):  # every host's stream of this table
+                    try:
+                        groups = self._redis.xinfo_groups(schema.stream_key(host, t))
+                    except redis.ResponseError:
+                        continue  # no such stream: nothing waiting
+                    for g in groups:
+                        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                        if name == schema.INGEST_GROUP and (g.get("lag") is None
+                                                            or g["lag"] > 0 or g["pending"] > 0):
+                            out.add(t)
             return out
         except redis.RedisError:
             return set(event_tables())  # cannot tell: every table waits for its own data
