@@ -81,7 +81,7 @@ def test_exactly_once_then_replay_stores_nothing_twice(pg_settings, rclient):
         ing.engine.dispose()
     # Re-deliver everything (a lost XACK): duplicates only.
     for et in schema.EVENT_TYPES:
-        rclient.xgroup_setid(et.stream, schema.INGEST_GROUP, "0")
+        rclient.xgroup_setid(et.stream_for("testhost"), schema.INGEST_GROUP, "0")
     ing2 = drain(pg_settings)
     try:
         assert table_counts(ing2.engine) == sent
@@ -108,8 +108,8 @@ def test_every_column_round_trips_with_int64_extremes_and_hostile_text(pg_settin
     pub.close()
     # an entry with a NUL in its stream's raw payload that fails validation too (dead letter
     # text columns must take it)
-    rclient.xadd(sc.stream, {FIELD: orjson.dumps({**row(sc, 5), "\x00bad": 1})})
-    rclient.xadd(sc.stream, {FIELD: b"\x00{raw"})
+    rclient.xadd(sc.stream_for("testhost"), {FIELD: orjson.dumps({**row(sc, 5), "\x00bad": 1})})
+    rclient.xadd(sc.stream_for("testhost"), {FIELD: b"\x00{raw"})
     ing = drain(pg_settings)
     try:
         with ing.engine.connect() as c:
@@ -144,7 +144,7 @@ def test_every_column_round_trips_with_int64_extremes_and_hostile_text(pg_settin
         assert raw.reason.startswith("decode_error") and raw.payload == b"\x00{raw"
         assert ing.stats.dead["nul_in_text"] == 2
         # mirrored to the dead-letter stream like every dead letter, and counted
-        mirrored = rclient.xrange(schema.DEADLETTER_STREAM)
+        mirrored = rclient.xrange(schema.deadletter_stream("testhost"))
         assert sum(1 for _, f in mirrored if f[b"reason"].startswith(b"nul_in_text")) == 2
     finally:
         ing.engine.dispose()
@@ -269,7 +269,7 @@ def test_a_refusal_ends_ingest_with_one_line_entries_kept(pg_settings, pg_server
     print(lines[0])
     # nothing acknowledged: every entry is still in the stream, delivered or not
     et = schema.BY_NAME["syscall_events"]
-    assert rclient.xlen(et.stream) == 1000
-    groups = rclient.xinfo_groups(et.stream)
+    assert rclient.xlen(et.stream_for("testhost")) == 1000
+    groups = rclient.xinfo_groups(et.stream_for("testhost"))
     if groups:  # the ingester got as far as reading: nothing acknowledged
         assert groups[0]["pending"] + (groups[0]["lag"] or 0) == 1000

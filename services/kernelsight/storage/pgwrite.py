@@ -58,8 +58,9 @@ def _esc(v: str | None) -> str | None:
     return v.replace("\0", "\\x00") if v and "\0" in v else v
 
 
-def _stream_of(table: str) -> str:
-    return schema.BY_NAME[table].stream
+def _stream_of(table: str, host: str | None) -> str:
+    """The row's own host's stream (schema.stream_key; the row came from it)."""
+    return schema.stream_key(host or "", table)
 
 
 COLS: dict[str, tuple[str, ...]] = {}  # the columns a row tuple holds, in order
@@ -135,7 +136,7 @@ class PgWriter(Writer):
                     continue
                 self.nul_dead += 1
                 payload = orjson.dumps(dict(zip(self._cols[name], r, strict=True)))
-                dead.append({"timestamp": now_ns(), "stream": _stream_of(name),
+                dead.append({"timestamp": now_ns(), "stream": _stream_of(name, r[2]),
                              "entry_id": schema.int_to_stream_id(r[0]) if r[0] is not None
                              else "", "event_type": name,
                              "reason": f"{NUL_REASON}: {bad} holds U+0000, which PostgreSQL "
