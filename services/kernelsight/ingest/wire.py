@@ -6,7 +6,7 @@ from collections import deque
 
 import redis
 
-from kernelsight import resp
+from kernelsight import resp, schema
 
 
 def xreadgroup_args(group: str, consumer: str, streams: list[bytes], ids: str,
@@ -25,32 +25,13 @@ def entries(res: object) -> list:
     return list(res.items()) if isinstance(res, dict) else res  # type: ignore[union-attr]
 
 
-class Wire:
-    """One dedicated Redis connection with pipelined commands: send now, read the reply later.
+class Link:
+    """One dedicated connection to one server, and the tags of its replies still to read."""
 
-    The next XREADGROUP is sent before the current batch is stored, and XACKs are not waited
-    on, so Redis gathers and acknowledges entries while this process validates and writes to
-    SQLite: one thread, no GIL hand-offs, Redis's work off the critical path."""
-
-    def __init__(self, r: redis.Redis) -> None:
-        self.r = r
-        self.conn = None
+    def __init__(self, pool) -> None:  # type: ignore[no-untyped-def]
+        self.pool = pool
+        self.conn = pool.get_connection()
         self.tags: deque[str] = deque()
-
-    def _conn(self):
-        if self.conn is None:
-            self.conn = self.r.connection_pool.get_connection()
-        return self.conn
-
-    def send(self, tag: str, *args: object) -> None:
-        self._conn().send_command(*args)
-        self.tags.append(tag)
-
-    def send_xack(self, stream: bytes, group: bytes, ids: list[bytes]) -> None:
-        """XACK of a whole batch, RESP-encoded by kernelsight.resp: redis-py's generic packing
-        of a thousand ids costs more than the rest of the acknowledgement."""
-        self._conn().send_packed_command([resp.xack(stream, group, ids)], check_health=False)
-        self.tags.append("xack")
 
     def recv(self) -> tuple[str, object]:
         """The oldest outstanding reply; an error reply raises (it is consumed, so the
@@ -61,19 +42,88 @@ class Wire:
     def reading(self) -> bool:
         return "read" in self.tags
 
+
+class Wire:
+    """Dedicated Redis connections with pipelined commands: send now, read the reply later.
+
+    The next XREADGROUP is sent before the current batch is stored, and XACKs are not waited
+    on, so Redis gathers and acknowledges entries while this process validates and writes to
+    SQLite: one thread, no GIL hand-offs, Redis's work off the critical path.
+
+    One connection on a single Redis; on a Redis Cluster one per master, each command sent to
+    the master that serves its key's slot (every key of a command shares the host's hash tag,
+    so one slot). A MOVED/ASK or a connection error is an error reply: the caller resets the
+    wire, the slot map is re-read (streams.refresh) and the commands are sent again."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self.cluster = hasattr(r, "nodes_manager")
+        self.links: dict[str, Link] = {}
+
+    @property
+    def tags(self) -> bool:
+        """Whether any reply is outstanding."""
+        return any(lk.tags for lk in self.links.values())
+
+    def link(self, key: bytes | str) -> Link:
+        if not self.cluster:
+            name, client = "", self.r
+        else:
+            from redis.exceptions import RedisClusterException
+
+            try:
+                node = self.r.get_node_from_key(key)  # type: ignore[attr-defined]
+                name, client = node.name, self.r.get_redis_connection(node)  # type: ignore
+            except RedisClusterException as e:
+                raise redis.ConnectionError(f"redis cluster: {e}") from None
+        lk = self.links.get(name)
+        if lk is None:
+            lk = self.links[name] = Link(client.connection_pool)
+        return lk
+
+    def send(self, tag: str, *args: object, key: bytes | str) -> None:
+        lk = self.link(key)
+        lk.conn.send_command(*args)
+        lk.tags.append(tag)
+
+    def send_xack(self, stream: bytes, group: bytes, ids: list[bytes]) -> None:
+        """XACK of a whole batch, RESP-encoded by kernelsight.resp: redis-py's generic packing
+        of a thousand ids costs more than the rest of the acknowledgement."""
+        lk = self.link(stream)
+        lk.conn.send_packed_command([resp.xack(stream, group, ids)], check_health=False)
+        lk.tags.append("xack")
+
+    def reading(self) -> bool:
+        return any(lk.reading() for lk in self.links.values())
+
+    def busy(self) -> list[Link]:
+        """The links with replies outstanding."""
+        return [lk for lk in self.links.values() if lk.tags]
+
     def reset(self) -> None:
-        """After a connection error: drop the connection and what was in flight (entries a
+        """After a connection error: drop the connections and what was in flight (entries a
         lost XREADGROUP delivered stay pending for this consumer and are re-read)."""
-        if self.conn is not None:
-            self.conn.disconnect()
-            self.r.connection_pool.release(self.conn)
-            self.conn = None
-        self.tags.clear()
+        for lk in self.links.values():
+            lk.conn.disconnect()
+            lk.pool.release(lk.conn)
+        self.links.clear()
+
+
+def read_groups(streams: list[bytes], cluster: bool) -> list[list[bytes]]:
+    """The streams one XREADGROUP may cover together: all of them on a single Redis, one
+    host's (one hash tag, one slot) on a cluster."""
+    if not cluster:
+        return [streams] if streams else []
+    by_host: dict[str, list[bytes]] = {}
+    for s in streams:
+        parts = schema.split_key(s)
+        by_host.setdefault(parts[0] if parts else s.decode(errors="replace"), []).append(s)
+    return list(by_host.values())
 
 
 # Replies that say "not now" rather than "never": retried with backoff.
 _TRANSIENT_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "UNBLOCKED",
-                       "NOREPLICAS")
+                       "NOREPLICAS", "MOVED", "ASK")
 
 
 def classify(e: redis.RedisError) -> str:
@@ -86,6 +136,9 @@ def classify(e: redis.RedisError) -> str:
         return "transient"
     if isinstance(e, redis.exceptions.OutOfMemoryError):
         return "oom"
+    if isinstance(e, (redis.exceptions.AskError, redis.exceptions.TryAgainError,
+                      redis.exceptions.ClusterError)):
+        return "transient"  # a cluster slot moved (failover) or is moving: re-read the map
     msg = str(e)
     if msg.startswith("NOGROUP"):
         return "nogroup"

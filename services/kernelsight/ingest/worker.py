@@ -20,6 +20,7 @@ from contextlib import nullcontext
 
 import orjson
 import redis
+from redis.exceptions import RedisClusterException
 
 from kernelsight import defaults, schema
 from kernelsight.clock import now_ns
@@ -40,12 +41,12 @@ from kernelsight.ingest.validate import (
     dead_letter_row,
     validate_entry,
 )
-from kernelsight.ingest.wire import Wire, classify, refusal, xreadgroup_args
+from kernelsight.ingest.wire import Link, Wire, classify, read_groups, refusal, xreadgroup_args
 from kernelsight.ingest.wire import entries as read_entries
 from kernelsight.ingest.writer import IngestStats, WriteLock, Writer
 from kernelsight.maintenance import Maintenance
 from kernelsight.streamid import PACKED_MAX, SEQ_MAX
-from kernelsight.streams import FIELD, HEALTH_KEY, connect
+from kernelsight.streams import FIELD, HEALTH_KEY, connect, refresh
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,18 @@ class Ingester:
                 "set KS_REDIS_URL") from None
 
     # -- reading --------------------------------------------------------------------------
-    def _xreadgroup(self, ids: str, block: int | None, count: int) -> list:
-        return xreadgroup_args(self.group, self.consumer, self.streams, ids, block, count)
+    def _xreadgroup(self, streams: list[bytes], ids: str, block: int | None,
+                    count: int) -> list:
+        return xreadgroup_args(self.group, self.consumer, streams, ids, block, count)
 
     def _read(self, ids: str, block: int | None, count: int) -> list:
-        """A synchronous read (start-up and recovery; the main loop pipelines its reads)."""
-        return read_entries(self.r.execute_command(*self._xreadgroup(ids, block, count)))
+        """A synchronous read (start-up and recovery; the main loop pipelines its reads): one
+        XREADGROUP per read group (read_groups), their entries together."""
+        out: list = []
+        for streams in read_groups(self.streams, self.wire.cluster):
+            out += read_entries(self.r.execute_command(
+                *self._xreadgroup(streams, ids, block, count)))
+        return out
 
     def discover(self) -> None:
         """Every registered host's streams, groups created on new ones (reclaim.discover)."""
@@ -164,7 +171,7 @@ class Ingester:
             dl = (self._kinds.get(d["stream"].encode()) or self._kind(d["stream"].encode()))[0]
             self.wire.send("xadd", "XADD", dl, "MAXLEN", "~", 100_000,
                            "*", "stream", d["stream"], "id", d["entry_id"],
-                           "reason", d["reason"], "payload", d["payload"][:1024])
+                           "reason", d["reason"], "payload", d["payload"][:1024], key=dl)
         group = self.group.encode()
         for stream, ids in ack.items():
             self.wire.send_xack(stream, group, ids)
@@ -348,9 +355,12 @@ class Ingester:
                     break
                 self._maintain(now)
                 backoff = 0.0
-            except redis.RedisError as e:
+            except (redis.RedisError, RedisClusterException) as e:
                 # Every Redis call of the loop, maintenance included, lands here.
+                if not isinstance(e, redis.RedisError):  # the cluster client's own
+                    e = redis.ConnectionError(f"redis cluster: {e}")
                 self.wire.reset()
+                refresh(self.r)  # a cluster: re-read the slot map (a failover moved it)
                 self._recover_pending = True
                 kind = classify(e)
                 if kind == "fatal":
@@ -398,14 +408,31 @@ class Ingester:
             self._autoclaim()
 
     def _send_read(self, block: int | None) -> None:
-        self.wire.send("read", *self._xreadgroup(">", block, self.s.batch_size))
+        """One XREADGROUP per read group. On a cluster several hosts' reads can share a
+        master's connection, where they run one after the other: only the last read sent
+        on each connection blocks, so an idle host never delays another's entries by more
+        than one block."""
+        groups = read_groups(self.streams, self.wire.cluster)
+        last: dict[int, int] = {}
+        if block is not None:
+            for i, streams in enumerate(groups):
+                last[id(self.wire.link(streams[0]))] = i
+        for i, streams in enumerate(groups):
+            lk = self.wire.link(streams[0])
+            self.wire.send("read", *self._xreadgroup(
+                streams, ">", block if last.get(id(lk)) == i else None, self.s.batch_size),
+                key=streams[0])
 
     def _recv_read(self) -> list:
-        """Read replies up to the outstanding XREADGROUP's, and return its entries."""
-        while True:
-            tag, res = self._recv()
-            if tag == "read":
-                return read_entries(res)
+        """Read replies up to the outstanding XREADGROUPs' on every connection, and return
+        their entries."""
+        got: list = []
+        for lk in self.wire.busy():
+            while lk.reading():
+                tag, res = self._recv(lk)
+                if tag == "read":
+                    got += read_entries(res)
+        return got
 
     def _settle(self) -> None:
         """Wait for every outstanding reply; entries of an outstanding read are stored."""
@@ -415,14 +442,16 @@ class Ingester:
                 if got:
                     self._process(got)
             else:
-                self._recv()
+                for lk in self.wire.busy():
+                    while lk.tags:
+                        self._recv(lk)
 
-    def _recv(self) -> tuple[str, object]:
-        """The next pipelined reply. Only the dead-letter mirror XADD can meet maxmemory
-        here (XREADGROUP and XACK are allowed when Redis is full): its row is already in the
-        dead_letters table, so the refusal is counted and the loop goes on."""
+    def _recv(self, lk: Link) -> tuple[str, object]:
+        """The next pipelined reply on ``lk``. Only the dead-letter mirror XADD can meet
+        maxmemory here (XREADGROUP and XACK are allowed when Redis is full): its row is
+        already in the dead_letters table, so the refusal is counted and the loop goes on."""
         try:
-            return self.wire.recv()
+            return lk.recv()
         except redis.exceptions.OutOfMemoryError:
             self.stats.redis_oom += 1
             return "xadd", None
