@@ -176,6 +176,18 @@ class LocalRedisCluster:
                             return n
         raise RedisUnavailable(f"no live master serves slot {slot} ({key!r})")
 
+    def replica_of(self, master: Node) -> Node:
+        """The live replica that replicates ``master`` (CLUSTER NODES: "slave <master id>")."""
+        mid = self.cli_run(master.port, "cluster", "myid").strip()
+        for line in self.cli_run(master.port, "cluster", "nodes").splitlines():
+            parts = line.split()
+            if len(parts) > 3 and "slave" in parts[2] and parts[3] == mid:
+                port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+                node = next((n for n in self.live() if n.port == port), None)
+                if node is not None:
+                    return node
+        raise RedisUnavailable(f"no live replica of {master.addr}")
+
     def kill(self, node: Node, sig: int = signal.SIGKILL) -> None:
         assert node.proc
         node.killed = True

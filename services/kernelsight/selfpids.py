@@ -104,7 +104,11 @@ def register_url(redis_url: str, host: str, pid: int | None = None, tree: bool =
         return False
     from kernelsight.streams import connect
 
-    r = connect(redis_url, 2)
+    try:
+        r = connect(redis_url, 2)  # a cluster client connects here: no node, no client
+    except redis.RedisError as e:
+        log.debug("could not register pid %s as KernelSight's own: %s", pid, e)
+        return False
     try:
         return register(r, host, pid, tree, role)
     finally:

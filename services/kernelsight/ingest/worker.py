@@ -64,7 +64,12 @@ class Ingester:
         # worker 1 of a pool (the supervisor turns it off in the others).
         self.maintain = True
         self.maintenance: Maintenance | None = None
-        self.r = connect(settings.redis_url)
+        try:
+            self.r = connect(settings.redis_url)  # a cluster client asks a node here
+        except redis.RedisError as e:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {redact(settings.redis_url)} ({e}); start it or set "
+                "KS_REDIS_URL") from None
         self.group = schema.INGEST_GROUP
         self.consumer = settings.consumer
         self.instance = f"ingest@{settings.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
