@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 VENV := .venv
 KS := $(VENV)/bin/kernelsight
 
-.PHONY: setup stress report query test test-quiet test-fast lint bench soak idle-check docker-setup compose-build compose-up compose-stress compose-down clean
+.PHONY: setup stress report query test test-quiet test-fast lint bench soak idle-check docker-setup compose-build compose-up compose-stress compose-down clean fleet
 
 setup:
 	@scripts/setup.sh
@@ -81,3 +81,14 @@ IDLE_SECONDS ?= 1800
 idle-check: setup
 	KS_IDLE_SECONDS=$(IDLE_SECONDS) $(VENV)/bin/pytest -q -s -p no:cacheprovider \
 		tests/analysis/test_idle.py
+
+# `make fleet FLEET_DURATION=300`: a local fleet on loopback (6-node Redis Cluster, PostgreSQL,
+# FLEET_HOSTS simulated hosts at FLEET_RATE events/s each plus their /proc scraper, 2 ingesters);
+# one Redis master is SIGKILLed half-way. Exit 0 only if every host and type is conserved with no
+# duplicates (README "Scaling out"). Result also in logs/fleet/result.json.
+FLEET_DURATION ?= 120
+FLEET_RATE ?= 1000
+FLEET_HOSTS ?= 3
+fleet: setup
+	$(KS) fleet --duration $(FLEET_DURATION) --rate $(FLEET_RATE) --hosts $(FLEET_HOSTS) \
+		--log-dir logs/fleet --json logs/fleet/result.json

@@ -382,7 +382,7 @@ def _register_optional() -> None:
 
     for mod in ("report", "doctor", "stress", "stresstest", "loadgen", "soak", "bench", "rqjobs",
                 "compose_stress", "collectors.host", "analysis.command", "status", "service",
-                "copydb"):
+                "copydb", "fleet"):
         try:
             m = importlib.import_module(f"kernelsight.{mod}")
         except ModuleNotFoundError as e:
