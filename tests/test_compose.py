@@ -40,6 +40,8 @@ LONG_RUNNING = {"redis", "collector", "tracer", "ingest", "reporter"}
 ALL_SERVICES = LONG_RUNNING | {"stress"}
 DB_NAME = "kernelsight.db"
 SNAPSHOT_MARGIN_S = 10  # after a window's end: every producer's next snapshot is past it
+# The stack's KS_HOST: ks-env reads the host's /etc/hostname (mounted) when it is empty.
+STACK_HOST = Path("/etc/hostname").read_text().strip()
 
 
 @dataclass
@@ -191,8 +193,8 @@ def test_up_d_starts_continuous_collection(stack: Stack) -> None:
 
 def test_design_card_redis_cli_verbatim(stack: Stack) -> None:
     """The README's command as is: no ks-env, no password on any command line."""
-    p = sh(compose("exec", "-T", "redis", "redis-cli", "XLEN",
-                   "kernelsight:events:syscall_events"), 60, stack.env)
+    p = sh(["bash", "-c", f"{' '.join(compose('exec', '-T'))} redis redis-cli XLEN "
+            '"kernelsight:{$(hostname)}:events:syscall_events"'], 60, stack.env)
     assert re.fullmatch(r"\d+\n", p.stdout) and int(p.stdout) > 0, p.stdout + p.stderr
 
     # A redis-cli that stays connected, so its argv and environment can be read on the host.
@@ -329,7 +331,7 @@ def test_restart_kill9_and_down_up_lose_nothing(stack: Stack) -> None:
 
     def last_delivered() -> int:
         p = sh(compose("exec", "-T", "redis", "redis-cli", "--json", "XINFO", "GROUPS",
-                       "kernelsight:events:syscall_events"), 60, env)
+                       schema.stream_key(STACK_HOST, "syscall_events")), 60, env)
         g = json.loads(p.stdout)[0]
         return schema.stream_id_to_int(g["last-delivered-id"])
 

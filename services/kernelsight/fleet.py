@@ -312,8 +312,11 @@ def _kill_master(cluster, host: str, at: float, res: FleetResult,  # type: ignor
     """At ``at`` (monotonic), once every replica is linked, SIGKILL the master serving
     ``host``'s hash tag and time until a replica has taken its slots over."""
     time.sleep(max(0.0, at - time.monotonic()))
+    # Every replica's link up (else no replica is promoted), within a fifth of the run: a
+    # kill much later would no longer be "in the middle" (and could hit the producers' exit).
+    wait = max(10.0, res.duration_s / 5)
     try:
-        cluster.wait_healthy(60)  # every replica's link up: else no replica is promoted
+        cluster.wait_healthy(wait)
         victim = cluster.master_for("{" + host + "}")
         res.killed_hosts = [h for h in res.hosts
                             if h == host or cluster.master_for("{" + h + "}") is victim]
