@@ -273,3 +273,57 @@ def test_a_refusal_ends_ingest_with_one_line_entries_kept(pg_settings, pg_server
     groups = rclient.xinfo_groups(et.stream_for("testhost"))
     if groups:  # the ingester got as far as reading: nothing acknowledged
         assert groups[0]["pending"] + (groups[0]["lag"] or 0) == 1000
+
+
+def test_two_workers_new_days_and_a_killed_worker(pg_settings, tmp_path):
+    """`ingest --workers 2` into PostgreSQL with rows of three days (both workers create
+    partitions concurrently): one worker SIGKILLed mid-stream is restarted by the supervisor;
+    after the drain every row is stored once and none is in a DEFAULT partition."""
+    import psutil
+
+    n = 60_000
+    pub = Publisher(pg_settings, "test")
+    et = schema.BY_NAME["syscall_events"]
+    now = time.time_ns()
+    for i in range(0, n, 1000):
+        pub.publish(et.name, [row(et, j, now - (j % 3) * 86400 * 10**9) for j in
+                              range(i, i + 1000)])
+    pub.close()
+    env = {**os.environ, "KS_REDIS_URL": pg_settings.redis_url,
+           "KS_DB_PATH": pg_settings.db_path, "KS_BATCH_SIZE": "300", "KS_INGEST_WORKERS": "2"}
+    log = tmp_path / "ingest.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen([sys.executable, "-m", "kernelsight", "ingest"], env=env,
+                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    eng = create_engine(pg_settings.db_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if count(eng) >= n // 4:
+                    break
+            except Exception:  # noqa: BLE001 - the schema may not exist yet
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no progress: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        workers = psutil.Process(p.pid).children()
+        assert len(workers) == 2, workers
+        workers[-1].send_signal(signal.SIGKILL)
+        assert count(eng) < n, "the kill must land mid-stream"
+        deadline = time.monotonic() + 120
+        while count(eng) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(60) == 0, log.read_text()[-2000:]
+        with eng.connect() as c:
+            total, distinct = c.execute(text(
+                "SELECT COUNT(*), COUNT(DISTINCT (host, stream_id)) FROM syscall_events")).one()
+            in_default = c.execute(text("SELECT COUNT(*) FROM syscall_events_default")).scalar()
+        text_log = log.read_text()
+        assert "restarting it" in text_log and "Traceback" not in text_log
+        assert total == distinct == n and in_default == 0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        eng.dispose()
