@@ -220,3 +220,6 @@ def test_nul_in_text_refused_or_escaped_never_silent(tmp_path, pg_url):
         assert c.execute(text("SELECT detail FROM pipeline_accounting")).scalar_one() == \
             "boom\\x00here"
     pg.dispose()
+    r = ks("copy-db", db, pg_url)  # again: nothing twice, the refused row refused again
+    assert r.returncode != 0 and "refused (U+0000 in text): 1" in r.stdout
+    assert "total: 4 rows in source, 0 copied, 3 already there" in r.stdout, r.stdout

@@ -181,20 +181,25 @@ def _copy_accounting(src: Connection, dst: Engine, batch: int) -> TableCopy:
     tc = TableCopy(t.name)
     instances = [r[0] for r in src.execute(select(t.c.instance).distinct()
                                            .order_by(t.c.instance))]
+    pg = dst.dialect.name == "postgresql"
     for inst in instances:
+        # Compared as DST holds them (on PostgreSQL with U+0000 written as \\x00), so a row
+        # escaped on the first copy is found on the next.
+        key = inst.replace("\0", "\\x00") if pg else inst
         with dst.connect() as d:
             have = {tuple(r) for r in d.execute(
-                select(*(t.c[c] for c in cols)).where(t.c.instance == inst))}
-        for rows in _pages(src, t, cols, batch, t.c.instance == inst):
-            tc.read += len(rows)
+                select(*(t.c[c] for c in cols)).where(t.c.instance == key))}
+        for page in _pages(src, t, cols, batch, t.c.instance == inst):
+            tc.read += len(page)
+            rows = page
+            if pg:
+                rows, n = _escape_nul(page)
+                tc.escaped += n
             new = []
             for r in rows:
                 if r not in have:
                     have.add(r)
                     new.append(r)
-            if dst.dialect.name == "postgresql":
-                new, n = _escape_nul(new)
-                tc.escaped += n
             with dst.begin() as d:
                 tc.copied += insert_ignore(d, t, cols, new)
     return tc

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Connection, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 
@@ -39,9 +39,9 @@ def same_database(a: str, b: str) -> bool:
     except ArgumentError:
         return a == b
 
-    def key(u: object) -> tuple:
-        return (u.get_backend_name(), u.host, u.port or 5432, u.database,  # type: ignore[attr-defined]
-                u.username, sorted(u.query.items()))  # type: ignore[attr-defined]
+    def key(u: URL) -> tuple:
+        return (u.get_backend_name(), u.host, u.port or 5432, u.database, u.username,
+                sorted(u.query.items()))
 
     return key(ua) == key(ub)
 
