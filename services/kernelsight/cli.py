@@ -25,8 +25,9 @@ def _opt(*decls: str, field: str, **kw: Any) -> Callable:
 
 
 REDIS = _opt("--redis-url", field="redis_url",
-             help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0; prefer KS_REDIS_URL "
-                  "(a flag's value is visible to every local user in ps).")
+             help="Redis URL, e.g. redis://:PASSWORD@127.0.0.1:6379/0, or a Redis Cluster as "
+                  "redis+cluster://:PASSWORD@host:port[,host:port...] (any nodes, as seeds); "
+                  "prefer KS_REDIS_URL (a flag's value is visible to every local user in ps).")
 DB = _opt("--db", "--db-path", field="db_path", envvar=["KS_DB_PATH", "KS_DB_URL"],
           help="SQLite file, or a PostgreSQL URL such as postgresql+psycopg://ks@db:5432/ks "
                "(password from PGPASSWORD or ~/.pgpass, or in KS_DB_URL: a flag's value is "
@@ -286,6 +287,7 @@ def ingest(drain: bool, **kw: Any) -> None:
     \b
     Examples:
       KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight ingest --db data/ks.db
+      KS_REDIS_URL=redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000 kernelsight ingest
       kernelsight ingest --drain --db data/ks.db
       kernelsight ingest --workers 2   # two processes: more throughput, more CPU
       kernelsight ingest --retention 30d --retention-size 10GiB --rollup-retention 52w

@@ -639,15 +639,45 @@ class Publisher:
             return 0
         return min(int(done.split(b"|", 1)[0]), self._resend_n, len(self._buf))
 
+    def _unconfirmed_at_exit(self, end: float) -> bool:
+        """On a cluster, before the replay window goes with this process: are its entries safe
+        from a failover? Yes once the ingest group has acknowledged them (stored), or once the
+        master's replica has everything up to now (a probe SET, then WAIT 1 on the same
+        connection: replication is in order, so the replica acknowledging the SET's offset has
+        every earlier write). Otherwise they are counted (``replay_window_unconfirmed``,
+        returns True): a failover before they are stored would lose them."""
+        if not self._cluster or not self._window_len:
+            return False
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
+            self._forget_acknowledged()
+            if not self._window_len:
+                return False
+            pipe = self._hr().pipeline(transaction=False)
+            pipe.set(self._key(PROBE_KEY.format(instance=self.instance)), b"1", ex=PROBE_TTL_S)
+            wait_ms = min(1000, max(100, int((end - time.monotonic()) * 1000)))
+            pipe.execute_command("WAIT", 1, wait_ms)
+            if pipe.execute()[1] >= 1:
+                return False
+        with self._lock:
+            self._count("", "replay_window_unconfirmed", self._window_len)
+        log.warning("%d entries are neither stored nor confirmed replicated at exit: a "
+                    "failover of their master before the ingester stores them loses them "
+                    "(counted as replay_window_unconfirmed)", self._window_len)
+        return True
+
     def close(self, deadline_s: float = 5.0) -> None:
         """Flush everything, retrying until the deadline; count what could not be sent, and
         deliver the accounting that says so (also when a long backlog is still buffered: the
         deadline bounds the flush, not only the retries)."""
         end = time.monotonic() + deadline_s
+        checked = False
         while True:
             self._retry_at = 0.0
             if self.flush(final=True, deadline=end) and not self._dirty:
-                break
+                if checked or not self._unconfirmed_at_exit(end):
+                    break
+                checked = True
+                continue  # deliver the accounting that counts them
             if time.monotonic() >= end:
                 ran = self._ran_in_doubt()
                 with self._lock:

@@ -11,6 +11,7 @@ ingester carry on without a restart."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -224,6 +225,44 @@ def test_unreplicated_entries_are_re_added_after_failover(tmp_path: Path) -> Non
               f"{sum(v[1] for v in got.values())} rows, "
               f"drops {sum(v[2] for v in got.values())}, duplicates 0")
         assert readded and sum(int(x.split(" of ")[0]) for x in readded) > 0, h1[-3000:]
+
+
+def test_exit_waits_for_replication_or_counts_what_is_unconfirmed(
+        redis_cluster: LocalRedisCluster) -> None:
+    """A producer leaving with entries nobody stored yet: they are safe once its master's
+    replica has them (WAIT); with the replica stopped they are not, and the producer says so
+    in its final accounting (replay_window_unconfirmed) instead of leaving silently."""
+    need_root()
+    from kernelsight.config import Settings
+    from kernelsight.loadgen import make_event
+    from kernelsight.streams import Publisher
+
+    def publish(host: str) -> Publisher:
+        pub = Publisher(Settings(redis_url=redis_cluster.url, host=host), "exittest")
+        et = schema.BY_NAME["load_metrics"]
+        rng = random.Random(5)
+        pub.publish(et.name, [make_event(et, rng, host, time.time_ns()) for _ in range(200)])
+        assert pub.flush(final=True) and pub._window_len == 200  # sent, nobody ingests
+        return pub
+
+    pub = publish("exit-a")
+    pub.close()
+    assert ("", "replay_window_unconfirmed", "") not in pub.counters
+    pub = publish("exit-b")
+    replica = redis_cluster.replica_of(redis_cluster.master_for(schema.accounting_stream(
+        "exit-b")))
+    assert replica.proc
+    os.kill(replica.proc.pid, signal.SIGSTOP)  # shorter than the node timeout: no failover
+    try:
+        pub.close(deadline_s=1.0)
+    finally:
+        os.kill(replica.proc.pid, signal.SIGCONT)
+    assert pub.counters[("", "replay_window_unconfirmed", "")] == 200
+    r = connect(redis_cluster.url)
+    last = orjson.loads(r.xrevrange(schema.accounting_stream("exit-b"), count=1)[0][1][b"d"])
+    assert ["", "replay_window_unconfirmed", "", 200, ""] in last["counters"]
+    r.close()
+    redis_cluster.wait_healthy(30)
 
 
 def test_cluster_url_is_checked(tmp_path: Path) -> None:
