@@ -24,7 +24,7 @@ from kernelsight.config import Settings, db_label, env_name, redact
 from kernelsight.exceptions import CollectorError, KernelSightError
 from kernelsight.redis_server import PrivateRedis
 from kernelsight.runs import RunRecorder
-from kernelsight.streams import HEALTH_KEY, Publisher, connect, ping
+from kernelsight.streams import HEALTH_KEY, Publisher, connect, mget, ping
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def request_stop(redis_url: str) -> None:
 
 def collector_states(redis_url: str, names: list[str]) -> dict[str, dict]:
     r = connect(redis_url)
-    raw = r.mget([STATUS_KEY.format(name=n) for n in names])
+    raw = mget(r, [STATUS_KEY.format(name=n) for n in names])
     return {n: _status(v) for n, v in zip(names, raw, strict=True)}
 
 

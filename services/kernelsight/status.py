@@ -24,7 +24,7 @@ from kernelsight import collectors, defaults, schema
 from kernelsight.config import Settings, redact
 from kernelsight.exceptions import RedisUnavailable
 from kernelsight.runner import STATUS_KEY
-from kernelsight.streams import HEALTH_KEY, connect
+from kernelsight.streams import HEALTH_KEY, connect, mget
 
 # A heartbeat older than this is stale (they are written every 1-2 s and expire after
 # defaults.HEALTH_TTL_S, so a missing key means older than that).
@@ -59,7 +59,7 @@ def heartbeats(r: redis.Redis) -> dict[str, dict[str, Any]]:
     prefix = HEALTH_KEY.format(source="")
     keys = sorted(r.scan_iter(match=prefix.encode() + b"*", count=1000))
     out: dict[str, dict[str, Any]] = {}
-    for k, v in zip(keys, r.mget(keys) if keys else [], strict=True):
+    for k, v in zip(keys, mget(r, keys), strict=True):
         if v:
             out[k.decode().removeprefix(prefix)] = orjson.loads(v)
     return out
@@ -67,7 +67,7 @@ def heartbeats(r: redis.Redis) -> dict[str, dict[str, Any]]:
 
 def collector_states(r: redis.Redis, names: tuple[str, ...] = collectors.ALL
                      ) -> dict[str, dict[str, Any]]:
-    raw = r.mget([STATUS_KEY.format(name=n) for n in names])
+    raw = mget(r, [STATUS_KEY.format(name=n) for n in names])
     return {n: orjson.loads(v) for n, v in zip(names, raw, strict=True) if v}
 
 

@@ -176,6 +176,13 @@ def node_client(r: redis.Redis, key: str | bytes) -> redis.Redis:
         raise redis.ConnectionError(f"redis cluster: {e}") from None
 
 
+def mget(r: redis.Redis, keys: list) -> list:
+    """MGET of keys in any slots: one MGET on a single Redis, one per slot on a cluster."""
+    if not keys:
+        return []
+    return r.mget_nonatomic(keys) if hasattr(r, "mget_nonatomic") else r.mget(keys)
+
+
 def register(r: redis.Redis, host: str, streams: Iterable[str] = ()) -> None:
     """Announce ``host`` (and the streams its producers write) to ingesters."""
     r.sadd(schema.HOSTS_KEY, host)

@@ -143,6 +143,13 @@ def test_hosts_share_a_cluster_exactly_once(redis_cluster: LocalRedisCluster,
     for i, p in enumerate(ing, 1):
         drain(p, tmp_path / f"ingest{i}.log")
     got = assert_conserved(db, tmp_path)
+    # `status` over the cluster: every host's streams, nothing left unstored.
+    st = subprocess.run([sys.executable, "-m", "kernelsight", "status", "--json", "--db", str(db),
+                         "--redis-url", url, "--expect", ""], capture_output=True, text=True,
+                        timeout=60, check=False)
+    streams = {x["stream"]: x for x in orjson.loads(st.stdout)["streams"]}
+    for h in HOSTS:
+        assert all(streams[s]["backlog"] == 0 for s in schema.host_streams(h)), st.stdout
     print(f"\ncluster, 3 hosts x {rate}/s x {duration}s, 2 ingesters: "
           f"{sum(v[1] for v in got.values())} rows, "
           f"drops {sum(v[2] for v in got.values())}, duplicates 0")
