@@ -145,3 +145,19 @@ def test_v4_rebuild_failure_leaves_the_file_unchanged(tmp_path):
     with pytest.raises(DatabaseError, match="left unchanged"):
         open_db(db)
     assert contents(db) == before
+
+
+def test_processes_creating_the_schema_together_all_succeed(tmp_path):
+    """Ingesters started at the same moment on a new file (`--workers`, two services): each
+    opens it and none fails on "table ... already exists" (before the schema lock: 3 of 40
+    opens failed, 4 processes at a time)."""
+    import subprocess
+    import sys
+
+    for trial in range(5):
+        db = tmp_path / f"race{trial}.db"
+        code = f"from kernelsight.db import open_db; open_db({str(db)!r}).dispose()"
+        ps = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+              for _ in range(4)]
+        errs = [p.communicate(timeout=120)[1] for p in ps]
+        assert all(p.returncode == 0 for p in ps), [e[-300:] for e in errs if e]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -135,20 +139,38 @@ def open_db(path: str | Path, create: bool = True, checkpoint_thread: bool = Fal
     elif not Path(path).is_file():
         raise DatabaseError(f"no database at {path}; run `kernelsight run` or `make stress` first")
     eng = engine_for(path, checkpoint_thread=checkpoint_thread)
-    if Path(path).is_file() and Path(path).stat().st_size:
-        _rebuild_if_needed(path)
-    for attempt in range(3):
+    # One process at a time creates or upgrades the schema: pysqlite runs DDL outside a
+    # transaction, so two ingesters starting together on a new file both saw "no table" and
+    # one failed on "table ... already exists" (4 processes at once: 3 failures in 40).
+    with schema_lock(path):
+        if Path(path).is_file() and Path(path).stat().st_size:
+            _rebuild_if_needed(path)
         try:
             _create_schema(eng, path)
-            break
         except OperationalError as e:
-            # Another writer (a second ingest worker) created the same table in between.
-            if "already exists" in str(e.orig) and attempt < 2:
-                continue
             raise DatabaseError(f"cannot open database {path}: {e.orig}") from None
         except sqlite3.DatabaseError as e:
             raise DatabaseError(f"{path} is not a usable SQLite database: {e}") from None
     return eng
+
+
+@contextlib.contextmanager
+def schema_lock(path: str) -> Iterator[None]:
+    """flock(2) on the database's directory while the schema is checked and created. The
+    directory, not a file beside the database: no file is left behind, and not the database
+    file itself: closing another descriptor of it would drop this process's SQLite locks
+    (POSIX lock semantics). Other databases in the same directory wait a moment too."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY
+                     | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _rebuild_if_needed(path: str) -> None:
