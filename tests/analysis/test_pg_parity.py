@@ -200,7 +200,11 @@ def test_analyze_same_findings(recording, pg_copy, window):
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads(r.stdout)
         out.append(keyed(res, row_keys(db, res)))
-    assert out[0]["findings"], "the recording's incidents make findings"
+    # Whether one incident's window yields a finding depends on the host's load during the
+    # recording (quiet_host tests judge that); the stores must agree either way, signals
+    # included. The whole recording has findings.
+    assert out[0]["findings"] or window == "incident", "the recording's incidents make findings"
+    assert out[0]["signals"]
     assert out[0] == out[1]
 
 
