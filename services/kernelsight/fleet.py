@@ -31,6 +31,7 @@ import orjson
 
 from kernelsight import schema
 from kernelsight.exceptions import ConfigError, KernelSightError
+from kernelsight.loadgen import MIX
 
 INGESTERS = 2
 INGEST_HOST = "fleet-ingest"  # the ingesters' own KS_HOST (their accounting rows)
@@ -276,9 +277,15 @@ def run_fleet(duration: float, rate: float, n_hosts: int, log_dir: Path,
             producers = []
             for h in hosts:
                 env = child_env(cluster.url, db_url, h)
+                # Beside the host's scraper, loadgen publishes the tracers' tables only: one
+                # producer per stream, as on a real host (two producers of one stream can
+                # re-add each other's ids after a failover: see README "Scaling out").
+                only = (["--tables", ",".join(t for t in MIX
+                                              if schema.BY_NAME[t].source != "scraper")]
+                        if scraper else [])
                 producers.append(fleet.spawn(f"{h}-loadgen", ["loadgen", "--rate", str(rate),
                                                               "--duration", str(duration),
-                                                              "--host", h], env))
+                                                              "--host", h, *only], env))
                 if scraper:
                     producers.append(fleet.spawn(f"{h}-scraper", ["collect"], env))
             echo(f"hosts: {', '.join(hosts)} (loadgen {rate:g} events/s each"

@@ -56,20 +56,22 @@ def make_event(et: schema.EventType, rng: random.Random, host: str, ts: int) -> 
     return row
 
 
-def pool(host: str, seed: int = 1, size: int = 512) -> list[tuple[str, dict]]:
-    """A pool of pre-built events in the right mix (timestamps set at publish time)."""
+def pool(host: str, seed: int = 1, size: int = 512,
+         tables: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """A pool of pre-built events in the right mix (timestamps set at publish time), of
+    ``tables`` only when given."""
     rng = random.Random(seed)
-    names = [n for n, w in MIX.items() for _ in range(w)]
+    names = [n for n, w in MIX.items() for _ in range(w) if not tables or n in tables]
     return [(n, make_event(schema.BY_NAME[n], rng, host, 0))
             for n in (rng.choice(names) for _ in range(size))]
 
 
 def generate(settings: Settings, rate: float, duration: float,
-             stop: threading.Event | None = None) -> Publisher:
+             stop: threading.Event | None = None, tables: tuple[str, ...] = ()) -> Publisher:
     """Publish ``rate`` events/s for ``duration`` s, paced in 10 ms slices."""
     pub = Publisher(settings, "loadgen")
     pub.status(schema.STARTED)
-    events = pool(settings.host)
+    events = pool(settings.host, tables=tables)
     i = 0
     start = time.monotonic()
     sent = 0
@@ -102,15 +104,28 @@ def generate(settings: Settings, rate: float, duration: float,
               help="Seconds.")
 @click.option("--redis-url", envvar="KS_REDIS_URL", show_envvar=True, required=True)
 @click.option("--host", envvar="KS_HOST", default=None, help="Host name in the events.")
-def command(rate: float, duration: float, redis_url: str, host: str | None) -> None:
+@click.option("--tables", "table_list", envvar="KS_LOADGEN_TABLES", show_envvar=True,
+              default="", help="Comma list of event tables to publish [default: all of "
+              f"{', '.join(MIX)}].")
+def command(rate: float, duration: float, redis_url: str, host: str | None,
+            table_list: str) -> None:
     """Publish realistic events of every type at RATE/s (for soak tests and benchmarks).
+
+    Beside a real collector of the same --host, give it --tables without that collector's:
+    each of a host's streams then has one producer, as in a real deployment.
 
     \b
     Examples:
       KS_REDIS_URL=redis://:pw@127.0.0.1:6379/0 kernelsight loadgen --rate 10000 --duration 60
+      kernelsight loadgen --rate 1000 --duration 60 --tables syscall_events,sched_events
     """
+    tables = tuple(t.strip() for t in table_list.split(",") if t.strip())
+    bad = [t for t in tables if t not in MIX]
+    if bad:
+        raise click.UsageError(f"--tables: {bad[0]!r} is not a loadgen table; choose from "
+                               f"{', '.join(MIX)}")
     s = Settings().with_(redis_url=redis_url, host=host or socket.gethostname())
-    pub = generate(s, rate, duration)
+    pub = generate(s, rate, duration, tables=tables)
     produced = sum(v for (et, m, _), v in pub.counters.items() if m == schema.PRODUCED)
     dropped = sum(v for (et, m, _), v in pub.counters.items() if m == schema.DROPPED)
     click.echo(orjson.dumps({"produced": produced, "dropped": dropped,
