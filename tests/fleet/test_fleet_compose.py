@@ -36,11 +36,14 @@ def compose(*args: str) -> list[str]:
     return ["docker", "compose", "-f", "compose.fleet.yaml", "-p", PROJECT, *args]
 
 
-def psql(env: dict[str, str], sql: str) -> list[list[str]]:
-    """SQL inside the postgres container, with its generated password (never on argv)."""
+def psql(env: dict[str, str], sql: str, check: bool = True) -> list[list[str]] | None:
+    """SQL inside the postgres container, with its generated password (never on argv).
+    ``check=False``: None when psql fails (the schema not created yet, while waiting)."""
     p = sh(compose("exec", "-T", "postgres", "sh", "-c",
                    'PGPASSWORD=$(cat /run/ks-pg/password) psql -h 127.0.0.1 -U ks -d '
-                   'kernelsight -v ON_ERROR_STOP=1 -AtF "|" -c "$0"', sql), env, 60)
+                   'kernelsight -v ON_ERROR_STOP=1 -AtF "|" -c "$0"', sql), env, 60, check)
+    if p.returncode != 0:
+        return None
     return [ln.split("|") for ln in p.stdout.strip().splitlines() if ln]
 
 
@@ -70,8 +73,11 @@ def test_rows_of_every_host_land_in_postgresql_once(fleet_env: dict[str, str]) -
     deadline = time.monotonic() + 180
     counts: dict[str, int] = {}
     while time.monotonic() < deadline:
-        counts = {h: int(n) for h, n in psql(env, "SELECT host, COUNT(*) FROM memory_metrics "
-                                                  "GROUP BY host")}
+        # the first ingester creates the schema: until then the table does not exist (CI:
+        # `relation "memory_metrics" does not exist` ended this wait at once)
+        rows = psql(env, "SELECT host, COUNT(*) FROM memory_metrics GROUP BY host",
+                    check=False) or []
+        counts = {h: int(n) for h, n in rows}
         if all(counts.get(h, 0) >= 5 for h in HOSTS):
             break
         time.sleep(3)
