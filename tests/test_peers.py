@@ -5,6 +5,7 @@ and syscount count exactly the truth."""
 from __future__ import annotations
 
 import shutil
+import signal
 
 import pytest
 
@@ -60,12 +61,18 @@ def test_our_counts_match_the_truth_beside_syscount() -> None:
     assert "nanosleep: ours 2," in got["peer_ours_getppid_count"][1], got
 
 
-@pytest.mark.known_flaky
-def test_counts_match_syscount_and_the_truth() -> None:
-    """Known bug (3 of the last 4 CI-like runs, also on a quiet machine after BccTool waited
-    for syscount's sleep): syscount sometimes prints no counts at all for the workload's
-    pid (every figure None) while ours are exact; cause not found."""
-    got = _syscount_figures()
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_counts_match_syscount_and_the_truth(sigint: str) -> None:
+    """Both tools exact on the same process. "ignored": the bench started in the background by
+    a non-interactive shell (CI, `setsid make bench &`) ignores SIGINT; syscount inherited that
+    and never printed its summary (every figure None in 3 of 4 CI runs) until BccTool reset
+    the tool's SIGINT to the default."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else
+                        signal.default_int_handler)
+    try:
+        got = _syscount_figures()
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert got["peer_ours_getppid_count"][0] == 4000, got
     assert got["peer_syscount_getppid_count"][0] == 4000, got
     assert got["peer_count_syscalls_differing"][0] == 0, got

@@ -78,8 +78,14 @@ class BccTool:
 
     def __enter__(self) -> Self:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its "Tracing" line before it exits
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env)
+        # SIGINT is how the tool is told to print its summary. A process started in the
+        # background by a non-interactive shell (CI, `setsid cmd &`) ignores SIGINT, its
+        # children inherit that, and Python then installs no KeyboardInterrupt handler: the
+        # tool would never print. coreutils' env puts SIGINT back to the default before the
+        # exec (same pid, so /proc/PID/syscall below is the tool's).
+        self.proc = subprocess.Popen(["env", "--default-signal=INT", *self.argv],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env)
         assert self.proc.stdout is not None
         first: list[str] = []
         got = threading.Event()
