@@ -8,6 +8,7 @@
 #define CNT_START_MAP_FULL 1 /* a syscall not timed: the start hash (tids > slots) was full */
 #define CNT_UNTIMED 2        /* returned without its entry seen, >= threshold after attach */
 #define CNT_UNTIMED_MAYBE 3  /* returned without its entry seen, sooner: maybe under it */
-#define CNT_MAX 4
+#define CNT_SUBMITTED 4     /* events put in the ring buffer (ks_ringbuf.h; not a loss) */
+#define CNT_MAX 5
 
 #endif

@@ -36,6 +36,7 @@
 #include <linux/sched.h>
 #include "ks_pagefaults.h" /* DROP_* slots */
 #include "ks_self.h" /* ks_is_self(): KernelSight's own processes are not traced */
+#include "ks_ringbuf.h" /* ks_rb_flags(): wake the reader every KS_WAKEUP_EVERY events */
 
 #ifndef KS_MAP_ENTRIES
 #define KS_MAP_ENTRIES 65536
@@ -48,10 +49,6 @@
 #endif
 #ifndef KS_NCPU
 #define KS_NCPU 1
-#endif
-/* Wake the reader every this many events per CPU; it also drains every 0.5 s on its own. */
-#ifndef KS_WAKEUP_EVERY
-#define KS_WAKEUP_EVERY 64
 #endif
 
 
@@ -308,7 +305,7 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
     ev->user_mode = (*(u64 *)&ctx->regs.cs & 3) == 3;
     ev->pad = 0;
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    events.ringbuf_submit(ev, (++c->submitted % KS_WAKEUP_EVERY) ? BPF_RB_NO_WAKEUP : 0);
+    events.ringbuf_submit(ev, ks_rb_flags(&c->submitted));
     if (v)
         v->sampled++;
     return 0;

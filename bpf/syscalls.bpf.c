@@ -73,6 +73,7 @@
 #include "ks_syscalls.h"
 /* KernelSight's own processes: ks_is_self(tgid). */
 #include "ks_self.h"
+#include "ks_ringbuf.h" /* ks_rb_flags(): wake the reader every KS_WAKEUP_EVERY events */
 
 struct start_t {
     u64 ts;   /* bpf_ktime_get_ns() at sys_enter; 0 = no syscall in flight */
@@ -258,7 +259,9 @@ static __always_inline int exit_slow(struct bpf_raw_tracepoint_args *ctx, struct
     e->uid = (u32)bpf_get_current_uid_gid();
     e->cpu = bpf_get_smp_processor_id();
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    events.ringbuf_submit(e, 0);
+    int sub = CNT_SUBMITTED;
+    u64 *n = counters.lookup(&sub);
+    events.ringbuf_submit(e, n ? ks_rb_flags(n) : 0);
     return 0;
 }
 

@@ -233,3 +233,54 @@ def test_a_restarted_process_is_registered_again(settings: Settings, rclient: re
     finally:
         stack.close()
         rclient.delete(selfpids.KEY.format(host=settings.host))
+
+
+def test_tracers_in_one_process_share_one_watcher(settings: Settings,
+                                                 rclient: redis.Redis) -> None:
+    """Two loaded BPF objects (two hosted tracers) get one "ks-self-filter" thread between
+    them; a process registered later reaches both maps within SYNC_S, its exit leaves both,
+    and the thread ends with the last filter."""
+    need_root()
+    import threading
+
+    from bcc import BPF
+
+    from kernelsight import bpfsupport
+
+    bpfsupport.ensure_headers()
+    text = b'#include "ks_self.h"\nint noop(void *ctx) { return 0; }\n'
+    objs = [BPF(text=text, cflags=[f"-I{settings.bpf_path}", "-DKS_SELF_SLOTS=4194304"])
+            for _ in range(2)]
+    host = settings.host
+    rclient.delete(selfpids.KEY.format(host=host))
+    filters = [selfpids.SelfFilter(b, settings.redis_url, host, interval_s=0.2).start()
+               for b in objs]
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        names = [t.name for t in threading.enumerate()]
+        assert names.count("ks-self-filter") == 1, names
+        for b in objs:
+            assert b[b"ks_self"][os.getpid()].value == 1  # own process, at start
+        selfpids.register(rclient, host, child.pid)
+
+        def in_maps(on: int) -> bool:
+            return all(b[b"ks_self"][child.pid].value == on for b in objs)
+
+        deadline = time.monotonic() + 5
+        while not in_maps(1):
+            assert time.monotonic() < deadline, "registered pid not in both maps after 5 s"
+            time.sleep(0.05)
+        child.kill()
+        child.wait()
+        deadline = time.monotonic() + 5
+        while not in_maps(0):
+            assert time.monotonic() < deadline, "exited pid still filtered after 5 s"
+            time.sleep(0.05)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        for f in filters:
+            f.stop()
+        for b in objs:
+            b.cleanup()
+    assert "ks-self-filter" not in [t.name for t in threading.enumerate()]

@@ -10,7 +10,8 @@ ingester with its workers as a tree); each collector registers itself when it st
 tracer also always ignores its own process, with or without Redis.
 
 How it is applied: every tracer loads ``bpf/ks_self.h`` (a tgid array the verifier inlines)
-and runs a :class:`SelfFilter`, a thread that every ``SYNC_S`` reads the hash, checks each
+and runs a :class:`SelfFilter`; one thread per process (shared by the tracers it hosts) every
+``SYNC_S`` reads the hash, checks each
 entry against /proc (same start time, so a recycled pid is never filtered; a container's pid
 numbers are translated through /proc/PID/status's NSpid within the entry's pid namespace, never
 taken for host pids) and updates the BPF map with
@@ -26,7 +27,7 @@ import ctypes as ct
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import redis
@@ -218,7 +219,11 @@ def registered(r: redis.Redis, host: str, procfs: str = "/proc",
 
 
 class SelfFilter:
-    """Keeps a loaded tracer's ``ks_self`` maps equal to KernelSight's own processes."""
+    """Keeps a loaded tracer's ``ks_self`` maps equal to KernelSight's own processes.
+
+    The tracers hosted in one process (`kernelsight host`) share one watcher thread
+    (:class:`_Watcher`): the registry is read and /proc walked once per ``SYNC_S`` for all
+    of them, not once per tracer."""
 
     def __init__(self, bpf: Any, redis_url: str, host: str, procfs: str = "/proc",
                  interval_s: float = SYNC_S, own: bool = True) -> None:
@@ -234,34 +239,16 @@ class SelfFilter:
         self._arr = bpf[b"ks_self"]
         self._big = bpf[b"ks_self_big"]
         self._slots = int(self._arr.max_entries)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._r: redis.Redis | None = None
+        self._watcher: _Watcher | None = None
 
     def start(self) -> SelfFilter:
         """Apply this process at once, the registry now, then every ``interval_s``."""
-        self.sync()
-        self._thread = threading.Thread(target=self._run, name="ks-self-filter", daemon=True)
-        self._thread.start()
+        self._watcher = _Watcher.join(self)
         return self
 
-    def _want(self) -> set[int]:
-        want = {os.getpid()} if self.own else set()
-        if not self.redis_url:
-            return want
-        try:
-            if self._r is None:
-                from kernelsight.streams import connect
-
-                self._r = connect(self.redis_url, 2)
-            want |= registered(self._r, self.host, self.procfs)
-        except redis.RedisError as e:  # keep what we have; Redis may come back
-            log.debug("self filter: registry unreadable: %s", e)
-            return want | self.pids
-        return want
-
-    def sync(self) -> None:
-        want = self._want()
+    def apply(self, registered_pids: set[int]) -> None:
+        """Make the maps hold ``registered_pids`` (and this process if ``own``)."""
+        want = registered_pids | ({os.getpid()} if self.own else set())
         for pid in want - self.pids:
             self._set(pid, 1)
         for pid in self.pids - want:
@@ -281,17 +268,82 @@ class SelfFilter:
         except Exception as e:  # noqa: BLE001 - a full hash: that pid is traced, say so
             log.warning("self filter: pid %d not %s: %s", pid, "added" if on else "removed", e)
 
+    def stop(self) -> None:
+        """Before the BPF object is cleaned up (the watcher writes into its maps)."""
+        if self._watcher is not None:
+            self._watcher.leave(self)
+            self._watcher = None
+
+
+class _Watcher:
+    """One thread per (Redis URL, host, procfs, interval) in a process: reads the registry
+    and applies it to every SelfFilter that joined."""
+
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _all: ClassVar[dict[tuple[str, str, str, float], _Watcher]] = {}
+
+    def __init__(self, key: tuple[str, str, str, float]) -> None:
+        self.key = key
+        self.redis_url, self.host, self.procfs, self.interval_s = key
+        self.filters: list[SelfFilter] = []
+        self.last: set[int] = set()
+        self._stop = threading.Event()
+        self._apply_lock = threading.Lock()  # a filter never sees two syncs at once
+        self._r: redis.Redis | None = None
+        self._thread = threading.Thread(target=self._run, name="ks-self-filter", daemon=True)
+
+    @classmethod
+    def join(cls, f: SelfFilter) -> _Watcher:
+        key = (f.redis_url, f.host, f.procfs, f.interval_s)
+        with cls._lock:  # joins and leaves one at a time: none joins a watcher that stops
+            w = cls._all.get(key)
+            if w is None:
+                w = cls._all[key] = _Watcher(key)
+                w.last = w._registered()
+                w._thread.start()
+            with w._apply_lock:
+                f.apply(w.last)  # filtered before the caller's first event
+                w.filters.append(f)
+        return w
+
+    def leave(self, f: SelfFilter) -> None:
+        with _Watcher._lock:
+            with self._apply_lock:
+                if f in self.filters:
+                    self.filters.remove(f)
+                if self.filters:
+                    return
+            if _Watcher._all.get(self.key) is self:
+                del _Watcher._all[self.key]
+            self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(5)
+        if self._r is not None:
+            self._r.close()
+
+    def _registered(self) -> set[int]:
+        if not self.redis_url:
+            return set()
+        try:
+            if self._r is None:
+                from kernelsight.streams import connect
+
+                self._r = connect(self.redis_url, 2)
+            return registered(self._r, self.host, self.procfs)
+        except redis.RedisError as e:  # keep what we have; Redis may come back
+            log.debug("self filter: registry unreadable: %s", e)
+            return set(self.last)
+
+    def sync(self) -> None:
+        pids = self._registered()
+        with self._apply_lock:
+            self.last = pids
+            for f in list(self.filters):
+                f.apply(pids)
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
                 self.sync()
             except Exception:  # the filter must not kill the tracer
                 log.exception("self filter: sync failed")
-
-    def stop(self) -> None:
-        """Before the BPF object is cleaned up (the thread writes into its maps)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        if self._r is not None:
-            self._r.close()
