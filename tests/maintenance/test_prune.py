@@ -225,3 +225,28 @@ def test_the_thread_deletes_raw_rows_at_every_tick_between_full_passes(tmp_path)
         time.sleep(0.1)
     assert mt.passes == 1
     mt.stop()
+
+
+def test_a_tick_with_nothing_due_queries_nothing_and_a_full_pass_finds_late_rows(tmp_path):
+    """Idle cost: between full passes, a tick before the oldest row reaches the retention
+    reads no table; once it does, the tick deletes it. A row that arrives older than every
+    stored one (a late replay) is found by the next full pass."""
+    db = new_db(tmp_path / "ks.db")
+    ts = [NOW - 4 * MIN + i * SEC for i in range(240)]
+    insert(db, "memory_metrics", events("memory_metrics", ts))
+    produced(db, {"memory_metrics": len(ts)})
+    mt = maintenance(db, retention_s=300.0)
+    now = NOW
+    mt.run_once(now)
+    calls = []
+    real = mt._stats
+    mt._stats = lambda: calls.append(1) or real()  # type: ignore[method-assign]
+    assert mt.prune_raw(now + 30 * SEC) == 0 and calls == []  # oldest due at NOW + 1 min
+    late = NOW - 10 * MIN  # older than anything stored, long past the retention
+    insert(db, "memory_metrics", events("memory_metrics", [late]))
+    assert mt.prune_raw(now + 40 * SEC) == 0 and calls == []  # the tick does not see it ...
+    mt.run_once(now + 45 * SEC)  # ... the next full pass does
+    assert rows(db, "SELECT COUNT(*) FROM memory_metrics WHERE timestamp = ?", late) == [(0,)]
+    calls.clear()
+    assert mt.prune_raw(now + 50 * SEC) == 0 and calls == []
+    assert mt.prune_raw(now + 61 * SEC + 500_000_000) == 2 and calls == [1]  # -240, -239 s

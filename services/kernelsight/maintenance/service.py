@@ -54,6 +54,7 @@ class Maintenance:
         self.host = host
         self.interval_s = interval_s
         self.size_interval_s = size_interval_s
+        self._raw_due_ns: int | None = None  # prune_raw has nothing to do before this
         self.clock = clock
         self.instance = f"{SOURCE}@{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
@@ -241,10 +242,19 @@ class Maintenance:
         """Raw rows past the time retention (and rolled up): run at every tick, so a row
         outlives the retention by about a second, not by a whole pass."""
         now_ns = self.clock() if now_ns is None else now_ns
+        if self._raw_due_ns is not None and now_ns < self._raw_due_ns:
+            return 0  # nothing can have passed the retention yet: no query at all
         total = 0
         stats = self._stats()
         for t, cut in beyond_time(now_ns, self.policy, stats).items():
             total += self._delete(t, cut, stats[t], TIME)
+        # When the oldest row left reaches the retention, the earliest this can have work
+        # again (a tick of an idle ingester used to cost a MIN/MAX query per table). Unknown
+        # after a delete; a row that arrives older than every stored one (a late replay) is
+        # found by the next full pass (run_once), within --maintenance-interval.
+        oldest = [st.oldest_ns for st in stats.values() if st.oldest_ns is not None]
+        self._raw_due_ns = (None if total or not oldest
+                            else min(oldest) + int(self.policy.retention_s * 1e9))
         return total
 
     def prune_time(self, now_ns: int | None = None) -> int:
@@ -294,6 +304,7 @@ class Maintenance:
         """One full pass; returns what it did (for tests and logs)."""
         # Raw time retention first: rollups of a busy minute can take seconds on a loaded
         # host, and rows already rolled up must not outlive the retention while they run.
+        self._raw_due_ns = None  # a full pass always looks
         early = self.prune_raw(now_ns)
         out = {"rollup_rows": self.rollup(now_ns),
                "deleted_time": early + self.prune_time(now_ns),
