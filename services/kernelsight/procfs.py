@@ -114,6 +114,19 @@ def count_tcp_states(*texts: str) -> dict[str, int]:
     return out
 
 
+def is_proc_mount(mountinfo: str, path: str) -> bool:
+    """Whether ``path`` is a mount point of a procfs in /proc/self/mountinfo's text (field 5
+    the mount point, the file system type after the " - " separator)."""
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        parts = left.split()
+        if sep and len(parts) >= 5 and right.split()[:1] == ["proc"]:
+            point = parts[4].replace("\\040", " ")
+            if point == path:
+                return True
+    return False
+
+
 def parse_snmp(text: str) -> dict[str, dict[str, int]]:
     """/proc/net/snmp as {"Tcp": {"RetransSegs": n, ...}, ...}: header and value lines pair up
     by protocol, and fields are read by name, never by position (kernels add fields)."""

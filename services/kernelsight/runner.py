@@ -68,6 +68,7 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
     pub = Publisher(settings, name)
     try:
         col = (cls or collectors.get(name))(settings, pub)
+        col.stopping = stop  # its Ticker's waits end as soon as we are told to stop
         with start_lock or contextlib.nullcontext():
             col.start()
     except (CollectorError, KernelSightError) as e:

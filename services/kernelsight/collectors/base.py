@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, ClassVar
 
+from kernelsight import defaults
 from kernelsight.config import Settings
 from kernelsight.streams import Publisher
 
@@ -27,6 +29,9 @@ class Collector:
         self.settings = settings
         self.pub: Any = _OwnRowsDropped(publisher, self)
         self.self_filter: Any = None
+        # Set when the collector is asked to stop (the runner replaces it with its own stop
+        # event): a Ticker waiting on it returns at once instead of sleeping out its wait.
+        self.stopping = threading.Event()
 
     def watch_self(self, bpf: Any) -> None:
         """Tracers: after loading ``bpf`` (which includes bpf/ks_self.h), keep KernelSight's
@@ -55,11 +60,19 @@ class Collector:
 
 class Ticker:
     """A fixed cadence for interval collectors: ticks do not drift, and ticks missed while we
-    were busy are skipped rather than fired in a burst."""
+    were busy are skipped rather than fired in a burst. ``wake``: an event (the collector's
+    ``stopping``) that ends a wait early."""
 
-    def __init__(self, seconds: float, first_in: float | None = None) -> None:
+    # Longest sleep in wait(): the loop around poll() must flush (heartbeat) at least every
+    # HEARTBEAT_S. Half of it, so a beat is at most 1.5 x HEARTBEAT_S apart (an idle host's
+    # interval collectors wake ~0.7 times a second instead of 2).
+    MAX_SLEEP_S = defaults.HEARTBEAT_S / 2
+
+    def __init__(self, seconds: float, first_in: float | None = None,
+                 wake: threading.Event | None = None) -> None:
         self.seconds = seconds
         self.next = time.monotonic() + (seconds if first_in is None else first_in)
+        self.wake = wake
 
     def due(self) -> bool:
         """True (and the next tick scheduled) when a tick is due now."""
@@ -71,11 +84,16 @@ class Ticker:
             self.next = now + self.seconds
         return True
 
-    def wait(self, max_sleep: float = 0.5) -> bool:
-        """Sleep towards the next tick (at most ``max_sleep``); True when one is due."""
+    def wait(self, max_sleep: float = MAX_SLEEP_S) -> bool:
+        """Sleep towards the next tick (at most ``max_sleep``, less if ``wake`` is set);
+        True when one is due."""
         left = self.next - time.monotonic()
         if left > 0:
-            time.sleep(min(left, max_sleep))
+            if self.wake is not None:
+                if self.wake.wait(min(left, max_sleep)):
+                    return False  # stopping: stop() publishes the partial interval
+            else:
+                time.sleep(min(left, max_sleep))
         return self.due()
 
 

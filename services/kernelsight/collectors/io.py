@@ -238,7 +238,7 @@ class IoLatency(Collector):
         self.drops_seen = [0] * self.slots["DROP_SLOTS"]
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
-        self.ticker = Ticker(s.interval)
+        self.ticker = Ticker(s.interval, wake=self.stopping)
         self.watch_self(self.bpf)
         self._read()  # baseline: only what completes from now on counts
 
@@ -333,7 +333,7 @@ class IoLatency(Collector):
         return sum(prog_recursion_misses(fd) for fd in self.prog_fds)
 
     def poll(self) -> None:
-        if self.ticker.wait(max_sleep=0.5):  # 2 idle wake-ups a second; stop() flushes
+        if self.ticker.wait():  # stop() flushes the partial interval
             self._interval()
 
     def stop(self) -> None:

@@ -276,7 +276,7 @@ class SchedTracer(Collector):
         self.counters = self.bpf[b"counters"]
         self.prog_fds = [f.fd for f in self.bpf.funcs.values()]
         self.misses_seen = self._misses()
-        self.ticker = Ticker(s.interval)
+        self.ticker = Ticker(s.interval, wake=self.stopping)
         self.watch_self(self.bpf)
 
     def _check_attached(self, missing: list[bytes]) -> None:
@@ -340,7 +340,7 @@ class SchedTracer(Collector):
 
     # -- lifecycle -------------------------------------------------------------------------
     def poll(self) -> None:
-        if self.ticker.wait(max_sleep=0.5):  # 2 idle wake-ups a second; stop() flushes
+        if self.ticker.wait():  # stop() flushes the partial interval
             self.interval()
 
     def stop(self) -> None:

@@ -27,7 +27,8 @@ POLL_MS = 500  # the ring buffer ends the wait early only once it is 1/8 full (k
 # Threads whose tid is beyond it use a hash map of --map-entries entries instead.
 TID_SLOTS_MAX = 262_144
 # Slots of the per-CPU counters, defined in bpf/ks_syscalls.h (read from there at start).
-SLOTS = ("CNT_RINGBUF_FULL", "CNT_START_MAP_FULL", "CNT_UNTIMED", "CNT_UNTIMED_MAYBE")
+SLOTS = ("CNT_RINGBUF_FULL", "CNT_START_MAP_FULL", "CNT_UNTIMED", "CNT_UNTIMED_MAYBE",
+         "CNT_SUBMITTED")  # the last is not a loss: events submitted (wakeup batching)
 # Accounting reasons of syscall_events drops (pipeline_accounting.reason)
 R_RINGBUF_FULL = "ringbuf_full"
 R_START_MAP_FULL = "start_map_full"  # not timed: the start hash (tids > slots) was full
