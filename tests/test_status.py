@@ -25,8 +25,9 @@ def test_status_of_a_running_pipeline(settings, tmp_path: Path) -> None:
     with running_pipeline(settings, ["scraper"], tmp_path / "logs") as stack:
         args = ("--db", settings.db_path, "--redis-url", settings.redis_url)
         deadline = time.monotonic() + 30
-        while True:  # the ingester's first heartbeat follows its first batch
-            p = status(*args, "--json")
+        while True:  # the ingester's first heartbeat follows its first batch (the
+            # scraper's first rows linger up to defaults.PUBLISH_LINGER_S before they go)
+            p = status(*args, "--json", "--expect", "ingest,scraper")
             if p.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)

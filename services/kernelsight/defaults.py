@@ -45,6 +45,9 @@ HEALTH_STALE_S = 10.0  # a heartbeat older than this is unhealthy (`status`, the
 # private redis-server runs its timers REDIS_HZ times a second (Redis's default is 10; it
 # also bounds how late a blocking read's timeout fires: 1/REDIS_HZ s).
 HEARTBEAT_S = 3.0
+# Producers send a few buffered rows once the oldest has waited this long (or at once when a
+# chunk is full, and always when stopping): batches for Redis and for the ingester's commits.
+PUBLISH_LINGER_S = 1.0
 IDLE_BLOCK_MS = 500  # at most this late for the watchdog ping (its cadence is half WatchdogSec)
 TRIM_IDLE_S = 30.0
 REDIS_HZ = 2

@@ -230,7 +230,9 @@ def ping(url: str, timeout: float = 2.0) -> redis.Redis:
 class Publisher:
     """Buffered, counted, self-reconnecting producer for one collector instance."""
 
-    def __init__(self, settings: Settings, source: str) -> None:
+    def __init__(self, settings: Settings, source: str, linger_s: float = 0.0) -> None:
+        """``linger_s``: a few buffered rows wait this long for more before flush() sends
+        them (the collectors' runner: defaults.PUBLISH_LINGER_S; 0: at every flush)."""
         self.settings = settings
         self.source = source
         self.host = settings.host
@@ -243,6 +245,8 @@ class Publisher:
         # is produced: a chunk re-sent after an ambiguous failure (sent, reply lost) carries the
         # same ids, so Redis refuses the copies instead of storing them twice.
         self._buf: deque[tuple[str, bytes, str, bytes]] = deque()
+        self.linger_s = linger_s
+        self._send_at = 0.0  # monotonic: when the oldest buffered row has waited linger_s
         self._ids = IdSource()
         self._lock = threading.Lock()
         # (event_type, metric, reason) -> cumulative value. START_MARK: value 0 (sums over
@@ -339,6 +343,8 @@ class Publisher:
                     continue
                 payload = encode(row)
                 self._buf_bytes += len(payload)
+                if not self._buf:
+                    self._send_at = time.monotonic() + self.linger_s
                 self._buf.append((stream, payload, event_type, self._new_id()))
             self._count(event_type, schema.PRODUCED, n)
 
@@ -370,8 +376,13 @@ class Publisher:
                 self._next_accounting = now + max(defaults.ACCOUNTING_INTERVAL_S,
                                                   self.settings.interval)
             idle = not self._buf
-        if idle and self.connected and now < self._next_confirm and now < self._next_beat:
-            return True  # nothing to send, nothing due: no round trip
+            # A few rows wait up to linger_s for more (a quiet host's tracers publish a few
+            # rows per poll: one XADD, one ingest batch and one commit each otherwise).
+            lingering = (not idle and not final and now < self._send_at
+                         and len(self._buf) < CHUNK_MAX)
+        if (idle or lingering) and self.connected and now < self._next_beat and (
+                (idle and now < self._next_confirm) or (lingering and not self._window_len)):
+            return idle  # nothing to send yet, nothing due: no round trip
         try:
             if self._node and self._node != self._node_now():
                 self.connected = False  # the host's slot moved (failover): confirm first
@@ -381,7 +392,7 @@ class Publisher:
                 # to confirm or replay: an idle producer makes no round trip for it.
                 self._next_confirm = now + CONFIRM_INTERVAL_S
                 self._confirm()
-            while self._buf:
+            while self._buf and not lingering:
                 if now < self._held_until and not final:
                     return False
                 if deadline is not None and time.monotonic() >= deadline:

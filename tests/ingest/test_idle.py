@@ -49,6 +49,44 @@ def test_idle_publisher_makes_no_confirm_round_trip(settings, rclient):
     pub.close()
 
 
+def test_a_few_rows_linger_then_go_in_one_chunk(settings, rclient):
+    """The collectors' runner publishes with a linger: rows published a few per poll go in
+    one round trip once the oldest has waited linger_s; a full chunk and a final flush go at
+    once; the heartbeat does not wait for the linger."""
+    from kernelsight.streams import CHUNK_MAX
+
+    pub = Publisher(settings, "lingertest", linger_s=0.6)
+    pub.status("started")
+    assert pub.flush(final=True)
+    stream = schema.stream_key(settings.host, "memory_metrics")
+    c0 = calls(rclient)
+    t0 = time.monotonic()
+    for i in range(5):  # five polls, a row each
+        pub.publish("memory_metrics", [{"x": i}])
+        assert not pub.flush()
+        time.sleep(0.05)
+    assert rclient.xlen(stream) == 0
+    assert delta(c0, calls(rclient), "evalsha") == 0  # nothing sent yet, no round trip
+    while time.monotonic() < t0 + 0.65:
+        time.sleep(0.05)
+    c1 = calls(rclient)
+    assert pub.flush()
+    assert rclient.xlen(stream) == 5 and delta(c1, calls(rclient), "evalsha") == 1
+    pub.publish("memory_metrics", [{"x": i} for i in range(CHUNK_MAX)])  # a full chunk
+    assert pub.flush() and rclient.xlen(stream) == 5 + CHUNK_MAX
+    pub.publish("memory_metrics", [{"x": -1}])
+    assert pub.flush(final=True) and rclient.xlen(stream) == 6 + CHUNK_MAX
+    rclient.delete(HEALTH_KEY.format(source="lingertest"))
+    pub.publish("memory_metrics", [{"x": -2}])  # lingering while the heartbeat falls due
+    end = time.monotonic() + defaults.HEARTBEAT_S + 0.5
+    while not rclient.get(HEALTH_KEY.format(source="lingertest")):
+        assert time.monotonic() < end, "no heartbeat while rows lingered"
+        pub.flush()
+        time.sleep(0.05)
+    pub.close()
+    assert rclient.xlen(stream) == 7 + CHUNK_MAX
+
+
 def test_idle_ingester_spaces_out_its_reads(settings, rclient):
     ing = Ingester(settings)
     t = threading.Thread(target=ing.run, daemon=True)
