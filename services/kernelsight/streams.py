@@ -628,17 +628,20 @@ class Publisher:
         self._retry_at = time.monotonic() + self._backoff
 
     def _heartbeat(self) -> None:
+        """The health key and, again at each beat, the host registry (a restarted Redis or
+        a promoted replica may have lost it, and ingesters find hosts only there): one
+        pipelined round trip."""
         try:
-            self._r.set(HEALTH_KEY.format(source=self.source), encode(
+            pipe = self._r.pipeline(transaction=False)
+            pipe.set(HEALTH_KEY.format(source=self.source), encode(
                 {"instance": self.instance, "timestamp": now_ns()}),
                 ex=defaults.HEALTH_TTL_S)
-            self._register()
+            register(pipe, self.host, self._streams.values())
+            pipe.execute()
         except (redis.RedisError, RedisClusterException):
             pass
 
     def _register(self) -> None:
-        """In the host registry, again at each heartbeat: a restarted Redis or a promoted
-        replica may have lost the entry, and ingesters find hosts only there."""
         register(self._r, self.host, self._streams.values())
 
     def _ran_in_doubt(self) -> int:

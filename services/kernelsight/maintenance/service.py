@@ -147,17 +147,22 @@ class Maintenance:
             if self._redis is None:
                 self._redis = connect(self.redis_url)
             out = set()
-            for t in event_tables():
-                for host in known_hosts(self._redis):  # every host's stream of this table
-                    try:
-                        groups = self._redis.xinfo_groups(schema.stream_key(host, t))
-                    except redis.ResponseError:
-                        continue  # no such stream: nothing waiting
-                    for g in groups:
-                        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                        if name == schema.INGEST_GROUP and (g.get("lag") is None
-                                                            or g["lag"] > 0 or g["pending"] > 0):
-                            out.add(t)
+            hosts = known_hosts(self._redis)
+            keys = [(t, schema.stream_key(host, t)) for t in event_tables() for host in hosts]
+            pipe = self._redis.pipeline(transaction=False)  # one round trip for every stream
+            for _t, key in keys:
+                pipe.xinfo_groups(key)
+            for (t, _key), groups in zip(keys, pipe.execute(raise_on_error=False),
+                                         strict=True):
+                if isinstance(groups, redis.ResponseError):
+                    continue  # no such stream: nothing waiting
+                if isinstance(groups, Exception):
+                    raise groups
+                for g in groups:
+                    name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                    if name == schema.INGEST_GROUP and (g.get("lag") is None
+                                                        or g["lag"] > 0 or g["pending"] > 0):
+                        out.add(t)
             return out
         except redis.RedisError:
             return set(event_tables())  # cannot tell: every table waits for its own data
