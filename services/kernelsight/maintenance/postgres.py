@@ -37,7 +37,7 @@ from kernelsight import defaults, schema
 from kernelsight.config import Settings, db_label
 from kernelsight.maintenance.policy import MINUTE_NS, RetentionPolicy, TableStats
 from kernelsight.maintenance.prune import event_tables
-from kernelsight.maintenance.rollup import PERCENTILES, Rollup
+from kernelsight.maintenance.rollup import Rollup
 from kernelsight.maintenance.service import SIZE, SOURCE, TIME, Maintenance
 from kernelsight.storage import postgres
 
@@ -46,34 +46,19 @@ log = logging.getLogger(__name__)
 
 class PgRollup(Rollup):
     """Rollup SQL for PostgreSQL: the counters' last value with DISTINCT ON (SQLite takes
-    bare columns of the MAX() row), an alias on the percentile subquery, named parameters."""
+    bare columns of the MAX() row) and named parameters; the percentile queries are
+    Rollup's own."""
 
     def __init__(self, et: schema.EventType) -> None:
         super().__init__(et)
-        minute = f"timestamp / {MINUTE_NS} * {MINUTE_NS}"
         keys = "".join(", " + k for k in self.keys)
-        sel = ", ".join(["host", f"{minute} AS m", *self.keys])
-        where = f"FROM {et.name} WHERE timestamp >= :lo AND timestamp < :hi"
+        sel, where = self.sel, self.where
         last = [(n, c.name) for n, st, c in self.cols if st == "last"]
         if last:
             self.last_sql = (
                 f"SELECT DISTINCT ON (host, m{keys}) {sel}, timestamp, "
                 f"{', '.join(c for _, c in last)} {where} ORDER BY host, m{keys}, "
                 "timestamp DESC")
-        group = ", ".join(["host", "m", *self.keys])
-        self.lat_sql = []
-        for c in et.columns:
-            if c.role != schema.LATENCY:
-                continue
-            part = f"PARTITION BY host, {minute}{keys}"
-            ranks = ", ".join(f"MAX(CASE WHEN rn = (n * {p} + 99) / 100 THEN v END)"
-                              for p in PERCENTILES)
-            self.lat_sql.append((
-                [schema.stat_name(c.name, f"p{p}") for p in PERCENTILES]
-                + [schema.stat_name(c.name, "max")],
-                f"SELECT {group}, {ranks}, MAX(v) FROM (SELECT {sel}, {c.name} AS v, "
-                f"ROW_NUMBER() OVER ({part} ORDER BY {c.name}) AS rn, "
-                f"COUNT(*) OVER ({part}) AS n {where}) AS ranked GROUP BY {group}"))
         names = self.names
         conflict = ", ".join(["host", "timestamp", *self.keys])
         upd = ", ".join(f"{n} = excluded.{n}" for n in names[2 + len(self.keys):])
@@ -136,6 +121,7 @@ class PgMaintenance(Maintenance):
         self.redis_url = redis_url
         self._redis = None
         self._pruned_until: dict[str, int] = {}
+        self._raw_due_ns: int | None = None  # Maintenance.prune_raw: nothing due before this
         self.rerolled = 0
         self.dropped_partitions = 0
         self.partitions = postgres.Partitions()
@@ -351,6 +337,7 @@ class PgMaintenance(Maintenance):
         ahead = (self.clock() if now_ns is None else now_ns) + postgres.DAY_NS
         for t in schema.TABLES:
             self.partitions.ensure(self.engine, t, [ahead])
+        self._raw_due_ns = None  # a full pass always looks (a late row older than the rest)
         early = self.prune_raw(now_ns)
         out = {"rollup_rows": self.rollup(now_ns),
                "deleted_time": early + self.prune_time(now_ns),

@@ -32,6 +32,7 @@ class Rollup:
         group = ", ".join(["host", "m", *self.keys])
         sel = ", ".join(["host", f"{minute} AS m", *self.keys])
         where = f"FROM {et.name} WHERE timestamp >= :lo AND timestamp < :hi"
+        self.sel, self.where = sel, where  # for PgRollup's dialect-specific queries
         agg = []
         for name, st, c in self.cols:
             if st in ("min", "max", "avg") and c.role == schema.GAUGE:
@@ -63,7 +64,9 @@ class Rollup:
                 + [schema.stat_name(c.name, "max")],
                 f"SELECT {group}, {ranks}, MAX(v) FROM (SELECT {sel}, {c.name} AS v, "
                 f"ROW_NUMBER() OVER ({part} ORDER BY {c.name}) AS rn, "
-                f"COUNT(*) OVER ({part}) AS n {where}) GROUP BY {group}"))
+                f"COUNT(*) OVER ({part}) AS n {where}) AS ranked GROUP BY {group}"))
+        # (The subquery's alias: PostgreSQL requires one, SQLite allows it; PgRollup uses
+        # these queries as they are.)
         names = ["timestamp", "host", *self.keys, "samples", *(n for n, _, _ in self.cols)]
         self.names = names
         conflict = ", ".join(["host", "timestamp", *self.keys])
