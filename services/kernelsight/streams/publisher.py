@@ -1,22 +1,9 @@
-"""Redis stream transport: names, encoding, and the producer side (Publisher).
-
-Each event is one stream entry with a single field ``d`` holding the event as JSON (orjson),
-so ``redis-cli XRANGE 'kernelsight:{myhost}:events:syscall_events' - + COUNT 5`` is readable.
-Every key of a host carries the host as a hash tag (schema.host_key), so on a Redis Cluster a
-host's streams, markers and probes share one slot; producers register their host (and the
-streams they write) so that ingesters find them without SCAN.
-
-The Publisher never blocks a collector on Redis: events go to a bounded in-memory buffer which
-is flushed in pipelined transactions. While Redis is unreachable, or a stream holds more than
-``stream_maxlen`` unread entries, the buffer holds them and retries with backoff; what does not
-fit is dropped and counted by reason. Counters (produced, dropped by reason) are published as
-cumulative snapshots on the accounting stream, so the report can prove conservation.
-"""
+"""The producer side: Publisher (buffered, counted, self-reconnecting; see the package
+docstring)."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -26,205 +13,43 @@ from collections import deque
 from collections.abc import Iterable
 from itertools import islice
 
-import orjson
 import redis
 from redis.exceptions import RedisClusterException
 
 from kernelsight import defaults, resp, schema, streamid
 from kernelsight.clock import now_ns
-from kernelsight.config import CLUSTER_SCHEME, Settings, cluster_nodes, redact
-from kernelsight.exceptions import RedisUnavailable
+from kernelsight.config import Settings, redact
 from kernelsight.streamid import MS_MAX, SEQ_MAX, IdSource, StreamIdOutOfRange
+from kernelsight.streams.chunk import (
+    CHUNK_LUA,
+    CHUNK_MARKER,
+    CHUNK_MARKER_TTL_S,
+    CHUNK_MAX,
+    CHUNK_SHA,
+    PROBE_KEY,
+    PROBE_TTL_S,
+)
+from kernelsight.streams.client import (
+    FIELD,
+    HEALTH_KEY,
+    connect,
+    encode,
+    is_cluster,
+    node_client,
+    refresh,
+)
+from kernelsight.streams.registry import register
 
 log = logging.getLogger(__name__)
-
-FIELD = b"d"
-HEALTH_KEY = "kernelsight:health:{source}"
-
-encode = orjson.dumps
-decode = orjson.loads
 
 # Drop reasons (also shown by the report).
 R_BUFFER_FULL = "buffer_full"  # Redis down or stream over its cap for too long
 R_UNFLUSHED = "unflushed_at_exit"  # still buffered when the collector had to stop
 R_LOST_IN_REDIS = "lost_in_redis_restart"  # Redis lost them and they could not be re-added
+R_NO_ID_LEFT = "stream_id_exhausted"  # a stream's top id is at the packable maximum
 
 CONFIRM_INTERVAL_S = 1.0
 HEARTBEAT_INTERVAL_S = defaults.HEARTBEAT_S
-CHUNK_MARKER = "chunk:{instance}:{first}"  # under schema.host_key
-CHUNK_MARKER_TTL_S = 86_400  # only the last chunk's marker outlives its reply (then deleted)
-CHUNK_MAX = 2000
-PROBE_KEY = "probe:{instance}"  # under schema.host_key; set at each confirmation: data kept?
-STREAMS_PART = "streams"  # host_key(host, "streams"): the streams a host's producers write
-PROBE_TTL_S = 86_400
-R_NO_ID_LEFT = "stream_id_exhausted"  # a stream's top id is at the packable maximum
-
-# One chunk of entries, atomically: each XADD with its producer-chosen id; an id Redis refuses
-# (another producer wrote a larger one) gets the next packable id above the stream's top, here,
-# inside the same script (no follow-up command whose reply could be lost). A marker key, set
-# last, records what was moved: the re-send of a chunk whose reply was lost finds it and
-# changes nothing, whether or not its entries are still in the stream (a longer re-send adds
-# only the entries past the recorded count). Types are checked before
-# the first write, and Redis refuses a script at maxmemory only at its first write, so an
-# error reply means nothing was added.
-# KEYS: this chunk's marker, the previous chunk's marker (deleted), the streams.
-# ARGV: marker TTL, SEQ_MAX, MS_MAX, then per entry: stream index into KEYS, id, payload.
-# Reply: {entries applied before (a re-send), "i:id i:id ..." (moved; "i:" = no id left), XLENs}.
-CHUNK_LUA = """
-local nk, n = #KEYS, (#ARGV - 3) / 3
-local lens = {}
-local start, prev = 1, ''
-local done = redis.call('GET', KEYS[1])
-if done then
-  local cnt, mv = string.match(done, '^(%d+)|(.*)$')
-  start, prev = tonumber(cnt) + 1, mv
-  if start > n then
-    for k = 3, nk do lens[#lens + 1] = redis.call('XLEN', KEYS[k]) end
-    return {start - 1, prev, lens}
-  end
-end
-for k = 3, nk do
-  local t = redis.call('TYPE', KEYS[k])['ok']
-  if t ~= 'stream' and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', not a stream')
-  end
-end
-local seqmax, msmax = tonumber(ARGV[2]), tonumber(ARGV[3])
-local tops, moved = {}, {}
-if prev ~= '' then moved[1] = prev end
-for i = start, n do
-  local b = 3 * i
-  local key = KEYS[tonumber(ARGV[b + 1])]
-  local r = redis.pcall('XADD', key, ARGV[b + 2], 'd', ARGV[b + 3])
-  if type(r) == 'table' and r.err then
-    if not string.find(r.err, 'equal or smaller', 1, true) then return r end
-    local top = tops[key]
-    if not top then
-      local info = redis.call('XINFO', 'STREAM', key)
-      for j = 1, #info, 2 do
-        if info[j] == 'last-generated-id' then top = info[j + 1] end
-      end
-    end
-    local ms, seq = string.match(top, '^(%d+)-(%d+)$')
-    ms, seq = tonumber(ms), tonumber(seq)
-    if seq >= seqmax then ms, seq = ms + 1, 0 else seq = seq + 1 end
-    if ms > msmax then
-      moved[#moved + 1] = i .. ':'
-    else
-      local id = string.format('%d-%d', ms, seq)
-      redis.call('XADD', key, id, 'd', ARGV[b + 3])
-      moved[#moved + 1] = i .. ':' .. id
-      tops[key] = id
-    end
-  else
-    tops[key] = r
-  end
-end
-local out = table.concat(moved, ' ')
-redis.call('SET', KEYS[1], n .. '|' .. out, 'EX', ARGV[1])
-if KEYS[2] ~= KEYS[1] then redis.call('DEL', KEYS[2]) end
-for k = 3, nk do lens[#lens + 1] = redis.call('XLEN', KEYS[k]) end
-return {start - 1, out, lens}
-"""
-CHUNK_SHA = hashlib.sha1(CHUNK_LUA.encode()).hexdigest().encode()
-
-
-def is_cluster(url: str) -> bool:
-    return url.startswith(CLUSTER_SCHEME + "://")
-
-
-def connect(url: str, timeout: float = 5.0) -> redis.Redis:
-    """A client that fails fast: socket timeouts so a dead server is noticed, not waited on.
-    ``redis+cluster://`` gives a RedisCluster (redis.RedisError when no seed answers)."""
-    if is_cluster(url):
-        from redis.cluster import ClusterNode, RedisCluster
-        from redis.exceptions import RedisClusterException
-
-        password, nodes = cluster_nodes(url)
-        try:
-            return RedisCluster(  # type: ignore[return-value]
-                startup_nodes=[ClusterNode(h, p) for h, p in nodes], password=password,
-                socket_connect_timeout=timeout, socket_timeout=max(timeout, 10.0),
-                decode_responses=False, require_full_coverage=False)
-        except RedisClusterException as e:
-            raise redis.ConnectionError(f"redis cluster: {e}") from None
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=max(timeout, 10.0),
-        health_check_interval=0, decode_responses=False)
-
-
-def refresh(r: redis.Redis) -> None:
-    """After an error on a cluster: re-read the slot map (a failover moved a master). Never
-    raises: while no node answers, the caller's next command fails and is retried."""
-    nm = getattr(r, "nodes_manager", None)
-    if nm is not None:
-        with contextlib.suppress(Exception):
-            nm.initialize()
-
-
-def node_client(r: redis.Redis, key: str | bytes) -> redis.Redis:
-    """A plain client for the server that owns ``key``'s slot: ``r`` itself on a single Redis,
-    on a cluster the master serving the slot now (pipelines and raw connections on it are
-    single-slot when their keys share the host's hash tag; a MOVED reply is an error)."""
-    if not hasattr(r, "nodes_manager"):
-        return r
-    from redis.exceptions import RedisClusterException
-
-    try:
-        return r.get_redis_connection(r.get_node_from_key(key))  # type: ignore[attr-defined]
-    except RedisClusterException as e:
-        raise redis.ConnectionError(f"redis cluster: {e}") from None
-
-
-def mget(r: redis.Redis, keys: list) -> list:
-    """MGET of keys in any slots: one MGET on a single Redis, one per slot on a cluster."""
-    if not keys:
-        return []
-    return r.mget_nonatomic(keys) if hasattr(r, "mget_nonatomic") else r.mget(keys)
-
-
-def register(r: redis.Redis, host: str, streams: Iterable[str] = ()) -> None:
-    """Announce ``host`` (and the streams its producers write) to ingesters."""
-    r.sadd(schema.HOSTS_KEY, host)
-    streams = list(streams)
-    if streams:
-        r.sadd(schema.host_key(host, STREAMS_PART), *streams)
-
-
-def known_hosts(r: redis.Redis, also: Iterable[str] = ()) -> list[str]:
-    """Every registered host (plus ``also``), sorted; names that cannot be a tag are skipped."""
-    found = {h.decode(errors="replace") if isinstance(h, bytes) else h
-             for h in r.smembers(schema.HOSTS_KEY)} | set(also)
-    return sorted(h for h in found if schema.host_problem(h) is None)
-
-
-def host_stream_names(r: redis.Redis, host: str) -> list[bytes]:
-    """One host's streams: every event type's and accounting, then any other stream its
-    producers registered (a newer producer's event type: read, and dead-lettered)."""
-    known = [s.encode() for s in schema.host_streams(host)]
-    extra = {s for s in r.smembers(schema.host_key(host, STREAMS_PART))} - set(known)
-    prefix = schema.stream_key(host, "").encode()
-    return known + sorted(s for s in extra if s.startswith(prefix))
-
-
-def all_streams(r: redis.Redis, also_hosts: Iterable[str] = ()) -> list[bytes]:
-    """Every host's streams (see host_stream_names)."""
-    return [s for h in known_hosts(r, also_hosts) for s in host_stream_names(r, h)]
-
-
-def ping(url: str, timeout: float = 2.0) -> redis.Redis:
-    r = connect(url, timeout)
-    try:
-        r.ping()
-    except redis.AuthenticationError:
-        raise RedisUnavailable(
-            f"Redis at {redact(url)} refused the password; set KS_REDIS_URL with the right one"
-        ) from None
-    except redis.RedisError as e:
-        raise RedisUnavailable(
-            f"cannot reach Redis at {redact(url)} ({e.__class__.__name__}: {e}); "
-            "start redis-server or set KS_REDIS_URL / --redis-url") from None
-    return r
 
 
 class Publisher:
@@ -719,12 +544,3 @@ class Publisher:
             time.sleep(0.1)
         if self._client is not None:
             self._client.close()
-
-
-def payload_of_fields(fields: dict | list | None) -> bytes | None:
-    """The ``d`` field of an entry as redis-py returns it (a dict) or raw (a flat list)."""
-    if fields is None:
-        return None
-    if isinstance(fields, list):
-        fields = dict(zip(fields[::2], fields[1::2], strict=False))
-    return fields.get(FIELD)
