@@ -49,9 +49,11 @@ def pipeline(settings, tmp_path):
 
 
 def spawn_scraper(settings, log: Path) -> subprocess.Popen:
-    """`kernelsight collect` sampling every 0.1 s, so events flow between its snapshots (1 s)."""
+    """`kernelsight collect` sampling every 0.1 s and sending at every poll (no linger: by
+    default rows wait up to 1 s and mostly go with the next snapshot), so events flow between
+    its snapshots (1 s)."""
     env = {**os.environ, "KS_REDIS_URL": settings.redis_url, "KS_HOST": settings.host,
-           "KS_INTERVAL": "0.1", "PYTHONUNBUFFERED": "1"}
+           "KS_INTERVAL": "0.1", "KS_PUBLISH_LINGER_S": "0", "PYTHONUNBUFFERED": "1"}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "kernelsight", "collect"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -45,6 +45,9 @@ BUFFER_BYTES = _opt("--buffer-max-bytes", field="buffer_max_bytes", type=int,
 METRICS = _opt("--metrics-addr", field="metrics_addr",
                help=f"Serve Prometheus /metrics on HOST:PORT; 'off' (or an empty KS_METRICS_ADDR) "
                     f"disables [default: {defaults.METRICS_ADDR}].")
+LINGER = _opt("--publish-linger", field="publish_linger_s", type=float,
+              help="Seconds a few buffered rows wait for more before they are sent in one "
+                   f"round trip; 0 sends at every poll [default: {defaults.PUBLISH_LINGER_S:g}].")
 MAXLEN = _opt("--stream-maxlen", field="stream_maxlen", type=int,
               help="Unread entries per stream above which producers hold back "
                    f"[default: {defaults.STREAM_MAXLEN}].")
@@ -138,8 +141,8 @@ def cli(log_level: str) -> None:
 @click.option("--process-per-collector", is_flag=True, envvar="KS_PROCESS_PER_COLLECTOR",
               show_envvar=True, help="Each collector in its own process (each tracer then "
               "loads its own BCC, ~200 MB each) instead of all in one process.")
-@common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RETENTION, RETENTION_SIZE,
-        ROLLUP_RETENTION, METRICS, RECORD_WAITS)
+@common(REDIS, DB, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, LINGER, RETENTION,
+        RETENTION_SIZE, ROLLUP_RETENTION, METRICS, RECORD_WAITS)
 def run(duration: float | None, collector_list: str, log_dir: str | None,
         ingest_restarts: int, process_per_collector: bool, **kw: Any) -> None:
     """Run collectors and the ingester natively until SIGTERM/SIGINT (or for DURATION
@@ -185,7 +188,7 @@ def run(duration: float | None, collector_list: str, log_dir: str | None,
 @cli.command(context_settings=CTX)
 @click.option("--duration", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds [default: run until SIGTERM].")
-@common(REDIS, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN)
+@common(REDIS, PROCFS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, LINGER)
 @_opt("--ignored-devices", field="ignored_devices",
       help="Regex of block device names to skip (node_exporter's default).")
 def collect(duration: float | None, **kw: Any) -> None:
@@ -210,7 +213,7 @@ def collect(duration: float | None, **kw: Any) -> None:
 @click.argument("tracer", type=click.Choice(collectors.TRACERS))
 @click.option("--duration", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds [default: run until SIGTERM].")
-@common(REDIS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, RECORD_WAITS)
+@common(REDIS, HOST, INTERVAL, BUFFER, BUFFER_BYTES, MAXLEN, LINGER, RECORD_WAITS)
 @_opt("--min-latency-ms", field="min_latency_ms", type=float,
       help=f"syscalls: record syscalls slower than this [default: "
            f"{defaults.SYSCALL_MIN_LATENCY_MS:g}].")

@@ -34,6 +34,7 @@ class Settings:
     ringbuf_pages: int = defaults.RINGBUF_PAGES
     map_entries: int = defaults.MAP_ENTRIES
     minor_fault_rate: int = defaults.PAGEFAULT_MINOR_RATE
+    publish_linger_s: float = defaults.PUBLISH_LINGER_S  # collectors: rows wait for more
     record_waits: bool = False  # syscalls: one syscall_events row per slow wait (not summaries)
     ignored_devices: str = defaults.IGNORED_DEVICES
     retention: str = defaults.RETENTION
@@ -69,6 +70,9 @@ class Settings:
             raise ConfigError("--workers must be between 0 (one per CPU, at most 2) and 64")
         if self.min_latency_ms < 0:
             raise ConfigError("--min-latency-ms must be >= 0")
+        if not 0 <= self.publish_linger_s <= 60:
+            raise ConfigError("--publish-linger must be between 0 and 60 seconds, got "
+                              f"{self.publish_linger_s}")
         if parse_duration(self.rollup_retention, "--rollup-retention") < parse_duration(
                 self.retention, "--retention"):
             raise ConfigError(f"--rollup-retention {self.rollup_retention} is shorter than "

@@ -65,7 +65,7 @@ def run_collector(name: str, settings: Settings, duration: float | None = None,
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    pub = Publisher(settings, name, linger_s=defaults.PUBLISH_LINGER_S)
+    pub = Publisher(settings, name, linger_s=settings.publish_linger_s)
     try:
         col = (cls or collectors.get(name))(settings, pub)
         col.stopping = stop  # its Ticker's waits end as soon as we are told to stop
