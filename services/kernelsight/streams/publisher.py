@@ -57,7 +57,7 @@ class Publisher:
 
     def __init__(self, settings: Settings, source: str, linger_s: float = 0.0) -> None:
         """``linger_s``: a few buffered rows wait this long for more before flush() sends
-        them (the collectors' runner: defaults.PUBLISH_LINGER_S; 0: at every flush)."""
+        them (the collectors' runner: --publish-linger, default 1 s; 0: at every flush)."""
         self.settings = settings
         self.source = source
         self.host = settings.host
