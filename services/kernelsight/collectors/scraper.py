@@ -60,8 +60,7 @@ class Scraper(Collector):
 
         # TCP states through netlink sock_diag when --procfs is a real procfs mount (its
         # net/ shows the reader's network namespace, as netlink does); files otherwise.
-        self._sockdiag = procfs.is_proc_mount(
-            self._mountinfo(), str(self.root.resolve())) if self.root.is_dir() else False
+        self._sockdiag = procfs.is_proc_mount(self._mountinfo(), str(self.root.resolve()))
 
     def _mountinfo(self) -> str:
         try:
