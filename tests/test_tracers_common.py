@@ -69,3 +69,50 @@ def test_doctor_all_green():
         line = next(ln for ln in p.stdout.splitlines() if f"tracer {name}" in ln)
         assert "✓" in line and "attach" in line, line
     assert "kernel headers" in p.stdout
+
+
+def test_read_hash_reads_every_entry_into_kept_arrays():
+    """bpfsupport.read_hash (the sched tracer's per-interval map reads) on a real BPF hash
+    map: every entry with its value, as key-by-key iteration gives them; the arrays grow when
+    the map outgrows them and are kept for the next read."""
+    need_root()
+    from bcc import BPF
+
+    from kernelsight.bpfsupport import read_hash
+
+    b = BPF(text=b"""
+    struct val_t { u64 a; u32 b; char comm[16]; };
+    BPF_HASH(h, u32, struct val_t, 8192);
+    BPF_PERCPU_HASH(pc, u32, struct val_t, 1024);
+    TRACEPOINT_PROBE(syscalls, sys_enter_getppid) { return 0; }
+    """)
+    try:
+        h = b[b"h"]
+        assert read_hash(h) == []
+        for k in range(3000):
+            v = h.Leaf(k * 7, k % 13, b"p%d" % k)
+            h[h.Key(k)] = v
+        def key(k):  # an int from the batch arrays, a c_uint from items()
+            return k if isinstance(k, int) else k.value
+
+        got = {key(k): (int(v.a), int(v.b), bytes(v.comm)) for k, v in read_hash(h)}
+        want = {key(k): (int(v.a), int(v.b), bytes(v.comm)) for k, v in h.items()}
+        assert len(got) == 3000 and got == want
+        assert got[2999] == (2999 * 7, 2999 % 13, b"p2999")
+        kept = h._ks_batch
+        assert 3000 <= kept.n <= 8192
+        for k in range(0, 3000, 2):
+            del h[h.Key(k)]
+        got = {key(k) for k, _ in read_hash(h)}
+        assert got == set(range(1, 3000, 2))
+        assert h._ks_batch is kept  # no new arrays for a smaller map
+        # A per-CPU hash (the page-fault totals): one value per possible CPU.
+        pc = b[b"pc"]
+        ncpu = len(pc.Leaf())
+        for k in range(600):
+            pc[pc.Key(k)] = pc.Leaf(*[pc.sLeaf(k + c, c, b"c%d" % c) for c in range(ncpu)])
+        got = {key(k): [(int(x.a), int(x.b), bytes(x.comm)) for x in v]
+               for k, v in read_hash(pc)}
+        assert got == {k: [(k + c, c, b"c%d" % c) for c in range(ncpu)] for k in range(600)}
+    finally:
+        b.cleanup()

@@ -5,6 +5,7 @@ losses counted. Each problem becomes one CollectorError line that says what to d
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import re
@@ -196,6 +197,69 @@ def read_percpu_sum(table, key: int = 0) -> int:
     """Sum a BPF_PERCPU_ARRAY u64 slot over CPUs (drop counters)."""
     vals = table[ctypes.c_int(key)]
     return int(sum(v for v in vals))
+
+
+def as_int(v) -> int:  # type: ignore[no-untyped-def]
+    """A u32/u64 key or value as int (read_hash's arrays give ints, key-by-key reads ctypes)."""
+    return v if isinstance(v, int) else int(v.value)
+
+
+_ENOTSUPP = 524  # the kernel's own "operation not supported" (not in Python's errno)
+
+
+class _BatchBuf:
+    """Key and value arrays kept for one map between reads (see read_hash)."""
+
+    def __init__(self, table, n: int) -> None:  # type: ignore[no-untyped-def]
+        self.n = n
+        self.keys = (table.Key * n)()
+        self.values = (table.Leaf * n)()
+
+
+def read_hash(table) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """Every (key, value) of a BPF hash map, by BPF_MAP_LOOKUP_BATCH (kernel 5.6+) into
+    arrays kept with the map and grown when it fills them, else key by key.
+
+    BCC's items_lookup_batch() allocates (and zeroes) arrays for max_entries at every call:
+    4 MiB for a 65,536-entry map, a few entries used, at every interval of every tracer.
+    Structure values are views into the kept arrays: valid until the next read of that map."""
+    from bcc import lib  # a tracer has BCC; nothing else imports this
+
+    buf = getattr(table, "_ks_batch", None)
+    if buf is False:
+        return list(table.items())  # this kernel has no batch operations (seen once)
+    cap = int(table.max_entries)
+    n = buf.n if buf else min(256, cap)
+    while True:
+        if buf is None or buf.n < n:
+            buf = _BatchBuf(table, n)
+            table._ks_batch = buf
+        token, cnt, total = ctypes.c_uint32(0), ctypes.c_uint32(0), 0
+        ksz, vsz = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        done = False
+        while total < buf.n:
+            cnt.value = buf.n - total
+            res = lib.bpf_lookup_batch(table.map_fd, ctypes.byref(token) if total else None,
+                                       ctypes.byref(token), ctypes.byref(buf.keys, ksz * total),
+                                       ctypes.byref(buf.values, vsz * total), ctypes.byref(cnt))
+            err = ctypes.get_errno()
+            total += cnt.value
+            if res != 0:
+                if err == errno.ENOENT:
+                    done = True  # the whole map was read
+                    break
+                if err == errno.ENOSPC:
+                    break  # the next bucket does not fit in what is left: grow
+                if total == 0 and err in (errno.EINVAL, _ENOTSUPP, errno.EOPNOTSUPP):
+                    table._ks_batch = False  # no batch operations on this kernel
+                    return list(table.items())
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            if cnt.value == 0:
+                done = True  # no progress (a concurrent update): what was read is current
+                break
+        if done or buf.n >= cap:
+            return [(buf.keys[i], buf.values[i]) for i in range(total)]
+        n = min(cap, buf.n * 4)  # full: a larger buffer, then the whole map again
 
 
 # bpf(BPF_OBJ_GET_INFO_BY_FD) for struct bpf_prog_info.recursion_misses (uapi, append-only).

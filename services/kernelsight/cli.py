@@ -274,6 +274,12 @@ def trace(tracer: str, duration: float | None, to_stdout: bool, pid: int, comm: 
       help=f"Max entries per transaction [default: {defaults.BATCH_SIZE}].")
 @_opt("--batch-ms", field="batch_ms", type=int,
       help=f"Max milliseconds to fill a batch [default: {defaults.BATCH_MS}].")
+@_opt("--ingest-linger-ms", field="ingest_linger_ms", type=int,
+      help="After a batch of fewer than "
+           f"{defaults.INGEST_LINGER_ROWS} entries, read again only this many ms after the "
+           "last read (a quiet host: one batch and one commit for every producer's chunks); "
+           f"0: at once; at most {defaults.INGEST_LINGER_MAX_MS} "
+           f"[default: {defaults.INGEST_LINGER_MS}].")
 @_opt("--consumer", field="consumer", help="Consumer name in the group [default: ingest-1].")
 @_opt("--workers", field="ingest_workers", type=int,
       help="Worker processes sharing the group; 0 = one per CPU, at most 2 [default: 1].")

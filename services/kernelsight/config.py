@@ -24,6 +24,7 @@ class Settings:
     interval: float = defaults.INTERVAL_S
     batch_size: int = defaults.BATCH_SIZE
     batch_ms: int = defaults.BATCH_MS
+    ingest_linger_ms: int = defaults.INGEST_LINGER_MS  # after a small batch
     consumer: str = defaults.CONSUMER
     ingest_workers: int = defaults.INGEST_WORKERS
     buffer_max: int = defaults.BUFFER_MAX
@@ -70,6 +71,9 @@ class Settings:
             raise ConfigError("--workers must be between 0 (one per CPU, at most 2) and 64")
         if self.min_latency_ms < 0:
             raise ConfigError("--min-latency-ms must be >= 0")
+        if not 0 <= self.ingest_linger_ms <= defaults.INGEST_LINGER_MAX_MS:
+            raise ConfigError("--ingest-linger-ms must be between 0 and "
+                              f"{defaults.INGEST_LINGER_MAX_MS}, got {self.ingest_linger_ms}")
         if not 0 <= self.publish_linger_s <= 60:
             raise ConfigError("--publish-linger must be between 0 and 60 seconds, got "
                               f"{self.publish_linger_s}")

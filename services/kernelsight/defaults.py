@@ -48,6 +48,15 @@ HEARTBEAT_S = 3.0
 # Producers send a few buffered rows once the oldest has waited this long (or at once when a
 # chunk is full, and always when stopping): batches for Redis and for the ingester's commits.
 PUBLISH_LINGER_S = 1.0
+# The ingester, after a small batch (under INGEST_LINGER_ROWS entries), reads again only once
+# INGEST_LINGER_MS have passed since its last read: on a quiet host the producers' chunks,
+# each on its own schedule, arrive a few a second and go in one batch and one commit. A batch
+# at or above the bound (load) is followed by the next read at once, as before.
+INGEST_LINGER_MS = 1000
+INGEST_LINGER_ROWS = 256
+# The ingester beats (heartbeat, watchdog) between reads: a linger must leave a beat well
+# inside HEALTH_STALE_S.
+INGEST_LINGER_MAX_MS = 5000
 IDLE_BLOCK_MS = 500  # at most this late for the watchdog ping (its cadence is half WatchdogSec)
 TRIM_IDLE_S = 30.0
 REDIS_HZ = 2

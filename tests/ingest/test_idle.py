@@ -5,6 +5,7 @@ its timers at defaults.REDIS_HZ."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -114,6 +115,78 @@ def test_idle_ingester_spaces_out_its_reads(settings, rclient):
         ing.request_stop(drain=True)
         t.join(30)
     assert not t.is_alive()
+
+
+def test_ingester_lingers_after_a_small_batch(settings, rclient):
+    """A few entries a second from several producers, each on its own schedule: after a small
+    batch the ingester reads again only ingest_linger_ms after its last read, so they go in
+    about one batch a second; a batch at or above INGEST_LINGER_ROWS is followed by the next
+    read at once."""
+    assert settings.ingest_linger_ms == defaults.INGEST_LINGER_MS == 1000
+    stream = schema.accounting_stream("testhost")  # "{}" is no snapshot: a dead letter each
+    ing = Ingester(settings)
+    t = threading.Thread(target=ing.run, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not rclient.get(HEALTH_KEY.format(source="ingest")):
+            assert time.monotonic() < deadline, "no ingest heartbeat"
+            time.sleep(0.1)
+        b0, c0 = ing.stats.batches, calls(rclient)
+        for _ in range(20):  # 4 s, one entry every 0.2 s
+            rclient.xadd(stream, {b"d": b"{}"})
+            time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while ing.stats.dead.total() < 20:
+            assert time.monotonic() < deadline, f"only {ing.stats.dead.total()} of 20 entries read"
+            time.sleep(0.05)
+        batches = ing.stats.batches - b0
+        reads = delta(c0, calls(rclient), "xreadgroup")
+        # Without the linger: a batch per entry (20) and about two reads each.
+        assert batches <= 4 / (settings.ingest_linger_ms / 1000) + 2, batches
+        assert reads <= 2 * (4 + 2), reads
+        # A large batch: the next read goes at once, and the rest is read without a linger.
+        c1, b1 = calls(rclient), ing.stats.batches
+        ends: list[tuple[float, int]] = [(0.0, ing.stats.dead.total())]  # (when, entries read)
+        batch = ing.events.batch
+        ing.events.batch = lambda sec: (ends.append((time.monotonic(), ing.stats.dead.total())),
+                                        batch(sec))[1]
+        pipe = rclient.pipeline(transaction=False)
+        for _ in range(3 * settings.batch_size):
+            pipe.xadd(stream, {b"d": b"{}"})
+        pipe.execute()
+        deadline = time.monotonic() + 30
+        while ing.stats.dead.total() < 20 + 3 * settings.batch_size:
+            assert time.monotonic() < deadline, f"only {ing.stats.dead.total()} read"
+            time.sleep(0.05)
+        assert ing.stats.batches - b1 >= 3
+        assert delta(c1, calls(rclient), "xreadgroup") >= 3
+        # After a full batch the next comes at once: no linger (each takes a few ms).
+        sizes = [b[1] - a[1] for a, b in itertools.pairwise(ends)]
+        gaps = [(n, round(b[0] - a[0], 3)) for n, (a, b) in zip(
+            sizes[:-1], itertools.pairwise(ends[1:]), strict=True)
+            if n >= defaults.INGEST_LINGER_ROWS]
+        assert gaps and max(g for _, g in gaps) < settings.ingest_linger_ms / 2000, gaps
+    finally:
+        ing.request_stop(drain=True)
+        t.join(30)
+    assert not t.is_alive()
+
+
+def test_roundtrip_returns_error_replies_in_order(rclient):
+    """client.roundtrip (the producers' per-second commands): replies in order, an error
+    reply returned rather than raised, and the connection still in step for the next."""
+    from kernelsight import resp
+    from kernelsight.streams.client import info_field, roundtrip
+
+    rclient.delete("rt:a", "rt:s")
+    out = roundtrip(rclient, resp.command("SET", "rt:a", "x"), resp.command("INCR", "rt:a"),
+                    resp.command("SADD", "rt:s", "m", "n"), resp.command("INFO", "server"))
+    assert out[0] in (b"OK", "OK") and isinstance(out[1], redis.ResponseError)
+    assert out[2] == 2
+    assert info_field(out[3], b"run_id") == rclient.info("server")["run_id"]
+    assert roundtrip(rclient, resp.command("GET", "rt:a")) == [b"x"]
+    rclient.delete("rt:a", "rt:s")
 
 
 def test_private_redis_timer_frequency():

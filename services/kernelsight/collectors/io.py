@@ -269,16 +269,16 @@ class IoLatency(Collector):
     def _snapshot(self, finished: int) -> dict[tuple[int, int], OpSnapshot]:
         """One read of the cumulative maps, per (dev, op), with ``finished``'s max."""
         out: dict[tuple[int, int], OpSnapshot] = {}
-        for k, v in self.stats.items():
+        for k, v in bpfsupport.read_hash(self.stats):
             if finished & 1:
                 mx = int(v.max1) if int(v.epoch1) == finished else 0
             else:
                 mx = int(v.max0) if int(v.epoch0) == finished else 0
             out[(int(k.dev), int(k.op))] = OpSnapshot(int(v.count), int(v.bytes), mx)
-        for k, v in self.hist.items():
+        for k, v in bpfsupport.read_hash(self.hist):
             snap = out.get((int(k.dev), int(k.op)))
             if snap is not None:  # a bucket made before its stats entry: next read
-                snap.hist[int(k.bucket)] = int(v.value)
+                snap.hist[int(k.bucket)] = bpfsupport.as_int(v)
         return out
 
     def _read(self) -> dict[tuple[int, int], OpInterval]:

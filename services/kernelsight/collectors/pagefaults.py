@@ -270,7 +270,7 @@ class PageFaults(Collector):
     def _read_totals(self, finished: int) -> dict[tuple[int, int], Totals]:
         """One read of the per-CPU totals map, summed over CPUs, keyed (tgid, major)."""
         out: dict[tuple[int, int], Totals] = {}
-        for k, v in self.totals.items():
+        for k, v in bpfsupport.read_hash(self.totals):
             cur, mx, comm = sum_cpus(v, finished)
             out[(int(k.tgid), int(k.major))] = Totals(cur, mx, comm)
         return out

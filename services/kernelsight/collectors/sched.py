@@ -73,20 +73,6 @@ def switch_state_masks(fmt: str) -> tuple[int, int]:
     return preempt, dead
 
 
-def _read_map(table: Any) -> list[tuple[Any, Any]]:
-    """All (key, value) pairs of a BPF hash map: one BPF_MAP_LOOKUP_BATCH when the kernel
-    has it (5.6+), else key by key."""
-    try:
-        return list(table.items_lookup_batch())
-    except Exception:  # noqa: BLE001 - bcc raises bare Exception when batch ops are missing
-        return list(table.items())
-
-
-def _int(v: Any) -> int:
-    """A u32/u64 key or value as int (batch reads give ints, key-by-key reads ctypes)."""
-    return v if isinstance(v, int) else int(v.value)
-
-
 @dataclass
 class ProcSnapshot:
     """One read of a process's cumulative counters."""
@@ -290,15 +276,15 @@ class SchedTracer(Collector):
     def read(self) -> dict[int, ProcSnapshot]:
         """One read of the cumulative per-process counters and histograms."""
         out: dict[int, ProcSnapshot] = {}
-        for k, v in _read_map(self.procs):
-            out[_int(k)] = ProcSnapshot(
+        for k, v in bpfsupport.read_hash(self.procs):
+            out[bpfsupport.as_int(k)] = ProcSnapshot(
                 bytes(v.comm).split(b"\0", 1)[0].decode(errors="replace"),
                 int(v.nvcsw), int(v.nivcsw), int(v.wakeups), int(v.cpu_ns))
-        for k, v in _read_map(self.hist):
+        for k, v in bpfsupport.read_hash(self.hist):
             snap = out.get(int(k.tgid))
             if snap is None:  # histogram entry made before its process entry: next read
                 continue
-            snap.hist[int(k.bucket)] = _int(v)
+            snap.hist[int(k.bucket)] = bpfsupport.as_int(v)
         return out
 
     def thread_entries(self) -> list[int]:
@@ -307,7 +293,7 @@ class SchedTracer(Collector):
         which the kernel frees with the task."""
         if self.raw:
             return []
-        return [_int(k) for k, _ in _read_map(self.threads)]
+        return [bpfsupport.as_int(k) for k, _ in bpfsupport.read_hash(self.threads)]
 
     def interval(self) -> None:
         ts = now_ns()

@@ -51,6 +51,7 @@ from kernelsight.streams import FIELD, HEALTH_KEY, connect, refresh
 log = logging.getLogger(__name__)
 
 DISCOVER_S = 2.0  # how often the host registry is read
+LINGER_SLICE_S = 0.2  # a stop request ends a linger within this
 
 
 class Ingester:
@@ -81,6 +82,8 @@ class Ingester:
         self._last_beat = 0.0
         self._last_tick = 0.0
         self._idle_reads = 0  # consecutive reads that returned nothing
+        self._read_at = 0.0  # monotonic: when the last read was sent
+        self._next_read = 0.0  # monotonic: after a small batch, no read before this
         self._last_reclaim = 0.0
         self._last_accounting = 0.0
         self.streams: list[bytes] = []  # every host's streams (discover)
@@ -465,16 +468,28 @@ class Ingester:
         """Store one batch: the entries of the read sent last time (or of a read that waits
         up to batch_ms), with the next read already sent so Redis prepares it meanwhile."""
         if not self.wire.reading():
+            # The linger after a small batch, in slices a stop request ends (it comes from a
+            # signal handler, which must not take a lock this thread may hold: no Event).
+            while not self._stop and (pause := self._next_read - time.monotonic()) > 0:
+                time.sleep(min(pause, LINGER_SLICE_S))
             # Nothing came last time: wait longer (Redis answers as soon as an entry
             # arrives, so this only spaces out the idle wake-ups), not while stopping.
             idle = self._idle_reads >= 2 and not self._stop
+            self._read_at = time.monotonic()
             self._send_read(defaults.IDLE_BLOCK_MS if idle else self.s.batch_ms)
         got = self._recv_read()
         if not got:
             self._idle_reads += 1
             return 0
         self._idle_reads = 0
-        self._send_read(None)
+        if (self.s.ingest_linger_ms and not self._stop
+                and sum(len(entries) for _, entries in got) < defaults.INGEST_LINGER_ROWS):
+            # A small batch: what the other producers send within the linger comes in the
+            # next read, with the next commit (a quiet host's ingest wakes once a second).
+            self._next_read = self._read_at + self.s.ingest_linger_ms / 1000
+        else:
+            self._read_at = time.monotonic()
+            self._send_read(None)
         return self._process(got)
 
     def _heartbeat(self) -> None:

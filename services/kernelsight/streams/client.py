@@ -42,6 +42,49 @@ def connect(url: str, timeout: float = 5.0) -> redis.Redis:
         health_check_interval=0, decode_responses=False)
 
 
+def roundtrip(r: redis.Redis, *commands: bytes, retry: bool = False) -> list:
+    """Commands already encoded (kernelsight.resp) in one round trip on one pooled connection
+    of a plain client (not a cluster's: see node_client), their replies in order; an error
+    reply is returned as its exception, not raised (the connection is still in step).
+    ``retry``: commands that may run twice (INFO, SET, SADD) are sent once more on a fresh
+    connection after a connection error, as redis-py does (a pooled connection to a server
+    that restarted meanwhile fails once).
+
+    The producers' per-second commands go this way: redis-py's pipeline and per-command
+    machinery (argument inspection, response callbacks, INFO parsing) cost more Python than
+    these few small commands, every second, in every producer."""
+    pool = r.connection_pool
+    for attempt in (1, 2):
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(commands)], check_health=False)
+            out: list = []
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except redis.ResponseError as e:
+                    out.append(e)
+            return out
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            if not retry or attempt == 2:
+                raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+def info_field(info: bytes, name: bytes) -> str | None:
+    """One field of an INFO reply as Redis sends it (``name:value`` lines)."""
+    for line in info.split(b"\r\n"):
+        if line.startswith(name + b":"):
+            return line[len(name) + 1:].decode()
+    return None
+
+
 def refresh(r: redis.Redis) -> None:
     """After an error on a cluster: re-read the slot map (a failover moved a master). Never
     raises: while no node answers, the caller's next command fails and is retried."""

@@ -4,6 +4,7 @@ docstring)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -34,11 +35,13 @@ from kernelsight.streams.client import (
     HEALTH_KEY,
     connect,
     encode,
+    info_field,
     is_cluster,
     node_client,
     refresh,
+    roundtrip,
 )
-from kernelsight.streams.registry import register
+from kernelsight.streams.registry import register, register_commands
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +208,11 @@ class Publisher:
             # rows per poll: one XADD, one ingest batch and one commit each otherwise).
             lingering = (not idle and not final and now < self._send_at
                          and len(self._buf) < CHUNK_MAX)
-        if (idle or lingering) and self.connected and now < self._next_beat and (
-                (idle and now < self._next_confirm) or (lingering and not self._window_len)):
-            return idle  # nothing to send yet, nothing due: no round trip
+        if (idle or lingering) and self.connected and now < self._next_beat:
+            # Nothing to send yet: no round trip. Entries still awaiting the ingester's
+            # acknowledgement are confirmed (replayed if Redis lost them) before the next
+            # send or with the next heartbeat, whichever comes first.
+            return idle
         try:
             if self._node and self._node != self._node_now():
                 self.connected = False  # the host's slot moved (failover): confirm first
@@ -263,7 +268,7 @@ class Publisher:
             return ""
         return self._r.get_node_from_key(self._acc_stream).name  # type: ignore[attr-defined]
 
-    @property
+    @functools.cached_property
     def _cluster(self) -> bool:
         return is_cluster(self.settings.redis_url)
 
@@ -323,18 +328,9 @@ class Publisher:
         return ids, lengths
 
     def _send_chunk(self, packed: bytes) -> list:
-        pool = self._hr().connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([packed], check_health=False)
-            res = conn.read_response()
-        except redis.ResponseError:
-            raise  # a reply: the connection is in step
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
+        res = roundtrip(self._hr(), packed)[0]
+        if isinstance(res, Exception):
+            raise res  # a reply: the connection is in step
         if not isinstance(res, list) or len(res) != 3:
             raise redis.ResponseError(f"chunk script returned {res!r}")
         return res
@@ -364,14 +360,14 @@ class Publisher:
         what was stored, acknowledged and trimmed meanwhile (absent from the stream, yet not
         lost); only the rest is replayed."""
         node = self._node_now()
-        pipe = self._hr().pipeline(transaction=False)
-        pipe.info("server")
-        pipe.set(self._key(PROBE_KEY.format(instance=self.instance)), b"1", ex=PROBE_TTL_S,
-                 get=True)
-        info, old = pipe.execute(raise_on_error=False)
+        info, old = roundtrip(self._hr(), resp.command(b"INFO", b"server"), resp.command(
+            b"SET", self._key(PROBE_KEY.format(instance=self.instance)), b"1", b"EX",
+            PROBE_TTL_S, b"GET"), retry=True)
         if isinstance(info, Exception):
             raise info
-        run_id = info["run_id"]
+        run_id = info_field(info, b"run_id")
+        if not run_id:
+            raise redis.ResponseError("INFO server has no run_id")
         if self._run_id is None:
             self._register()  # before the first entry: ingesters and backlog() see this host
         if self._run_id is not None and run_id != self._run_id:
@@ -456,13 +452,18 @@ class Publisher:
         """The health key and, again at each beat, the host registry (a restarted Redis or
         a promoted replica may have lost it, and ingesters find hosts only there): one
         pipelined round trip."""
+        beat = encode({"instance": self.instance, "timestamp": now_ns()})
         try:
-            pipe = self._r.pipeline(transaction=False)
-            pipe.set(HEALTH_KEY.format(source=self.source), encode(
-                {"instance": self.instance, "timestamp": now_ns()}),
-                ex=defaults.HEALTH_TTL_S)
-            register(pipe, self.host, self._streams.values())
-            pipe.execute()
+            if self._cluster:  # the health key and the host's keys are in different slots
+                pipe = self._r.pipeline(transaction=False)
+                pipe.set(HEALTH_KEY.format(source=self.source), beat,
+                         ex=defaults.HEALTH_TTL_S)
+                register(pipe, self.host, self._streams.values())
+                pipe.execute()
+            else:
+                roundtrip(self._r, *register_commands(self.host, self._streams.values()),
+                          resp.command(b"SET", HEALTH_KEY.format(source=self.source), beat,
+                                       b"EX", defaults.HEALTH_TTL_S), retry=True)
         except (redis.RedisError, RedisClusterException):
             pass
 

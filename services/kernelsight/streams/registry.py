@@ -7,17 +7,26 @@ from collections.abc import Iterable
 
 import redis
 
-from kernelsight import schema
+from kernelsight import resp, schema
 
 STREAMS_PART = "streams"  # host_key(host, "streams"): the streams a host's producers write
 
 
+def _register_args(host: str, streams: Iterable[str]) -> list[tuple]:
+    streams = list(streams)
+    return [("SADD", schema.HOSTS_KEY, host)] + (
+        [("SADD", schema.host_key(host, STREAMS_PART), *streams)] if streams else [])
+
+
 def register(r: redis.Redis, host: str, streams: Iterable[str] = ()) -> None:
     """Announce ``host`` (and the streams its producers write) to ingesters."""
-    r.sadd(schema.HOSTS_KEY, host)
-    streams = list(streams)
-    if streams:
-        r.sadd(schema.host_key(host, STREAMS_PART), *streams)
+    for args in _register_args(host, streams):
+        r.execute_command(*args)
+
+
+def register_commands(host: str, streams: Iterable[str] = ()) -> list[bytes]:
+    """register() as encoded commands, for a round trip of their own (client.roundtrip)."""
+    return [resp.command(*args) for args in _register_args(host, streams)]
 
 
 def known_hosts(r: redis.Redis, also: Iterable[str] = ()) -> list[str]:
