@@ -320,9 +320,9 @@ class Bench:
             p.terminate()
             p.wait(10)
         self.put("scraper_cpu_percent", 100 * (c1 - c0) / secs,
-                 f"1 s interval, {secs} s steady state, % of one core; most of it is the "
-                 "kernel walking the whole TCP hash for /proc/net/tcp and tcp6 (~1.5 ms "
-                 "each per scrape here, memory-bound: more when the host is busy)")
+                 f"1 s interval, {secs} s steady state, % of one core (TCP states through "
+                 "netlink sock_diag, not /proc/net/tcp; the rest is Python run once a "
+                 "second, which costs more when the host is busy or the VM slow)")
 
     def stack_cpu(self, url: str) -> None:
         if os.geteuid() != 0:
