@@ -5,9 +5,11 @@ its timers at defaults.REDIS_HZ."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 
 import redis
 
@@ -88,7 +90,9 @@ def test_a_few_rows_linger_then_go_in_one_chunk(settings, rclient):
     assert rclient.xlen(stream) == 7 + CHUNK_MAX
 
 
-def test_idle_ingester_spaces_out_its_reads(settings, rclient):
+@contextlib.contextmanager
+def running_ingester(settings, rclient) -> Iterator[Ingester]:
+    """A real Ingester in a thread, once its first heartbeat is in Redis; drained at exit."""
     ing = Ingester(settings)
     t = threading.Thread(target=ing.run, daemon=True)
     t.start()
@@ -97,6 +101,15 @@ def test_idle_ingester_spaces_out_its_reads(settings, rclient):
         while not rclient.get(HEALTH_KEY.format(source="ingest")):
             assert time.monotonic() < deadline, "no ingest heartbeat"
             time.sleep(0.1)
+        yield ing
+    finally:
+        ing.request_stop(drain=True)
+        t.join(30)
+    assert not t.is_alive()
+
+
+def test_idle_ingester_spaces_out_its_reads(settings, rclient):
+    with running_ingester(settings, rclient) as ing:
         time.sleep(1)
         c0 = calls(rclient)
         rclient.delete(HEALTH_KEY.format(source="ingest"))
@@ -111,10 +124,6 @@ def test_idle_ingester_spaces_out_its_reads(settings, rclient):
         while not ing.stats.dead:
             assert time.monotonic() < deadline, "the entry was not read"
             time.sleep(0.05)
-    finally:
-        ing.request_stop(drain=True)
-        t.join(30)
-    assert not t.is_alive()
 
 
 def test_ingester_lingers_after_a_small_batch(settings, rclient):
@@ -124,14 +133,7 @@ def test_ingester_lingers_after_a_small_batch(settings, rclient):
     read at once."""
     assert settings.ingest_linger_ms == defaults.INGEST_LINGER_MS == 1000
     stream = schema.accounting_stream("testhost")  # "{}" is no snapshot: a dead letter each
-    ing = Ingester(settings)
-    t = threading.Thread(target=ing.run, daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not rclient.get(HEALTH_KEY.format(source="ingest")):
-            assert time.monotonic() < deadline, "no ingest heartbeat"
-            time.sleep(0.1)
+    with running_ingester(settings, rclient) as ing:
         b0, c0 = ing.stats.batches, calls(rclient)
         for _ in range(20):  # 4 s, one entry every 0.2 s
             rclient.xadd(stream, {b"d": b"{}"})
@@ -167,10 +169,6 @@ def test_ingester_lingers_after_a_small_batch(settings, rclient):
             sizes[:-1], itertools.pairwise(ends[1:]), strict=True)
             if n >= defaults.INGEST_LINGER_ROWS]
         assert gaps and max(g for _, g in gaps) < settings.ingest_linger_ms / 2000, gaps
-    finally:
-        ing.request_stop(drain=True)
-        t.join(30)
-    assert not t.is_alive()
 
 
 def test_roundtrip_returns_error_replies_in_order(rclient):
