@@ -37,6 +37,13 @@ def test_compose_stress_judges_its_own_run_and_leaves_the_stack_running(settings
                             str(tmp_path / "work"), 64, start_timeout=60, stop_timeout=30,
                             drain_timeout=60, report_timeout=120)
         out = capsys.readouterr().out
+        # The job returns only once its verdict row is stored (it goes through the pipeline,
+        # and the ingester lingers up to a second between small reads).
+        con = sqlite3.connect(settings.db_path)
+        stored = con.execute("SELECT verdict FROM runs WHERE kind = 'compose-stress' "
+                             "ORDER BY stream_id DESC LIMIT 1").fetchone()
+        con.close()
+        assert stored == ("FAIL",), stored
         # Still collecting: no stop request, the scraper keeps publishing after the run.
         time.sleep(2.5)
         assert collector_states(settings.redis_url, ["scraper"])["scraper"]["state"] == \

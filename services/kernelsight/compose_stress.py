@@ -206,6 +206,11 @@ def compose_stress(url: str, db_path: str, duration: float, names: list[str],
         verdict = str(out.get("json", {}).get("verdict", "")) or (
             "SUCCESS" if int(out["exit_code"]) == 0 else "FAIL")
         rec.verdict(verdict)
+        # The verdict row goes through the pipeline like any event: wait until it is stored,
+        # so `kernelsight report --run` / `query --runs` show it the moment this job exits.
+        if not wait_drained_until(url, rec.last_id, drain_timeout):
+            _say(f"  the ingester did not store the verdict row within {drain_timeout:.0f}s; "
+                 "`kernelsight query --runs` shows the run without it until it does")
         _say(f"run {rec.run_id}: {verdict} (kernelsight report --run {rec.run_id})")
         return int(out["exit_code"])
     finally:

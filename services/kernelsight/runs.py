@@ -87,6 +87,11 @@ class RunRecorder:
         self.pub.close()
 
     @property
+    def last_id(self) -> bytes:
+        """The stream id of the newest row sent (wait_drained_until it to see it stored)."""
+        return self.pub.last_id
+
+    @property
     def window(self) -> Window:
         return Window(self.start_ns or None, self.end_ns or None, self.run_id, self.kind)
 

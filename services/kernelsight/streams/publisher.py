@@ -156,6 +156,12 @@ class Publisher:
         """The next entry id: wall clock, strictly increasing, always packable (IdSource)."""
         return self._ids.next()
 
+    @property
+    def last_id(self) -> bytes:
+        """The newest id this producer has given an entry: waiting until the ingester has
+        stored everything up to it waits for this producer's last event."""
+        return b"%d-%d" % (self._ids.ms, self._ids.seq)
+
     # -- publishing -----------------------------------------------------------------------
     def publish(self, event_type: str, rows: Iterable[dict]) -> None:
         stream = self._streams.get(event_type)
