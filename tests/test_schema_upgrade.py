@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from kernelsight import report, schema
+from kernelsight import faultlatency, report, schema
 from kernelsight.db import open_db, open_readonly
 from kernelsight.exceptions import DatabaseError
 
@@ -19,6 +19,7 @@ from conftest import FIXTURES
 
 V3 = FIXTURES / "db" / "schema-v3-scraper-3s.db.gz"
 V4 = FIXTURES / "db" / "schema-v4-scraper-3s.db.gz"
+UPGRADED = ("version", "pf_mark")  # what an upgrade changes besides adding tables
 NEW = ("pressure_stats", "vmstat_stats", "pressure_stats_1m", "vmstat_stats_1m")
 
 
@@ -34,6 +35,12 @@ def contents(db) -> dict[str, int]:
     out = {n: con.execute(f'SELECT COUNT(*) FROM "{n}"').fetchone()[0] for n in names}
     out["version"] = con.execute(
         "SELECT value FROM schema_meta WHERE key = 'version'").fetchone()[0]
+    # A writer of this version also records since when minor-fault latency is sampled
+    # (faultlatency; "0" here: these files hold no page-fault rows).
+    mark = con.execute("SELECT value FROM schema_meta WHERE key = ?",
+                       (faultlatency.KEY,)).fetchone()
+    out["schema_meta"] -= mark is not None
+    out["pf_mark"] = mark[0] if mark else None
     con.close()
     return out
 
@@ -50,8 +57,9 @@ def test_v3_file_is_upgraded_additively(tmp_path):
     after = contents(db)
     assert after["version"] == str(schema.SCHEMA_VERSION) == "5"
     assert {n: after[n] for n in NEW} == dict.fromkeys(NEW, 0)
-    assert {k: v for k, v in after.items() if k in before and k != "version"} == {
-        k: v for k, v in before.items() if k != "version"}
+    assert {k: v for k, v in after.items() if k in before and k not in UPGRADED} == {
+        k: v for k, v in before.items() if k not in UPGRADED}
+    assert after["pf_mark"] == "0"
     open_db(db).dispose()  # again: a no-op
     assert contents(db) == after
     # Readers of this version now accept it, and the report lists the new types (empty).
@@ -105,8 +113,9 @@ def test_v4_file_is_rebuilt_in_place_rows_and_ids_kept(tmp_path):
     open_db(db).dispose()
     after = contents(db)
     assert after["version"] == "5"
-    assert {k: v for k, v in after.items() if k != "version"} == {
-        k: v for k, v in before.items() if k != "version"}
+    assert {k: v for k, v in after.items() if k not in UPGRADED} == {
+        k: v for k, v in before.items() if k not in UPGRADED}
+    assert after["pf_mark"] == "0"
     for t in schema.TABLES:
         assert rows(db, t) == kept[t], t  # every row, with its id
         assert f"uq_{t}_host_stream_id" in table_sql(db, t)

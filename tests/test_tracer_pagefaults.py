@@ -3,6 +3,7 @@ tells the faulting process itself through getrusage()."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -124,10 +125,17 @@ def test_totals_match_getrusage_and_every_major_is_an_event(settings: Settings,
     bad_latency = db.execute(
         "SELECT COUNT(*) FROM page_fault_events WHERE pid = ? AND fault_type = 'major' "
         "AND latency_ns <= 0", (pid,)).fetchone()[0]
+    timed = "CASE fault_type WHEN 'major' THEN fault_count ELSE sampled_events END"
     max_ok = db.execute(
-        "SELECT COUNT(*), SUM(latency_max_ns * fault_count >= latency_sum_ns "
+        f"SELECT COUNT(*), SUM(latency_max_ns * ({timed}) >= latency_sum_ns "
         "AND latency_max_ns <= latency_sum_ns) FROM page_fault_totals WHERE pid = ?",
         (pid,)).fetchone()
+    lat_totals = dict(db.execute(
+        "SELECT fault_type, SUM(latency_sum_ns) FROM page_fault_totals WHERE pid = ? "
+        "GROUP BY fault_type", (pid,)).fetchall())
+    lat_events = dict(db.execute(
+        "SELECT fault_type, SUM(latency_ns) FROM page_fault_events WHERE pid = ? "
+        "GROUP BY fault_type", (pid,)).fetchall())
 
     # The test is only meaningful if the file reads really were major faults.
     assert majflt >= 0.9 * file_pages, (majflt, file_pages)
@@ -152,8 +160,61 @@ def test_totals_match_getrusage_and_every_major_is_an_event(settings: Settings,
     # The anonymous region was first touched by writes: any sampled event there says so (at
     # the default --minor-fault-rate 10/s for the whole host, often none falls there).
     assert anon_events[0] == (anon_events[1] or 0), anon_events
-    # Per-interval max is consistent with the interval's sum and count.
+    # Per-interval max is consistent with the interval's sum and timed count.
     assert max_ok[0] == max_ok[1], max_ok
+    # The latency in the totals is exactly that of the timed faults: every major fault (all
+    # of them events here), and for minor faults the sampled ones, i.e. the minor events.
+    assert lat_totals.get("major") == lat_events.get("major"), (lat_totals, lat_events)
+    assert (lat_totals.get("minor") or 0) == (lat_events.get("minor") or 0), \
+        (lat_totals, lat_events)
+
+
+MINOR_CHILD = r"""
+import json, mmap, os, resource
+m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.madvise(mmap.MADV_NOHUGEPAGE)
+for off in range(0, 64 << 20, mmap.PAGESIZE):
+    m[off] = 1
+ru = resource.getrusage(resource.RUSAGE_SELF)
+os.write(1, json.dumps({"pid": os.getpid(), "minflt": ru.ru_minflt}).encode())
+os._exit(0)
+"""
+
+
+def test_minor_latency_is_exactly_that_of_the_sampled_faults(settings: Settings,
+                                                             tmp_path: Path) -> None:
+    """Since 2026-12-01 only the sampled minor faults read the clock at completion: the
+    count stays exact (getrusage), and latency_sum_ns / latency_max_ns are exactly those of
+    the stored minor events, so latency_sum_ns / sampled_events is their mean. At 20,000
+    events/s a 16,384-fault burst is partly sampled: both kinds are in the same rows."""
+    need_root()
+    settings = dataclasses.replace(settings, minor_fault_rate=20_000)
+    with running_pipeline(settings, ["pagefaults"], tmp_path / "logs"):
+        got = json.loads(subprocess.run([sys.executable, "-c", MINOR_CHILD],
+                                        capture_output=True, timeout=60, check=True).stdout)
+    pid, minflt = got["pid"], got["minflt"]
+    db = sqlite3.connect(settings.db_path)
+    count, sampled, lat_sum, lat_max = db.execute(
+        "SELECT SUM(fault_count), SUM(sampled_events), SUM(latency_sum_ns), "
+        "MAX(latency_max_ns) FROM page_fault_totals WHERE pid = ? AND fault_type = 'minor'",
+        (pid,)).fetchone()
+    n_events, ev_sum, ev_max = db.execute(
+        "SELECT COUNT(*), SUM(latency_ns), MAX(latency_ns) FROM page_fault_events "
+        "WHERE pid = ? AND fault_type = 'minor'", (pid,)).fetchone()
+    db.close()
+    assert minflt >= (64 << 20) // PAGE
+    assert abs(count - minflt) <= 0.01 * minflt, (count, minflt)  # every fault counted
+    assert 100 <= sampled < count // 2, (sampled, count)  # a sample, not every fault
+    assert sampled == n_events, (sampled, n_events)
+    assert lat_sum == ev_sum and lat_max == ev_max, (lat_sum, ev_sum, lat_max, ev_max)
+    assert 0 < lat_sum / sampled < 1e6  # a mean minor fault under a millisecond
+
+    # The report divides by the timed faults (minor: sampled_events), not by fault_count.
+    out = subprocess.run([sys.executable, "-m", "kernelsight", "report", "--db",
+                          settings.db_path, "--json"], capture_output=True, timeout=120,
+                         check=False)
+    minor = json.loads(out.stdout)["page_faults"]["minor"]
+    assert minor["timed"] >= sampled and minor["count"] >= count, minor
 
 
 def test_preallocated_totals_fallback_counts_exactly(settings: Settings) -> None:

@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import click
-from sqlalchemy import Connection, Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from kernelsight import schema
+from kernelsight import faultlatency, schema
 from kernelsight.config import db_label
 from kernelsight.exceptions import ConfigError, DatabaseError
 from kernelsight.sqlcompat import same_database
@@ -221,7 +221,20 @@ def copy(src: Engine, dst: Engine, batch: int = BATCH_ROWS,
             out.append(tc)
             if progress:
                 progress(tc)
+        _carry_fault_latency_mark(s, dst)
     return out
+
+
+def _carry_fault_latency_mark(s: Connection, dst: Engine) -> None:
+    """DST reads minor-fault latency the old way up to the later of the two marks
+    (faultlatency): SRC's rows before its mark are old-style wherever they are copied."""
+    meta = schema.schema_meta
+    src_from = faultlatency.sampled_from_ns(s, meta)
+    with dst.begin() as d:
+        if src_from <= faultlatency.sampled_from_ns(d, meta):
+            return
+        d.execute(delete(meta).where(meta.c.key == faultlatency.KEY))
+        d.execute(meta.insert().values(key=faultlatency.KEY, value=str(src_from)))
 
 
 @click.command("copy-db", context_settings={"help_option_names": ["-h", "--help"],

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from kernelsight import schema
+from kernelsight import faultlatency, schema
 from kernelsight.config import check_db_path, is_db_url
 from kernelsight.exceptions import DatabaseError
 
@@ -229,6 +229,8 @@ def _create_schema(eng: Engine, path: str) -> None:
             raise DatabaseError(
                 f"{path} has KernelSight schema version {row}, this version needs "
                 f"{schema.SCHEMA_VERSION}; use a new --db path")
+        faultlatency.mark(conn, schema.schema_meta, row is None,
+                          schema.TABLES["page_fault_totals"])
 
 
 def _upgradable(version: str) -> bool:

@@ -74,7 +74,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Connection, Engine, text
 
-from kernelsight import collectors, defaults, schema, waits
+from kernelsight import collectors, defaults, faultlatency, schema, waits
 from kernelsight.analysis.own import not_own_sql
 from kernelsight.config import db_label
 from kernelsight.db import open_readonly
@@ -117,8 +117,10 @@ FROM pipeline_accounting WHERE stream_id IS NOT NULL GROUP BY host, source"""
 SLOW_SQL = """SELECT comm, syscall_name, latency_ns FROM syscall_events
 WHERE timestamp BETWEEN :since AND :until AND {service} AND {not_own}
 ORDER BY latency_ns DESC, stream_id LIMIT :n"""
+# timed: the faults latency_sum_ns covers (faultlatency: minor rows, the sampled ones).
 PF_TOTALS_SQL = f"""SELECT fault_type, {bigint('SUM(fault_count)')},
-  {bigint('SUM(latency_sum_ns)')}, {bigint('SUM(sampled_events)')}
+  {bigint('SUM(latency_sum_ns)')}, {bigint('SUM(sampled_events)')},
+  {bigint(f'SUM({faultlatency.TIMED_SQL})')}
 FROM page_fault_totals WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
 PF_EVENTS_SQL = f"""SELECT fault_type, COUNT(*), {bigint('SUM(latency_ns)')}
 FROM page_fault_events WHERE timestamp BETWEEN :since AND :until GROUP BY fault_type"""
@@ -205,12 +207,16 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
         slow_sql = SLOW_SQL.format(service=waits.service_sql(), not_own=not_own_sql(c))
         rep.slow = [(r[0], r[1], int(r[2] or 0) / 1e6)
                     for r in c.execute(text(slow_sql), {**args, "n": 5})]
-        for ft, n, lat, sampled in c.execute(text(PF_TOTALS_SQL), args):
-            rep.faults[ft] = {"count": int(n or 0), "avg_us": (lat or 0) / max(n or 0, 1) / 1000,
+        pf_from = faultlatency.sampled_from_ns(c, schema.schema_meta)
+        for ft, n, lat, sampled, timed in c.execute(text(PF_TOTALS_SQL),
+                                                    {**args, "pf_from": pf_from}):
+            rep.faults[ft] = {"count": int(n or 0), "timed": int(timed or 0),
+                              "avg_us": (lat or 0) / max(timed or 0, 1) / 1000,
                               "sampled_events": int(sampled or 0), "exact": True}
         if not rep.faults:  # older databases without totals: say these are sample figures
             for ft, n, lat in c.execute(text(PF_EVENTS_SQL), args):
-                rep.faults[ft] = {"count": int(n), "avg_us": (lat or 0) / max(n, 1) / 1000,
+                rep.faults[ft] = {"count": int(n), "timed": int(n),
+                                  "avg_us": (lat or 0) / max(n, 1) / 1000,
                                   "sampled_events": int(n), "exact": False}
         span_lo, span_hi = c.execute(text(SPAN_SQL), args).one()
     if duration_s:
@@ -448,10 +454,12 @@ def render(rep: Report, console: Console) -> None:
         p.add_column("type")
         p.add_column("faults", justify="right")
         p.add_column("avg latency", justify="right")
+        p.add_column("of (timed)", justify="right")
         p.add_column("stored events", justify="right")
         for ft in ("major", "minor"):
-            f = rep.faults.get(ft, {"count": 0, "avg_us": 0.0, "sampled_events": 0})
-            p.add_row(ft, f"{f['count']:,}", f"{f['avg_us']:.2f}μs", f"{f['sampled_events']:,}")
+            f = rep.faults.get(ft, {"count": 0, "timed": 0, "avg_us": 0.0, "sampled_events": 0})
+            p.add_row(ft, f"{f['count']:,}", f"{f['avg_us']:.2f}μs", f"{f['timed']:,}",
+                      f"{f['sampled_events']:,}")
         console.print(p)
     a = Table(title="Pipeline Accounting (produced = stored + dropped + dead letters + "
               "retention)", title_justify="left")

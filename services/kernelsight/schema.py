@@ -234,9 +234,10 @@ EVENT_TYPES: tuple[EventType, ...] = (
         "tcp_retransmit_stats", "scraper", "Scraper",
         (I("retrans_segs", role=COUNTER), I("out_segs", role=COUNTER)),
     ),
-    # Exact per-interval page-fault totals per process and fault type. page_fault_events
+    # Exact per-interval page-fault counts per process and fault type. page_fault_events
     # holds every major fault but only a rate-limited sample of minor faults; these rows carry
-    # the true counts and latency sums, so averages computed from them are not sample figures.
+    # the true counts, and the latency of the timed faults: every major fault, the sampled
+    # minor ones (sampled_events of them; before 2026-12-01 every minor one: faultlatency).
     EventType(
         "page_fault_totals", "pagefaults", "eBPF Page Fault Tracer (exact totals)",
         (I("pid"), COMM, S("fault_type", 8, ("major", "minor"), role=KEY),

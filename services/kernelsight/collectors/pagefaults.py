@@ -105,29 +105,36 @@ class PageFaults(Collector):
       entry: address, error_code) and the PAGE_FAULTS_MAJ / PAGE_FAULTS_MIN software perf
       events with a BPF program on every CPU (sample_period=1), which the kernel emits at the
       end of handle_mm_fault (mm_account_fault). latency_ns = perf event time - entry time of
-      the same thread (matched on the fault address). No kprobes, no fentry.
+      the same thread (matched on the fault address), for the timed faults: every major
+      fault, and the minor faults that become events. No kprobes, no fentry.
 
     OUTPUT
       page_fault_events: pid, tid, cpu, address, latency_ns, fault_type (major|minor),
         access_type (read|write|exec, from the x86 error code), user_mode (the faulting
         context was in user mode; 0 = copy_to_user & co. inside a syscall), comm.
         Every major fault is an event. Minor faults are sampled by a per-CPU token bucket
-        sharing --minor-fault-rate events/s (default 2000); the rest are counted as
-        dropped, reason ``minor_sampled`` - by design, since the totals stay exact.
+        sharing --minor-fault-rate events/s (default 10); the rest are counted as
+        dropped, reason ``minor_sampled`` - by design, since the counts stay exact.
       page_fault_totals: every --interval, one row per (pid, fault_type) with faults in it:
-        fault_count, latency_sum_ns, latency_max_ns, sampled_events (how many of them are
-        in page_fault_events), interval_ns. Counts come from cumulative in-kernel per-CPU
-        counters that user space only reads and sums (diff of two reads), so nothing is lost
-        between reads.
+        fault_count (every fault), latency_sum_ns and latency_max_ns (major: of every fault;
+        minor: of the sampled ones only), sampled_events (how many of them are in
+        page_fault_events), interval_ns. Mean latency: latency_sum_ns / fault_count for
+        major, latency_sum_ns / sampled_events for minor (since 2026-12-01; before, every
+        minor fault was timed and the divisor was fault_count). Counts come from cumulative
+        in-kernel per-CPU counters that user space only reads and sums (diff of two reads),
+        so nothing is lost between reads.
 
     COST (2-vCPU Firecracker VM, kernel 6.18, a busy shared host: figures are from
       interleaved runs, and CPU time is the faulting process's, where the BPF programs run)
       Per fault: entry = the task's storage slot (created once per task) and one clock read;
-      completion = one clock read, the task storage slot, one per-CPU hash lookup for the
-      (tgid, type) totals, plain adds on per-CPU data (no atomics, no shared cache line),
-      the token bucket; the ring buffer, pid/tid and comm only for events. The two clock
-      reads (bpf_ktime_get_ns, ~25-30 ns each here) are about half of the programs' work;
-      both are needed for every fault's latency (latency_sum_ns is exact, not sampled).
+      completion = the task storage slot, one per-CPU hash lookup for the (tgid, type)
+      totals, plain adds on per-CPU data (no atomics, no shared cache line), the token bucket
+      (refilled from the entry times: no clock read); a second clock read, the ring buffer,
+      pid/tid and comm only for timed faults (majors, sampled minors). The clock reads
+      (bpf_ktime_get_ns, ~25-30 ns each here) were about half of the programs' work when
+      every fault read two; the figures below are from then. `kernelsight bench --only
+      pagefaults` on 2026-12-01 (A/B back to back, min of 11 rounds): 1.11 and 1.18 with one
+      read for untimed minor faults, 1.62 and 1.44 with two.
       BPF run time (kernel.bpf_stats_enabled=1, run_time_ns / run_cnt, min of 3 interleaved
       runs of the C loop below; ~35 ns of each figure is the accounting itself): entry 79 ns,
       completion 102 ns; empty programs 36 (entry, regular or raw) / 40 ns (perf event).
@@ -159,12 +166,16 @@ class PageFaults(Collector):
         this tracer does not see them. Failed faults (SIGSEGV/SIGBUS) are not counted
         either, as perf does not count them.
       - A fault in flight when the tracer starts (its entry fired before we attached) has
-        no entry and an unknown latency: it is neither in page_fault_totals (so
-        latency_sum_ns / fault_count is the exact mean of the faults counted) nor an event;
+        no entry and an unknown latency: it is neither in page_fault_totals (so a major
+        row's latency_sum_ns / fault_count is the exact mean of the faults counted) nor an
+        event;
         it is counted as dropped ``page_fault_events``, reason ``no_entry``. Totals count
         the faults that began after the tracer started, as io counts requests.
       - The per-CPU token bucket gives each CPU --minor-fault-rate / ncpu events/s (burst:
-        0.1 s of that), so one busy CPU alone stores fewer than --minor-fault-rate.
+        0.1 s of that), so one busy CPU alone stores fewer than --minor-fault-rate. The
+        minor latency figures are those of this sample: after an idle stretch a CPU's first
+        minor faults get the tokens, so a workload that faults in bursts has its bursts'
+        first faults over-represented.
       - latency_max_ns is per interval; a fault completing within microseconds of the
         interval switch may land its max in the next interval (it is clamped to at least
         the interval's mean).
@@ -291,12 +302,15 @@ class PageFaults(Collector):
             if n <= 0:
                 continue
             lat_sum = cur.lat_sum - before.lat_sum
+            sampled = max(0, cur.sampled - before.sampled)
+            # Majors: every fault is timed. Minors: the sampled ones (the events) only.
+            timed = n if major & 1 else sampled
             rows.append({
                 "timestamp": ts, "host": self.settings.host, "pid": tgid,
                 "comm": self._comm(tgid, ch.now.comm), "fault_type": FAULT_TYPE[major & 1],
                 "fault_count": n, "latency_sum_ns": lat_sum,
-                "latency_max_ns": max(ch.now.max_ns, -(-lat_sum // n)),
-                "sampled_events": max(0, cur.sampled - before.sampled),
+                "latency_max_ns": max(ch.now.max_ns, -(-lat_sum // max(timed, 1))),
+                "sampled_events": sampled,
                 "interval_ns": interval_ns,
             })
         if rows:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, Engine, create_engine, select, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from kernelsight import schema
+from kernelsight import faultlatency, schema
 from kernelsight.config import check_db_url, redact
 from kernelsight.exceptions import DatabaseError
 
@@ -87,6 +87,7 @@ def create_schema(eng: Engine, url: str) -> None:
                     f"{redact(url)} has KernelSight schema version {row}, this version needs "
                     f"{schema.SCHEMA_VERSION}; use a new database")
             if row is not None and _complete(conn):
+                _mark_fault_latency(conn)
                 return  # nothing to create: a role with only INSERT/SELECT rights may write
             schema.PG.metadata.create_all(conn)
             for name in schema.PG.tables:
@@ -95,10 +96,25 @@ def create_schema(eng: Engine, url: str) -> None:
             if row is None:
                 conn.execute(schema.PG.schema_meta.insert().values(
                     key="version", value=str(schema.SCHEMA_VERSION)))
+            faultlatency.mark(conn, schema.PG.schema_meta, row is None,
+                              schema.PG.tables["page_fault_totals"])
     except DatabaseError:
         raise
     except (DBAPIError, SQLAlchemyError) as e:
         raise connect_error(url, e) from None
+
+
+def _mark_fault_latency(conn: Connection) -> None:
+    """faultlatency.mark for a complete schema, where the writer's role may lack the right to
+    insert into schema_meta: then its minor rows read the old way, and the log says so."""
+    try:
+        with conn.begin_nested():
+            faultlatency.mark(conn, schema.PG.schema_meta, False,
+                              schema.PG.tables["page_fault_totals"])
+    except (DBAPIError, SQLAlchemyError) as e:
+        log.warning("cannot record %s in schema_meta (%s): reports divide this writer's "
+                    "minor-fault latency by fault_count; run one writer with the schema "
+                    "owner's role once", faultlatency.KEY, str(e).splitlines()[0])
 
 
 def open_db(url: str, create: bool = True) -> Engine:
