@@ -272,7 +272,7 @@ class Bench:
 
         bpfsupport.ensure_tracefs()
         bpfsupport.ensure_headers()
-        rounds = 5 if self.quick else 11
+        rounds = 5 if self.quick else 21
         bare, empty, ours = [], [], []
         self._time(workload)  # warm caches
         for _ in range(rounds):

@@ -454,7 +454,7 @@ def render(rep: Report, console: Console) -> None:
         p.add_column("type")
         p.add_column("faults", justify="right")
         p.add_column("avg latency", justify="right")
-        p.add_column("of (timed)", justify="right")
+        p.add_column("timed", justify="right")  # the faults the average is over
         p.add_column("stored events", justify="right")
         for ft in ("major", "minor"):
             f = rep.faults.get(ft, {"count": 0, "timed": 0, "avg_us": 0.0, "sampled_events": 0})
