@@ -11,7 +11,7 @@
  * came from an exception (regs != NULL). A BPF program on each of those two events (every CPU,
  * sample_period=1) closes the fault (provided the entry's address is the perf sample's
  * address): it is counted, and a timed fault's latency = now - entry ts of the same thread.
- * Timed: every major fault, and the minor faults that get a token (they become the events).
+ * Timed: every major fault, and the minor faults that drew a token at entry (the events).
  *
  * Per fault that is: one clock read at entry (~25 ns here), a second one only for timed
  * faults, two task storage lookups, one per-CPU hash lookup, plain adds on per-CPU data (no
@@ -28,7 +28,7 @@
  *               slots, epoch parity): user space bumps `epoch` and then reads the slot of the
  *               finished epoch (max over CPUs), so it never writes this map.
  *   events    - ring buffer: every major fault, minor faults through a per-CPU token bucket
- *               (refilled from the entry times: asking for a token reads no clock).
+ *               drawn at entry (so the sample does not depend on the faults' latency).
  *               The reader is woken every KS_WAKEUP_EVERY events per CPU only (it drains on a
  *               0.5 s timer too): a wakeup per event costs the reader far more than the event.
  *   cpu_state - per CPU: the token bucket and the counters of what could not be recorded
@@ -71,7 +71,7 @@ struct start_t {
     u64 addr;
     u64 error_code;
     u32 tgid; /* set once per task: a task's tgid never changes */
-    u32 pad;
+    u32 sampled; /* drew a minor-sample token at entry: time it if it is minor */
 };
 
 struct tkey {
@@ -134,6 +134,52 @@ BPF_ARRAY(epoch, u64, 1);
 BPF_PERCPU_ARRAY(cpu_state, struct cpu_t, 1);
 BPF_RINGBUF_OUTPUT(events, KS_RINGBUF_PAGES);
 
+/* The minor-fault sample is drawn at entry, from the clock read there anyway, before the
+ * fault's own latency is known: which faults are sampled does not depend on how long they
+ * take (drawn at completion instead, a fault that slept, and was overtaken by later faults,
+ * would come back to an empty bucket: the slow ones would be under-sampled). A per-CPU token
+ * bucket: this CPU's share of KS_MINOR_RATE per second, a burst of 0.1 s of it. */
+static __always_inline int minor_token(struct cpu_t *b, u64 now)
+{
+    if (KS_MINOR_RATE == 0)
+        return 0;
+    const u64 cost = (u64)KS_NCPU * 1000000000ULL;
+    u64 cap = (u64)KS_MINOR_RATE * 100000000ULL; /* 0.1 s of this CPU's share */
+    if (cap < cost)
+        cap = cost;
+    u64 elapsed = 0;
+    if (now > b->last_ns) { /* entry programs of one CPU run in time order; be safe anyway */
+        elapsed = now - b->last_ns;
+        b->last_ns = now;
+    }
+    if (elapsed > 1000000000ULL)
+        elapsed = 1000000000ULL;
+    u64 credit = b->credit + elapsed * (u64)KS_MINOR_RATE;
+    if (credit > cap)
+        credit = cap;
+    if (credit < cost) {
+        b->credit = credit;
+        return 0;
+    }
+    b->credit = credit - cost;
+    return 1;
+}
+
+/* A token for this fault, unless it is one of KernelSight's own processes (then the token
+ * goes back: our own faults are never recorded). */
+static __always_inline u32 entry_token(u32 tgid, u64 now)
+{
+    u32 z = 0;
+    struct cpu_t *c = cpu_state.lookup(&z);
+    if (!c || !minor_token(c, now))
+        return 0;
+    if (ks_is_self(tgid)) {
+        c->credit += (u64)KS_NCPU * 1000000000ULL;
+        return 0;
+    }
+    return 1;
+}
+
 static __always_inline void on_entry(u64 address, u64 error_code)
 {
     if ((s64)address < 0) /* a kernel address: no mm fault follows */
@@ -146,17 +192,20 @@ static __always_inline void on_entry(u64 address, u64 error_code)
     s.addr = address;
     s.error_code = error_code;
     s.tgid = id >> 32;
+    s.sampled = entry_token(s.tgid, s.ts);
     start.update(&tid, &s);
 #else
     struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
     struct start_t *s = start.task_storage_get(t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!s)
         return;
-    s->ts = bpf_ktime_get_ns();
+    u64 now = bpf_ktime_get_ns();
+    s->ts = now;
     s->addr = address;
     s->error_code = error_code;
     if (!s->tgid) /* new storage: once per task, not per fault */
         s->tgid = bpf_get_current_pid_tgid() >> 32;
+    s->sampled = entry_token(s->tgid, now);
 #endif
 }
 
@@ -174,35 +223,6 @@ RAW_TRACEPOINT_PROBE(page_fault_kernel)
 {
     on_entry(ctx->args[0], ctx->args[2]);
     return 0;
-}
-
-/* The bucket is refilled from the faults' entry times (read at entry anyway), so asking for a
- * token reads no clock. Entry times reach a CPU slightly out of order (a fault that slept may
- * complete on another CPU): time only ever moves the bucket forward. */
-static __always_inline int minor_token(struct cpu_t *b, u64 now)
-{
-    if (KS_MINOR_RATE == 0)
-        return 0;
-    const u64 cost = (u64)KS_NCPU * 1000000000ULL;
-    u64 cap = (u64)KS_MINOR_RATE * 100000000ULL; /* 0.1 s of this CPU's share */
-    if (cap < cost)
-        cap = cost;
-    u64 elapsed = 0;
-    if (now > b->last_ns) {
-        elapsed = now - b->last_ns;
-        b->last_ns = now;
-    }
-    if (elapsed > 1000000000ULL)
-        elapsed = 1000000000ULL;
-    u64 credit = b->credit + elapsed * (u64)KS_MINOR_RATE;
-    if (credit > cap)
-        credit = cap;
-    if (credit < cost) {
-        b->credit = credit;
-        return 0;
-    }
-    b->credit = credit - cost;
-    return 1;
 }
 
 static __always_inline struct tval *totals_entry(u32 tgid, u32 major)
@@ -247,6 +267,7 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
 {
     u64 addr = ctx->addr;
     u64 entry_ts = 0;
+    u32 sampled = 0;
     u32 tgid = 0;
     u8 access = ACCESS_READ;
     u32 z = 0;
@@ -265,6 +286,7 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
 #endif
     if (s && s->ts && s->addr == addr) {
         entry_ts = s->ts;
+        sampled = s->sampled;
         if (s->error_code & X86_PF_INSTR)
             access = ACCESS_EXEC;
         else if (s->error_code & X86_PF_WRITE)
@@ -297,9 +319,10 @@ static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)
         c->drops[DROP_MAP_FULL]++;
 
     /* Only timed faults read the clock a second time: every major fault, and the minor faults
-     * that get a token (the events). The other minor faults are only counted: that read was
-     * a third of this tracer's cost above empty programs. */
-    if (!major && !minor_token(c, entry_ts)) {
+     * that drew a token at entry (the events). The other minor faults are only counted: that
+     * read was a third of this tracer's cost above empty programs. (A major fault that drew a
+     * token uses it up: majors are rare.) */
+    if (!major && !sampled) {
         c->drops[DROP_MINOR_SAMPLED]++;
         return 0;
     }

@@ -125,3 +125,47 @@ def test_postgres_reads_rows_of_both_meanings(pg_url):
     finally:
         eng.dispose()
     assert sorted(rows) == sorted(["version", faultlatency.KEY])
+
+
+def test_copy_db_from_a_database_no_writer_of_this_version_opened(tmp_path):
+    """SRC has no mark (all its rows old-style): DST reads SRC's rows the old way, yet its own
+    later rows the new way (the mark moves just past SRC's newest minor row, not to 'never').
+    A SRC without minor rows leaves DST's mark alone."""
+    src, dst = str(tmp_path / "old.db"), str(tmp_path / "dst.db")
+    t_old = _as_written_by_an_earlier_version(src)
+    s, d = open_readonly(src), open_db(dst)
+    try:
+        copy(s, d)
+        assert _mark(d) == t_old + 1
+        _write(d, _row(9, time.time_ns(), "minor", 1000, 10 * 3000, 10))
+    finally:
+        s.dispose()
+        d.dispose()
+    m = _minor(dst)
+    assert m["timed"] == 110 and m["avg_us"] == pytest.approx(RIGHT_US), m
+
+    empty, dst2 = str(tmp_path / "empty.db"), str(tmp_path / "dst2.db")
+    e = open_db(empty)
+    with e.begin() as c:  # as an earlier version left it: no mark, no faults
+        c.execute(delete(schema.schema_meta).where(schema.schema_meta.c.key == faultlatency.KEY))
+    e.dispose()
+    s, d = open_readonly(empty), open_db(dst2)
+    try:
+        copy(s, d)
+        assert _mark(d) == 0
+    finally:
+        s.dispose()
+        d.dispose()
+
+
+def test_a_minor_row_without_a_sample_has_no_average(tmp_path):
+    db = str(tmp_path / "ks.db")
+    eng = open_db(db)
+    try:
+        _write(eng, _row(1, time.time_ns(), "minor", 500, 0, 0))
+    finally:
+        eng.dispose()
+    out = report.report_job(db)
+    m = out["json"]["page_faults"]["minor"]
+    assert m["count"] == 500 and m["timed"] == 0 and m["avg_us"] is None, m
+    assert "n/a" in out["text"]

@@ -222,7 +222,8 @@ def collect(duration: float | None, **kw: Any) -> None:
 @_opt("--map-entries", field="map_entries", type=int,
       help=f"Max entries of each BPF hash map [default: {defaults.MAP_ENTRIES}].")
 @_opt("--minor-fault-rate", field="minor_fault_rate", type=int,
-      help="pagefaults: minor-fault events stored per second (totals stay exact) "
+      help="pagefaults: minor-fault events stored per second, the minor faults whose "
+           "latency is measured (counts stay exact) "
            f"[default: {defaults.PAGEFAULT_MINOR_RATE}].")
 @click.option("--stdout", "to_stdout", is_flag=True, envvar="KS_STDOUT", show_envvar=True,
               help="Ad-hoc: print rows (a table, or JSON lines with --json) instead of "

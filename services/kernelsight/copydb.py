@@ -17,7 +17,8 @@ lacks. What identifies a row:
 
 ``id`` is not copied: DST numbers the rows it stores (several files can go into one store),
 so a row's ``id`` differs between SRC and DST while its key does not. ``schema_meta`` is DST's
-own (DST is created or checked at this version first). Several sources can be copied into one
+own (DST is created or checked at this version first), except that SRC's page-fault latency
+mark (faultlatency) is carried over. Several sources can be copied into one
 DST; hosts never collide because every key includes the host.
 
 PostgreSQL text cannot hold U+0000 (SQLite's can, e.g. a hostile process name): an event row
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import click
-from sqlalchemy import Connection, Engine, Table, delete, select
+from sqlalchemy import Connection, Engine, Table, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from kernelsight import faultlatency, schema
@@ -226,10 +227,16 @@ def copy(src: Engine, dst: Engine, batch: int = BATCH_ROWS,
 
 
 def _carry_fault_latency_mark(s: Connection, dst: Engine) -> None:
-    """DST reads minor-fault latency the old way up to the later of the two marks
-    (faultlatency): SRC's rows before its mark are old-style wherever they are copied."""
+    """SRC's minor rows before its mark (faultlatency) are old-style wherever they are copied:
+    DST's mark moves up to it, but no further than just past SRC's newest minor row (a SRC
+    that no writer of this version opened has no mark: all its rows are old-style, and DST's
+    own later rows must not be read that way)."""
     meta = schema.schema_meta
-    src_from = faultlatency.sampled_from_ns(s, meta)
+    t = schema.TABLES["page_fault_totals"]
+    newest = s.execute(select(func.max(t.c.timestamp)).where(t.c.fault_type == "minor")).scalar()
+    if newest is None:
+        return  # no minor row copied: nothing to read either way
+    src_from = min(faultlatency.sampled_from_ns(s, meta), int(newest) + 1)
     with dst.begin() as d:
         if src_from <= faultlatency.sampled_from_ns(d, meta):
             return

@@ -81,9 +81,11 @@ ONE_PROCESS = True
 # Tracers.
 SYSCALL_MIN_LATENCY_MS = 10.0
 RINGBUF_PAGES = 256
-# Minor-fault events stored per second, whole host (majors: all). page_fault_totals stays
-# exact per process, so these are latency samples only: at 2000/s an idle host stored ~166
-# a second (~70 MB/h) and a busy one 2000 (~850 MB/h, and ~10% of a core of Python work).
+# Minor-fault events stored per second, whole host (majors: all). page_fault_totals counts
+# every fault per process; these are the minor faults whose latency is measured (since
+# 2026-12-01 the totals' minor latency is theirs, faultlatency.py): at 2000/s an idle host
+# stored ~166 a second (~70 MB/h) and a busy one 2000 (~850 MB/h, and ~10% of a core of
+# Python work).
 PAGEFAULT_MINOR_RATE = 10
 MAP_ENTRIES = 65536
 

@@ -8,8 +8,14 @@ versions timed every minor fault (divide by ``fault_count``).
 A writer of this version records in ``schema_meta`` (KEY, epoch ns) the first instant of the
 new meaning: 0 when it creates the database, the moment it first opens one created before.
 Minor rows stamped before it are read the old way; a database without the key (written only
-by earlier versions) is read the old way throughout. Caveat: rows from a collector of an older
-version still running after the upgrade are read the new way.
+by earlier versions) is read the old way throughout.
+
+The mark is a time standing in for the collectors' version, so a mixed upgrade is misread in
+either direction: rows of an older collector still running after the writer was upgraded are
+read the new way (their minor mean too high), and rows of an already upgraded collector that
+reached the database before an upgraded writer first opened it are read the old way (too
+low). Upgrade the writer (ingest) together with the collectors, or first. copy-db carries a
+source's mark (copydb).
 """
 
 from __future__ import annotations

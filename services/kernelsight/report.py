@@ -148,7 +148,7 @@ class Report:
     failed: dict[str, str] = field(default_factory=dict)
     ingest: dict[str, int] = field(default_factory=dict)
     slow: list[tuple[str, str, float]] = field(default_factory=list)
-    faults: dict[str, dict[str, float]] = field(default_factory=dict)
+    faults: dict[str, dict[str, float | None]] = field(default_factory=dict)
     duration_s: float = 0.0
     criteria: list[tuple[str, bool, str]] = field(default_factory=list)
     verdict: str = "FAIL"
@@ -210,8 +210,9 @@ def build(eng: Engine, db_path: str, duration_s: float | None = None,
         pf_from = faultlatency.sampled_from_ns(c, schema.schema_meta)
         for ft, n, lat, sampled, timed in c.execute(text(PF_TOTALS_SQL),
                                                     {**args, "pf_from": pf_from}):
+            # No timed fault (a minor row without a sample): no average, not 0 us.
             rep.faults[ft] = {"count": int(n or 0), "timed": int(timed or 0),
-                              "avg_us": (lat or 0) / max(timed or 0, 1) / 1000,
+                              "avg_us": (lat or 0) / timed / 1000 if timed else None,
                               "sampled_events": int(sampled or 0), "exact": True}
         if not rep.faults:  # older databases without totals: say these are sample figures
             for ft, n, lat in c.execute(text(PF_EVENTS_SQL), args):
@@ -457,8 +458,9 @@ def render(rep: Report, console: Console) -> None:
         p.add_column("timed", justify="right")  # the faults the average is over
         p.add_column("stored events", justify="right")
         for ft in ("major", "minor"):
-            f = rep.faults.get(ft, {"count": 0, "timed": 0, "avg_us": 0.0, "sampled_events": 0})
-            p.add_row(ft, f"{f['count']:,}", f"{f['avg_us']:.2f}μs", f"{f['timed']:,}",
+            f = rep.faults.get(ft, {"count": 0, "timed": 0, "avg_us": None, "sampled_events": 0})
+            avg = "n/a" if f["avg_us"] is None else f"{f['avg_us']:.2f}μs"
+            p.add_row(ft, f"{f['count']:,}", avg, f"{f['timed']:,}",
                       f"{f['sampled_events']:,}")
         console.print(p)
     a = Table(title="Pipeline Accounting (produced = stored + dropped + dead letters + "

@@ -138,7 +138,7 @@ def resolve(eng: Engine, sel: Selection | None, default_latest: bool = False,
     return Window(r["start_ns"], r["end_ns"] or now, r["run_id"], r["kind"], open_end)
 
 
-def wait_drained_until(redis_url: str, upto_id: int, timeout: float) -> bool:
+def wait_drained_until(redis_url: str, upto_id: int | str | bytes, timeout: float) -> bool:
     """Poll ``ingest.drained_until`` until true (True) or ``timeout`` (False)."""
     from kernelsight.ingest import drained_until
     from kernelsight.streams import connect

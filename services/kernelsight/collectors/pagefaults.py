@@ -173,9 +173,10 @@ class PageFaults(Collector):
         the faults that began after the tracer started, as io counts requests.
       - The per-CPU token bucket gives each CPU --minor-fault-rate / ncpu events/s (burst:
         0.1 s of that), so one busy CPU alone stores fewer than --minor-fault-rate. The
-        minor latency figures are those of this sample: after an idle stretch a CPU's first
-        minor faults get the tokens, so a workload that faults in bursts has its bursts'
-        first faults over-represented.
+        minor latency figures are those of this sample. The token is drawn at fault entry,
+        so the sample does not depend on the faults' latency; but after an idle stretch a
+        CPU's first minor faults get the tokens, so a workload that faults in bursts has its
+        bursts' first faults over-represented.
       - latency_max_ns is per interval; a fault completing within microseconds of the
         interval switch may land its max in the next interval (it is clamped to at least
         the interval's mean).

@@ -159,7 +159,7 @@ def t_faults(conn: Connection, a: dict[str, Any], ctx: Any) -> dict[str, Any]:
     # Minor faults: latency is that of the sampled ones (faultlatency), "timed" of them.
     return {"fault_type": ft, "rows": [
         {"pid": r[0], "comm": data(r[1]), "faults": r[2], "timed": r[6],
-         "avg_latency_us": (r[3] or 0) / max(r[6] or 0, 1) / 1e3,
+         "avg_latency_us": (r[3] or 0) / r[6] / 1e3 if r[6] else None,
          "max_latency_us": (r[4] or 0) / 1e3,
          "example_row": {"table": "page_fault_totals", "id": r[5]}} for r in rows]}
 
