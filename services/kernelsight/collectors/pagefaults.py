@@ -126,15 +126,17 @@ class PageFaults(Collector):
 
     COST (2-vCPU Firecracker VM, kernel 6.18, a busy shared host: figures are from
       interleaved runs, and CPU time is the faulting process's, where the BPF programs run)
-      Per fault: entry = the task's storage slot (created once per task) and one clock read;
-      completion = the task storage slot, one per-CPU hash lookup for the (tgid, type)
-      totals, plain adds on per-CPU data (no atomics, no shared cache line), the token bucket
-      (refilled from the entry times: no clock read); a second clock read, the ring buffer,
-      pid/tid and comm only for timed faults (majors, sampled minors). The clock reads
-      (bpf_ktime_get_ns, ~25-30 ns each here) were about half of the programs' work when
-      every fault read two; the figures below are from then. `kernelsight bench --only
-      pagefaults` on 2026-12-01 (A/B back to back, min of 11 rounds): 1.11 and 1.18 with one
-      read for untimed minor faults, 1.62 and 1.44 with two.
+      Per fault: entry = the task's storage slot (created once per task), one clock read and
+      the per-CPU token bucket; completion = the task storage slot, one per-CPU hash lookup
+      for the (tgid, type) totals, plain adds on per-CPU data (no atomics, no shared cache
+      line); a second clock read, the ring buffer, pid/tid and comm only for timed faults
+      (majors, sampled minors). BPF run time since 2026-12-01 (same method as below, the
+      python workload of `kernelsight bench`): entry 61-63 ns (the clock read 24 of them),
+      completion 49 ns; with a second clock read for every fault the completion took 74-76 ns.
+      `kernelsight bench --only pagefaults` (min of 21 rounds, alternating in the same
+      minutes): 1.12 and 1.16 with one read for untimed minor faults, 1.20 and 1.29 with two;
+      1.105 and 1.116 with the token drawn at entry, 1.10 and 1.22 with it drawn at completion.
+      The figures below are from the two-read version.
       BPF run time (kernel.bpf_stats_enabled=1, run_time_ns / run_cnt, min of 3 interleaved
       runs of the C loop below; ~35 ns of each figure is the accounting itself): entry 79 ns,
       completion 102 ns; empty programs 36 (entry, regular or raw) / 40 ns (perf event).
