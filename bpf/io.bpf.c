@@ -38,6 +38,7 @@
 #include "ks_hist.h"
 #include "ks_io.h" /* DROP_* slots */
 #include "ks_self.h" /* ks_is_self(): KernelSight's own processes are not traced */
+#include "ks_epochmax.h" /* the `epoch` map, KS_EPOCH_MAX(): per-interval maxima */
 
 #ifndef KS_MAP_ENTRIES
 #define KS_MAP_ENTRIES 65536
@@ -93,7 +94,6 @@ BPF_TABLE("lru_hash", struct start_key, struct start_val, start, KS_MAP_ENTRIES)
 #endif
 BPF_HASH(stats, struct dkey, struct dval, 4096);
 BPF_HASH(hist, struct hkey, u64, KS_MAP_ENTRIES);
-BPF_ARRAY(epoch, u64, 1);
 BPF_PERCPU_ARRAY(drops, u64, DROP_SLOTS);
 
 static __always_inline void count_drop(u32 slot)
@@ -136,25 +136,7 @@ static __always_inline void account(u32 dev, u32 op, u64 bytes, u64 lat)
     __sync_fetch_and_add(h, 1);
     __sync_fetch_and_add(&d->count, 1);
     __sync_fetch_and_add(&d->bytes, bytes);
-
-    u32 z = 0;
-    u64 *ep = epoch.lookup(&z);
-    u64 e = ep ? *ep : 0;
-    if (e & 1) {
-        if (d->epoch1 != e) {
-            d->epoch1 = e;
-            d->max1 = lat;
-        } else if (lat > d->max1) {
-            d->max1 = lat;
-        }
-    } else {
-        if (d->epoch0 != e) {
-            d->epoch0 = e;
-            d->max0 = lat;
-        } else if (lat > d->max0) {
-            d->max0 = lat;
-        }
-    }
+    KS_EPOCH_MAX(d, lat);
 }
 
 #ifdef KS_RAW

@@ -43,6 +43,7 @@
 #include "ks_pagefaults.h" /* DROP_* slots */
 #include "ks_self.h" /* ks_is_self(): KernelSight's own processes are not traced */
 #include "ks_ringbuf.h" /* ks_rb_flags(): wake the reader every KS_WAKEUP_EVERY events */
+#include "ks_epochmax.h" /* the `epoch` map, KS_EPOCH_MAX(): per-interval maxima */
 
 #ifndef KS_MAP_ENTRIES
 #define KS_MAP_ENTRIES 65536
@@ -130,7 +131,6 @@ BPF_F_TABLE("percpu_hash", struct tkey, struct tval, totals, KS_MAP_ENTRIES, 0);
 #else
 BPF_F_TABLE("percpu_hash", struct tkey, struct tval, totals, KS_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 #endif
-BPF_ARRAY(epoch, u64, 1);
 BPF_PERCPU_ARRAY(cpu_state, struct cpu_t, 1);
 BPF_RINGBUF_OUTPUT(events, KS_RINGBUF_PAGES);
 
@@ -243,24 +243,7 @@ static __always_inline struct tval *totals_entry(u32 tgid, u32 major)
 static __always_inline void add_latency(struct tval *v, u64 lat)
 {
     v->lat_sum += lat;
-    u32 z = 0;
-    u64 *ep = epoch.lookup(&z);
-    u64 e = ep ? *ep : 0;
-    if (e & 1) {
-        if (v->epoch1 != e) {
-            v->epoch1 = e;
-            v->max1 = lat;
-        } else if (lat > v->max1) {
-            v->max1 = lat;
-        }
-    } else {
-        if (v->epoch0 != e) {
-            v->epoch0 = e;
-            v->max0 = lat;
-        } else if (lat > v->max0) {
-            v->max0 = lat;
-        }
-    }
+    KS_EPOCH_MAX(v, lat);
 }
 
 static __always_inline int on_done(struct bpf_perf_event_data *ctx, u32 major)

@@ -125,7 +125,7 @@ def ensure_headers() -> Headers:
 
 # Headers that declare maps and use them: BCC rewrites map calls (m.lookup()) in the main
 # file only, so their #include line is replaced by their text before compiling.
-INLINE_HEADERS = ("ks_self.h",)
+INLINE_HEADERS = ("ks_self.h", "ks_epochmax.h")
 
 
 def bpf_source(settings: Settings, name: str) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -145,6 +145,14 @@ class CumulativeMap(Generic[K, V]):
 def _same(a: Mapping[Hashable, int], b: Mapping[Hashable, int]) -> bool:
     """Equal counters, a missing one counting as 0."""
     return all(a.get(n, 0) == b.get(n, 0) for n in {*a, *b})
+
+
+def max_for_epoch(v: Any, epoch: int) -> int:
+    """The maximum a BPF program kept for ``epoch`` in map value ``v`` (bpf/ks_epochmax.h: two
+    parity slots), 0 when nothing completed in it."""
+    if epoch & 1:
+        return int(v.max1) if int(v.epoch1) == epoch else 0
+    return int(v.max0) if int(v.epoch0) == epoch else 0
 
 
 def proc_alive(procfs: str) -> Callable[[Owner], bool]:

@@ -14,7 +14,7 @@ from kernelsight.bpfsupport import prog_recursion_misses
 from kernelsight.btf import BTF_ERRORS, VMLINUX_BTF, vmlinux
 from kernelsight.clock import now_ns
 from kernelsight.collectors.base import Collector, Ticker
-from kernelsight.collectors.cumulative import CumulativeMap, delete_keys
+from kernelsight.collectors.cumulative import CumulativeMap, delete_keys, max_for_epoch
 from kernelsight.config import Settings
 from kernelsight.exceptions import CollectorError
 from kernelsight.streams import Publisher
@@ -270,11 +270,8 @@ class IoLatency(Collector):
         """One read of the cumulative maps, per (dev, op), with ``finished``'s max."""
         out: dict[tuple[int, int], OpSnapshot] = {}
         for k, v in bpfsupport.read_hash(self.stats):
-            if finished & 1:
-                mx = int(v.max1) if int(v.epoch1) == finished else 0
-            else:
-                mx = int(v.max0) if int(v.epoch0) == finished else 0
-            out[(int(k.dev), int(k.op))] = OpSnapshot(int(v.count), int(v.bytes), mx)
+            out[(int(k.dev), int(k.op))] = OpSnapshot(int(v.count), int(v.bytes),
+                                                      max_for_epoch(v, finished))
         for k, v in bpfsupport.read_hash(self.hist):
             snap = out.get((int(k.dev), int(k.op)))
             if snap is not None:  # a bucket made before its stats entry: next read

@@ -11,7 +11,12 @@ from pathlib import Path
 from kernelsight import bpfsupport
 from kernelsight.clock import MonoToEpoch, mono_ns, now_ns
 from kernelsight.collectors.base import Collector, Ticker
-from kernelsight.collectors.cumulative import CumulativeMap, delete_keys, proc_alive
+from kernelsight.collectors.cumulative import (
+    CumulativeMap,
+    delete_keys,
+    max_for_epoch,
+    proc_alive,
+)
 from kernelsight.exceptions import CollectorError
 
 log = logging.getLogger(__name__)
@@ -71,13 +76,6 @@ class Totals:
 
 def decode_comm(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
-def max_for_epoch(v, epoch: int) -> int:
-    """The max latency the kernel kept for ``epoch`` (0 when no fault completed in it)."""
-    if epoch & 1:
-        return int(v.max1) if int(v.epoch1) == epoch else 0
-    return int(v.max0) if int(v.epoch0) == epoch else 0
 
 
 def sum_cpus(per_cpu, epoch: int) -> tuple[Cumulative, int, bytes]:
