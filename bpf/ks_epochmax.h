@@ -27,20 +27,13 @@ static __always_inline u64 ks_epoch(void)
     do {                                                                                        \
         u64 ks_e_ = ks_epoch();                                                                 \
         u64 ks_v_ = (val);                                                                      \
-        if (ks_e_ & 1) {                                                                        \
-            if ((v)->epoch1 != ks_e_) {                                                         \
-                (v)->epoch1 = ks_e_;                                                            \
-                (v)->max1 = ks_v_;                                                              \
-            } else if (ks_v_ > (v)->max1) {                                                     \
-                (v)->max1 = ks_v_;                                                              \
-            }                                                                                   \
-        } else {                                                                                \
-            if ((v)->epoch0 != ks_e_) {                                                         \
-                (v)->epoch0 = ks_e_;                                                            \
-                (v)->max0 = ks_v_;                                                              \
-            } else if (ks_v_ > (v)->max0) {                                                     \
-                (v)->max0 = ks_v_;                                                              \
-            }                                                                                   \
+        u64 *ks_ep_ = (ks_e_ & 1) ? &(v)->epoch1 : &(v)->epoch0;                                \
+        u64 *ks_mx_ = (ks_e_ & 1) ? &(v)->max1 : &(v)->max0;                                    \
+        if (*ks_ep_ != ks_e_) {                                                                 \
+            *ks_ep_ = ks_e_;                                                                    \
+            *ks_mx_ = ks_v_;                                                                    \
+        } else if (ks_v_ > *ks_mx_) {                                                           \
+            *ks_mx_ = ks_v_;                                                                    \
         }                                                                                       \
     } while (0)
 

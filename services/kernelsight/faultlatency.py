@@ -35,14 +35,13 @@ TIMED_SQL = ("CASE WHEN fault_type = 'minor' AND timestamp >= :pf_from THEN samp
              "ELSE fault_count END")
 
 
-def mark(conn: Connection, meta: Table, created: bool, totals: Table | None = None) -> None:
+def mark(conn: Connection, meta: Table, created: bool, totals: Table) -> None:
     """Called by a writer opening a database (in its schema transaction): record the first
     instant of sampled minor latency unless recorded. ``created``: this writer made the
     schema (0: every row); else now, or 0 when ``totals`` holds no row yet."""
     if conn.execute(select(meta.c.value).where(meta.c.key == KEY)).scalar() is not None:
         return
-    old = not created and (totals is None or conn.execute(
-        select(totals.c.id).limit(1)).first() is not None)
+    old = not created and conn.execute(select(totals.c.id).limit(1)).first() is not None
     conn.execute(meta.insert().values(key=KEY, value=str(time.time_ns() if old else 0)))
     if old:
         log.warning("page_fault_totals: minor-fault latency now covers the sampled faults "
